@@ -1,0 +1,283 @@
+//! CA and server certificates (rcgen). One module for every role that mints or
+//! checks certificates: `serve`'s local CA today, the operator's CA per registry next.
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("generating a key pair failed")]
+    GenerateKey(#[source] rcgen::Error),
+    #[error("building the certificate failed")]
+    Sign(#[source] rcgen::Error),
+    #[error("subject alternative name {0:?} is neither a DNS name nor an IP address")]
+    InvalidSan(String),
+    #[error("the CA certificate or key could not be read")]
+    LoadCa(#[source] rcgen::Error),
+    #[error("the PEM data holds no certificate")]
+    NoCertificate,
+    #[error("the certificate could not be parsed")]
+    Parse,
+}
+
+/// Key algorithms for generated keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    fn generate(self) -> Result<KeyPair, CertError> {
+        let alg = match self {
+            KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+        };
+        KeyPair::generate_for(alg).map_err(CertError::GenerateKey)
+    }
+}
+
+/// A certificate and its private key, both PEM. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct CertAndKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Starts a little before now, so a clock a few minutes behind still accepts it.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+
+fn validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + valid_for;
+    params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
+}
+
+/// A self-signed CA that may sign server certificates (and no further CAs).
+pub fn generate_ca(
+    common_name: &str,
+    valid_for: Duration,
+    algorithm: KeyAlgorithm,
+) -> Result<CertAndKey, CertError> {
+    let key = algorithm.generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "privreg");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, valid_for);
+    let cert = params.self_signed(&key).map_err(CertError::Sign)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A TLS server certificate for `sans` (DNS names and IP addresses), signed by `ca`.
+pub fn issue_server_cert(
+    ca: &CertAndKey,
+    sans: &[String],
+    valid_for: Duration,
+    algorithm: KeyAlgorithm,
+) -> Result<CertAndKey, CertError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(CertError::LoadCa)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(CertError::LoadCa)?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| san_of(s))
+        .collect::<Result<_, _>>()?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, sans.first().map(String::as_str).unwrap_or("privreg"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, valid_for);
+    let key = algorithm.generate()?;
+    let cert = params.signed_by(&key, &issuer).map_err(CertError::Sign)?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn san_of(s: &str) -> Result<SanType, CertError> {
+    if let Ok(ip) = s.parse() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    if !is_dns_name(s) {
+        return Err(CertError::InvalidSan(s.to_owned()));
+    }
+    s.to_owned()
+        .try_into()
+        .map(SanType::DnsName)
+        .map_err(|_| CertError::InvalidSan(s.to_owned()))
+}
+
+/// RFC 1123 host names, optionally with a leading `*.` wildcard label.
+pub fn is_dns_name(s: &str) -> bool {
+    let name = s.strip_prefix("*.").unwrap_or(s);
+    !name.is_empty()
+        && s.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+/// What privreg needs to know about an existing certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub not_after: OffsetDateTime,
+    /// DNS names as written, IP addresses in their canonical text form.
+    pub sans: Vec<String>,
+    /// SHA-256 of the DER certificate, lowercase hex with colons.
+    pub sha256_fingerprint: String,
+}
+
+/// Reads the first certificate of a PEM bundle.
+pub fn inspect(cert_pem: &str) -> Result<CertInfo, CertError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest as _;
+    let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .ok_or(CertError::NoCertificate)?
+        .map_err(|_| CertError::Parse)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|_| CertError::Parse)?;
+    let not_after = cert.validity().not_after.to_datetime();
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => sans.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
+                        16 => <[u8; 16]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
+                        _ => None,
+                    };
+                    sans.extend(ip.map(|i| i.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let fingerprint = sha2::Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    Ok(CertInfo {
+        not_after,
+        sans,
+        sha256_fingerprint: fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn server_cert_carries_every_san_and_chains_to_the_ca() {
+        let ca = generate_ca("test CA", 365 * DAY, KeyAlgorithm::EcdsaP256).unwrap();
+        let sans = vec![
+            "registry.internal".to_owned(),
+            "10.0.0.7".to_owned(),
+            "::1".to_owned(),
+        ];
+        let leaf = issue_server_cert(&ca, &sans, 30 * DAY, KeyAlgorithm::EcdsaP256).unwrap();
+        let info = inspect(&leaf.cert_pem).unwrap();
+        assert_eq!(info.sans, sans);
+        let left = info.not_after - OffsetDateTime::now_utc();
+        assert!(left > time::Duration::days(29) && left <= time::Duration::days(30));
+
+        // Verify the chain with rustls' own verifier, as a client would.
+        use rustls_pki_types::pem::PemObject;
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider,
+        )
+        .build()
+        .unwrap();
+        let end = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+        for name in ["registry.internal", "10.0.0.7", "::1"] {
+            verifier
+                .verify_server_cert(
+                    &end,
+                    &[],
+                    &ServerName::try_from(name).unwrap(),
+                    &[],
+                    UnixTime::now(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert!(
+            verifier
+                .verify_server_cert(
+                    &end,
+                    &[],
+                    &ServerName::try_from("other.example").unwrap(),
+                    &[],
+                    UnixTime::now()
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_sans_are_refused() {
+        let ca = generate_ca("ca", DAY, KeyAlgorithm::Ed25519).unwrap();
+        let r = issue_server_cert(&ca, &["bad name!".to_owned()], DAY, KeyAlgorithm::Ed25519);
+        assert!(matches!(r, Err(CertError::InvalidSan(_))));
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let ca = generate_ca("ca", DAY, KeyAlgorithm::EcdsaP256).unwrap();
+        assert!(!format!("{ca:?}").contains("PRIVATE KEY"));
+    }
+}

@@ -1,0 +1,125 @@
+//! The command line: one subcommand per role. Every option has a long flag and a
+//! `PRIVREG_*` environment variable, so the operator can render either.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "privreg", version, about = "A private, TLS-secured image registry for Kubernetes")]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, env = "PRIVREG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the registry: the OCI Distribution API over HTTPS.
+    Serve(Box<ServeArgs>),
+}
+
+/// Options of `privreg serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "PRIVREG_LISTEN", default_value = "0.0.0.0:5000")]
+    pub listen: SocketAddr,
+
+    /// Data directory. Blobs live under `<data>/docker/registry/v2` (the layout of
+    /// CNCF Distribution, so a `registry:2` data directory can be served as it is);
+    /// a generated local CA lives under `<data>/tls`.
+    #[arg(long, env = "PRIVREG_DATA", default_value = "./data")]
+    pub data: PathBuf,
+
+    /// PEM server certificate chain. Reloaded when the file changes.
+    #[arg(long, env = "PRIVREG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the server certificate. Reloaded when the file changes.
+    #[arg(long, env = "PRIVREG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra subject alternative names (DNS names or IP addresses) for the
+    /// generated server certificate, used only when no --tls-cert is given.
+    #[arg(long = "san", env = "PRIVREG_SANS", value_delimiter = ',')]
+    pub sans: Vec<String>,
+
+    /// Serve plain HTTP instead of HTTPS. Only for tests and TLS-terminating proxies.
+    #[arg(long, env = "PRIVREG_INSECURE_HTTP", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub insecure_http: bool,
+
+    /// htpasswd file with bcrypt entries; enables HTTP Basic authentication.
+    #[arg(long, env = "PRIVREG_HTPASSWD")]
+    pub htpasswd: Option<PathBuf>,
+
+    /// With --htpasswd: let unauthenticated clients pull; pushing still needs a login.
+    #[arg(long, env = "PRIVREG_ANONYMOUS_PULL", requires = "htpasswd")]
+    pub anonymous_pull: bool,
+
+    /// Refuse every write (push, delete) with UNSUPPORTED; pulls keep working.
+    #[arg(long, env = "PRIVREG_READ_ONLY")]
+    pub read_only: bool,
+
+    /// Largest manifest accepted, in bytes.
+    #[arg(long, env = "PRIVREG_MAX_MANIFEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_manifest_bytes: u64,
+
+    /// Largest blob accepted, in bytes (0: no limit).
+    #[arg(long, env = "PRIVREG_MAX_BLOB_BYTES", default_value_t = 0)]
+    pub max_blob_bytes: u64,
+
+    /// Address for Prometheus metrics (`/metrics`), health and readiness, over plain HTTP.
+    #[arg(long, env = "PRIVREG_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Seconds that in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "PRIVREG_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Seconds between checks of the certificate files for rotation.
+    #[arg(long, env = "PRIVREG_TLS_RELOAD_SECONDS", default_value_t = 10)]
+    pub tls_reload_seconds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_defaults_match_registry_2() {
+        let cli = Cli::try_parse_from(["privreg", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.listen, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(args.data, PathBuf::from("./data"));
+        assert!(!args.insecure_http);
+    }
+
+    #[test]
+    fn cert_and_key_come_together() {
+        assert!(Cli::try_parse_from(["privreg", "serve", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from(["privreg", "serve", "--tls-cert", "c", "--tls-key", "k"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn plain_http_and_a_certificate_exclude_each_other() {
+        let r = Cli::try_parse_from([
+            "privreg", "serve", "--insecure-http", "--tls-cert", "c", "--tls-key", "k",
+        ]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,17 @@
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use privreg::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    // One process-wide crypto provider, so rustls never has to guess which one.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let cli = Cli::parse();
+    privreg::telemetry::init(cli.log_format)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(privreg::registry::serve(*args)),
+    }
+}

@@ -1,0 +1,139 @@
+//! Blob reads (with `Range`) and deletes.
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::{digest_header, header_str, header_value, run};
+use crate::registry::AppState;
+use crate::registry::digest::Digest;
+use crate::registry::error::{RegistryError, Result};
+use crate::registry::names::RepoName;
+
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A single byte range `bytes=a-b`, `bytes=a-` or `bytes=-n`, resolved against
+/// `size`. `Ok(None)` means no (or an ignorable) Range header.
+pub fn parse_range(header: Option<&str>, size: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Multipart ranges are optional; serve the whole blob.
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (a, "") => (a.parse().map_err(|_| ())?, size.saturating_sub(1)),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
+            (a, b.min(size.saturating_sub(1)))
+        }
+    };
+    if start > end || start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+pub async fn get(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
+    let (store, r, d) = (state.store.clone(), repo.clone(), digest.clone());
+    let found = run(move || {
+        let Some(size) = store.stat_in_repo(&r, &d)? else {
+            return Ok(None);
+        };
+        if head {
+            return Ok(Some((size, None)));
+        }
+        Ok(Some((size, Some(store.open_blob(&d)?))))
+    })
+    .await?;
+    let (size, file) = found.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+    let range = parse_range(header_str(headers, header::RANGE), size)
+        .map_err(|()| RegistryError::BlobRangeInvalid { size })?;
+    let (status, start, len) = match range {
+        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        None => (StatusCode::OK, 0, size),
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, header_value(&format!("\"{digest}\"")));
+    let (name, value) = digest_header(digest);
+    response = response.header(name, value);
+    if range.is_some() {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        );
+    }
+    let body = match file {
+        None => Body::empty(),
+        Some(file) => {
+            let mut file = tokio::fs::File::from_std(file);
+            if start > 0 {
+                file.seek(SeekFrom::Start(start))
+                    .await
+                    .map_err(|e| storage_io("seek blob", e))?;
+            }
+            Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK))
+        }
+    };
+    Ok(response.body(body).expect("valid response parts"))
+}
+
+fn storage_io(op: &'static str, source: std::io::Error) -> RegistryError {
+    RegistryError::Storage(crate::registry::storage::StorageError {
+        op,
+        path: Default::default(),
+        source,
+    })
+}
+
+pub async fn delete(state: &Arc<AppState>, repo: &RepoName, digest: &Digest) -> Result<Response> {
+    let (store, r, d) = (state.store.clone(), repo.clone(), digest.clone());
+    if run(move || store.unlink_blob(&r, &d)).await? {
+        Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+    } else {
+        Err(RegistryError::BlobUnknown(digest.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-4"), 10), Ok(Some((0, 4))));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Ok(Some((5, 9))));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(Some((7, 9))));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Ok(Some((8, 9))));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Err(()));
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Err(()));
+        assert_eq!(parse_range(Some("bytes=x-2"), 10), Err(()));
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Ok(None));
+        assert_eq!(parse_range(Some("items=0-1"), 10), Ok(None));
+    }
+}

@@ -1,0 +1,200 @@
+//! Manifests by tag or digest: validated on PUT, negotiated on GET.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+
+use super::{digest_header, header_str, header_value, run};
+use crate::registry::AppState;
+use crate::registry::digest::{Algorithm, Digest};
+use crate::registry::error::{RegistryError, Result};
+use crate::registry::manifest::{self, ParsedManifest};
+use crate::registry::names::RepoName;
+use crate::registry::routes::Reference;
+
+/// Finds the digest a reference names in `repo`, and the manifest's bytes.
+async fn load(state: &Arc<AppState>, repo: &RepoName, reference: &Reference) -> Result<(Digest, Vec<u8>)> {
+    let (store, r, reference_owned) = (state.store.clone(), repo.clone(), reference.clone());
+    let found = run(move || {
+        let digest = match &reference_owned {
+            Reference::Tag(t) => store.resolve_tag(&r, t)?,
+            Reference::Digest(d) => store.has_manifest(&r, d)?.then(|| d.clone()),
+        };
+        match digest {
+            Some(d) => {
+                let bytes = store.read_blob(&d)?;
+                Ok(Some((d, bytes)))
+            }
+            None => Ok(None),
+        }
+    })
+    .await?;
+    found.ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))
+}
+
+/// The media type to serve a stored manifest with.
+pub fn stored_media_type(bytes: &[u8]) -> String {
+    manifest::parse(None, bytes)
+        .map(|m| m.media_type)
+        .unwrap_or_else(|_| {
+            #[derive(serde::Deserialize)]
+            struct Declared {
+                #[serde(rename = "mediaType")]
+                media_type: Option<String>,
+            }
+            serde_json::from_slice::<Declared>(bytes)
+                .ok()
+                .and_then(|d| d.media_type)
+                .unwrap_or_else(|| "application/json".to_owned())
+        })
+}
+
+pub async fn get(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
+    let (digest, bytes) = load(state, repo, reference).await?;
+    let media_type = stored_media_type(&bytes);
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if !manifest::accepts(&accept, &media_type) {
+        return Err(RegistryError::ManifestUnknown(format!(
+            "{reference} is a {media_type}, which the Accept header does not admit"
+        )));
+    }
+    let len = bytes.len();
+    let body = if head { Body::empty() } else { Body::from(bytes) };
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, header_value(&media_type)),
+            (header::CONTENT_LENGTH, header_value(&len.to_string())),
+            (header::ETAG, header_value(&format!("\"{digest}\""))),
+        ],
+        [digest_header(&digest)],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn put(state: &Arc<AppState>, repo: &RepoName, reference: &Reference, req: Request) -> Result<Response> {
+    let limit = state.max_manifest_bytes;
+    if header_str(req.headers(), header::CONTENT_LENGTH)
+        .and_then(|l| l.parse::<u64>().ok())
+        .is_some_and(|l| l > limit)
+    {
+        return Err(RegistryError::TooLarge("manifest"));
+    }
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
+    let body = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                RegistryError::TooLarge("manifest")
+            } else {
+                RegistryError::ManifestRejected(format!("reading the body failed: {e}"))
+            }
+        })?
+        .to_bytes();
+    let algorithm = match reference {
+        Reference::Digest(d) => d.algorithm(),
+        Reference::Tag(_) => Algorithm::Sha256,
+    };
+    let digest = Digest::of(algorithm, &body);
+    if let Reference::Digest(expected) = reference
+        && *expected != digest
+    {
+        return Err(RegistryError::DigestInvalid(format!(
+            "manifest content has digest {digest}, not {expected}"
+        )));
+    }
+    let parsed = manifest::parse(content_type.as_deref(), &body)?;
+    check_references(state, repo, &parsed).await?;
+
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.clone()),
+        Reference::Digest(_) => None,
+    };
+    let (store, r, d, subject) = (state.store.clone(), repo.clone(), digest.clone(), parsed.subject.clone());
+    run(move || store.put_manifest(&r, &d, &body, tag.as_ref(), subject.as_ref())).await?;
+
+    let mut response = (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{digest}"))),
+            (header::CONTENT_LENGTH, header_value("0")),
+        ],
+        [digest_header(&digest)],
+    )
+        .into_response();
+    if let Some(subject) = &parsed.subject {
+        response
+            .headers_mut()
+            .insert("oci-subject", header_value(&subject.to_string()));
+    }
+    Ok(response)
+}
+
+/// Every blob and child manifest a manifest names must already be in the repository.
+async fn check_references(state: &Arc<AppState>, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {
+    let (store, r) = (state.store.clone(), repo.clone());
+    let (blobs, children) = (parsed.blobs.clone(), parsed.children.clone());
+    let missing = run(move || {
+        for d in &blobs {
+            if store.stat_in_repo(&r, d)?.is_none() {
+                return Ok(Some(d.clone()));
+            }
+        }
+        for d in &children {
+            if !store.has_manifest(&r, d)? {
+                return Ok(Some(d.clone()));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    match missing {
+        Some(d) => Err(RegistryError::ManifestBlobUnknown(d)),
+        None => Ok(()),
+    }
+}
+
+pub async fn delete(state: &Arc<AppState>, repo: &RepoName, reference: &Reference) -> Result<Response> {
+    let (store, r) = (state.store.clone(), repo.clone());
+    let deleted = match reference {
+        Reference::Tag(t) => {
+            let t = t.clone();
+            run(move || store.delete_tag(&r, &t)).await?
+        }
+        Reference::Digest(d) => {
+            let d = d.clone();
+            run(move || {
+                if !store.has_manifest(&r, &d)? {
+                    return Ok(false);
+                }
+                // The referrers index entry goes with the manifest.
+                let subject = manifest::parse(None, &store.read_blob(&d)?)
+                    .ok()
+                    .and_then(|m| m.subject);
+                store.delete_manifest(&r, &d, subject.as_ref())
+            })
+            .await?
+        }
+    };
+    if deleted {
+        Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+    } else {
+        Err(RegistryError::ManifestUnknown(reference.to_string()))
+    }
+}

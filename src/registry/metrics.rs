@@ -1,0 +1,102 @@
+//! Prometheus metrics of the registry. Labels come from fixed sets (endpoint kinds,
+//! methods, status codes, storage operations), never from user input.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageLabels {
+    pub operation: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<EndpointLabels, Histogram>,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub upload_seconds: Histogram,
+    pub storage_errors: Family<StorageLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("privreg");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by endpoint, method and status", requests.clone());
+        let request_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response head, by endpoint",
+            request_seconds.clone(),
+        );
+        let bytes_received = Counter::default();
+        registry.register("http_received_bytes", "Request body bytes received", bytes_received.clone());
+        let bytes_sent = Counter::default();
+        registry.register("http_sent_bytes", "Response body bytes sent", bytes_sent.clone());
+        let upload_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        registry.register(
+            "blob_upload_duration_seconds",
+            "From the start of an upload session to its commit",
+            upload_seconds.clone(),
+        );
+        let storage_errors = Family::<StorageLabels, Counter>::default();
+        registry.register("storage_errors", "Storage failures by operation", storage_errors.clone());
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            bytes_received,
+            bytes_sent,
+            upload_seconds,
+            storage_errors,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_prefix() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels { endpoint: "blob", method: "GET", status: 200 })
+            .inc();
+        let text = m.encode();
+        assert!(text.contains(r#"privreg_http_requests_total{endpoint="blob",method="GET",status="200"} 1"#), "{text}");
+        assert!(text.contains("privreg_http_received_bytes_total 0"), "{text}");
+    }
+}

@@ -1,0 +1,63 @@
+//! The registry role: the OCI Distribution API over HTTPS.
+//!
+//! `routes` parses paths, `handlers` answer them over `storage`, `error` maps every
+//! failure to the spec's JSON once, `server` wires TLS, metrics and shutdown.
+
+pub mod auth;
+pub mod digest;
+pub mod error;
+pub mod handlers;
+pub mod manifest;
+pub mod metrics;
+pub mod names;
+pub mod router;
+pub mod routes;
+pub mod server;
+pub mod storage;
+pub mod tls;
+
+use std::sync::Arc;
+
+pub use router::router;
+pub use server::serve;
+
+use auth::Authenticator;
+use metrics::Metrics;
+use storage::FsStore;
+use storage::uploads::Uploads;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub store: FsStore,
+    pub uploads: Uploads,
+    pub auth: Option<Authenticator>,
+    pub read_only: bool,
+    pub max_manifest_bytes: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Registry settings that are not about listening or TLS.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub read_only: bool,
+    pub max_manifest_bytes: u64,
+    pub max_blob_bytes: Option<u64>,
+}
+
+impl AppState {
+    pub fn new(
+        store: FsStore,
+        auth: Option<Authenticator>,
+        config: RegistryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<AppState> {
+        Arc::new(AppState {
+            uploads: Uploads::new(store.clone(), config.max_blob_bytes, metrics.clone()),
+            store,
+            auth,
+            read_only: config.read_only,
+            max_manifest_bytes: config.max_manifest_bytes,
+            metrics,
+        })
+    }
+}

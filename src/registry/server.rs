@@ -1,0 +1,146 @@
+//! `privreg serve`: storage, auth and TLS from the command line, the registry on
+//! one port, metrics on another, and a graceful stop on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+
+use super::auth::Authenticator;
+use super::metrics::Metrics;
+use super::storage::FsStore;
+use super::tls::{self, LocalPki, ReloadingResolver};
+use super::{AppState, RegistryConfig, router};
+use crate::cli::ServeArgs;
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store = FsStore::new(&args.data).context("opening the data directory")?;
+    let auth = args
+        .htpasswd
+        .as_deref()
+        .map(|p| Authenticator::from_file(p, args.anonymous_pull))
+        .transpose()
+        .context("loading the htpasswd file")?;
+    let metrics = Arc::new(Metrics::new());
+    let config = RegistryConfig {
+        read_only: args.read_only,
+        max_manifest_bytes: args.max_manifest_bytes,
+        max_blob_bytes: (args.max_blob_bytes > 0).then_some(args.max_blob_bytes),
+    };
+    let state = AppState::new(store, auth, config, metrics);
+    let app = router(state.clone());
+
+    let handle: Handle<SocketAddr> = Handle::new();
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    tokio::spawn(shutdown_on_signal(handle.clone(), grace));
+
+    if let Some(addr) = args.metrics_listen {
+        let metrics_app = Router::new()
+            .route("/metrics", get(metrics_text))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(super::router::readyz))
+            .with_state(state.clone());
+        let metrics_handle = handle.clone();
+        tokio::spawn(async move {
+            let served = axum_server::bind(addr)
+                .handle(metrics_handle)
+                .serve(metrics_app.into_make_service())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, %addr, "metrics listener failed");
+            }
+        });
+        tracing::info!(%addr, "metrics on /metrics");
+    }
+
+    let auth_mode = match (&args.htpasswd, args.anonymous_pull) {
+        (None, _) => "none",
+        (Some(_), false) => "htpasswd",
+        (Some(_), true) => "htpasswd, anonymous pull",
+    };
+    if args.insecure_http {
+        tracing::warn!(addr = %args.listen, data = %args.data.display(), auth = auth_mode,
+            "serving plain HTTP: clients must be told this registry is insecure");
+        axum_server::bind(args.listen)
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await?;
+        return Ok(());
+    }
+
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => {
+            let pki = LocalPki::in_dir(&args.data.join("tls"));
+            let sans = tls::local_sans(&args.sans);
+            let created = pki.ensure(&sans).context("preparing the local CA")?;
+            explain_local_ca(&pki, created, &args.listen, &sans);
+            (pki.server_cert, pki.server_key)
+        }
+    };
+    let resolver = Arc::new(ReloadingResolver::load(&cert, &key).context("loading the TLS certificate")?);
+    resolver.clone().watch(Duration::from_secs(args.tls_reload_seconds.max(1)));
+    let rustls_config = RustlsConfig::from_config(Arc::new(tls::server_config(resolver)));
+    tracing::info!(addr = %args.listen, data = %args.data.display(), cert = %cert.display(),
+        auth = auth_mode, read_only = args.read_only, "privreg registry listening (HTTPS)");
+    axum_server::bind_rustls(args.listen, rustls_config)
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+/// Tells the user how to trust the generated CA: the manual recipe, done for them.
+fn explain_local_ca(pki: &LocalPki, created: bool, listen: &SocketAddr, sans: &[String]) {
+    let ca = pki.ca_cert.display();
+    let port = listen.port();
+    let host = sans.iter().find(|s| s.as_str() != "localhost").map(String::as_str).unwrap_or("localhost");
+    let verb = if created { "created" } else { "using" };
+    tracing::info!(
+        ca = %ca,
+        names = ?sans,
+        "{verb} a local CA for this registry. To trust it (host {host}:{port}):\n  \
+         docker:     mkdir -p /etc/docker/certs.d/{host}:{port} && cp {ca} /etc/docker/certs.d/{host}:{port}/ca.crt\n  \
+         podman/skopeo/cri-o: mkdir -p /etc/containers/certs.d/{host}:{port} && cp {ca} /etc/containers/certs.d/{host}:{port}/ca.crt\n  \
+         containerd: mkdir -p /etc/containerd/certs.d/{host}:{port} && cp {ca} /etc/containerd/certs.d/{host}:{port}/ca.crt\n  \
+         curl:       curl --cacert {ca} https://{host}:{port}/v2/"
+    );
+}
+
+async fn shutdown_on_signal(handle: Handle<SocketAddr>, grace: Duration) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = ctrl_c.await;
+            handle.graceful_shutdown(Some(grace));
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!(grace_seconds = grace.as_secs(), "shutting down; letting requests finish");
+    handle.graceful_shutdown(Some(grace));
+}
