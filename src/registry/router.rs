@@ -52,7 +52,9 @@ async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
     let endpoint = routes::parse(req.uri().path()).map_err(|e| match e {
         RouteError::NotFound => RegistryError::NotFound,
         RouteError::InvalidName => RegistryError::NameInvalid,
-        RouteError::InvalidTag => RegistryError::TagInvalid,
+        // A tag that breaks the grammar cannot be pushed; reading one finds nothing.
+        RouteError::InvalidTag if req.method() == Method::PUT => RegistryError::TagInvalid,
+        RouteError::InvalidTag => RegistryError::ManifestUnknown("no such tag".into()),
         RouteError::InvalidDigest => RegistryError::DigestInvalid("malformed digest in path".into()),
         RouteError::InvalidUploadId => RegistryError::BlobUploadUnknown,
     })?;
