@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,10 +42,30 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let unread_body_on_error = req.version() <= Version::HTTP_11 && has_body(req.headers());
     match route(&state, req).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let mut response = e.into_response();
+            if unread_body_on_error {
+                // The request body may be unread (an early 401, a refused chunk), so
+                // this HTTP/1 connection cannot carry another request. Say so, or a
+                // client may reuse it and see EOF on its next upload.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
     }
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
