@@ -71,6 +71,8 @@ impl Authenticator {
     pub fn allows(&self, headers: &HeaderMap, read: bool) -> bool {
         match basic_credentials(headers) {
             Some((user, password)) => self.verify(&user, &password),
+            // Credentials that cannot be read are wrong credentials, never anonymous.
+            None if headers.contains_key(header::AUTHORIZATION) => false,
             None => read && self.anonymous_pull,
         }
     }

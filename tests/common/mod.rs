@@ -226,3 +226,13 @@ pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
+
+pub mod oci;
+pub mod rawtls;
+pub mod store;
+pub mod containerd;
+pub mod daemons;
+pub mod images;
+pub mod pki;
+pub mod skopeo;
+pub mod view;

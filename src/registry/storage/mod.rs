@@ -184,9 +184,10 @@ impl FsStore {
         remove_tree(&self.layout.tag_dir(repo, tag))
     }
 
-    /// The repository's tags, sorted; `None` if the repository does not exist.
+    /// The repository's tags, sorted; `None` if the repository does not exist (holds
+    /// no manifests: blobs or upload sessions alone do not make one, as in `repositories`).
     pub fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
-        if !self.layout.repo(repo).is_dir() {
+        if !self.layout.repo(repo).join("_manifests").is_dir() {
             return Ok(None);
         }
         let mut tags = Vec::new();

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 use super::fsio::{IoContext, create_dirs, remove_tree, write_atomic};
 use super::{FsStore, StorageError};
@@ -21,6 +20,11 @@ use crate::registry::metrics::Metrics;
 use crate::registry::names::RepoName;
 
 const WRITE_BUFFER: usize = 1 << 20;
+/// Chunks in flight between the receiving task and the writer.
+const CHANNEL_CHUNKS: usize = 16;
+/// Start writeback of what was written every this many bytes, so the fsync at
+/// commit has little left to flush.
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 struct Session {
     size: u64,
@@ -151,28 +155,25 @@ impl Uploads {
         Ok(size)
     }
 
+    /// Streams `body` into the upload file from offset `start`. The async side only
+    /// receives; a blocking writer hashes and writes, so TLS, hashing and disk use
+    /// both cores. On any failure the file is cut back to `start`.
     async fn write_body<S, E>(
         &self,
         path: &std::path::Path,
         start: u64,
-        mut hasher: Hasher,
+        hasher: Hasher,
         mut body: S,
     ) -> Result<(u64, Hasher)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .await
-            .ctx("open upload", path)?;
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .ctx("seek upload", path)?;
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+        let writer_path = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || write_chunks(&writer_path, start, hasher, rx));
         let mut size = start;
-        let outcome: Result<()> = async {
+        let received: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| {
                     RegistryError::BlobUploadInvalid(format!("request body failed: {e}"))
@@ -181,20 +182,31 @@ impl Uploads {
                 if self.max_blob_bytes.is_some_and(|max| size > max) {
                     return Err(RegistryError::TooLarge("blob"));
                 }
-                hasher.update(&chunk);
-                writer.write_all(&chunk).await.ctx("write upload", path)?;
+                if tx.send(chunk).await.is_err() {
+                    // The writer stopped early; its own error says why.
+                    break;
+                }
             }
-            writer.flush().await.ctx("write upload", path)?;
             Ok(())
         }
         .await;
-        match outcome {
-            Ok(()) => Ok((size, hasher)),
-            Err(e) => {
+        drop(tx);
+        let written = match writer.await {
+            Ok(r) => r.map_err(RegistryError::from),
+            Err(e) => Err(RegistryError::Storage(StorageError {
+                op: "upload writer",
+                path: path.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })),
+        };
+        match (received, written) {
+            (Ok(()), Ok((hasher, written))) if written == size => Ok((size, hasher)),
+            (received, written) => {
                 // Roll back to the session's last good state.
-                drop(writer);
                 let _ = truncate(path, start).await;
-                Err(e)
+                Err(received.err().or(written.err()).unwrap_or_else(|| {
+                    RegistryError::BlobUploadInvalid("upload ended early".into())
+                }))
             }
         }
     }
@@ -262,6 +274,53 @@ impl Uploads {
     fn forget(&self, repo: &RepoName, id: &str) {
         self.lock_map().remove(&session_key(repo, id));
     }
+}
+
+/// The writer side of `write_body`: hash and append every chunk; returns the hash
+/// and the file length.
+fn write_chunks(
+    path: &std::path::Path,
+    start: u64,
+    mut hasher: Hasher,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::result::Result<(Hasher, u64), StorageError> {
+    use std::io::{Seek, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .ctx("open upload", path)?;
+    file.seek(std::io::SeekFrom::Start(start)).ctx("seek upload", path)?;
+    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
+    let mut size = start;
+    let mut unsynced = 0u64;
+    let mut writeback: Option<std::thread::JoinHandle<()>> = None;
+    while let Some(chunk) = rx.blocking_recv() {
+        hasher.update(&chunk);
+        out.write_all(&chunk).ctx("write upload", path)?;
+        size += chunk.len() as u64;
+        unsynced += chunk.len() as u64;
+        if unsynced >= WRITEBACK_EVERY && writeback.as_ref().is_none_or(|w| w.is_finished()) {
+            // fdatasync on a second handle runs beside further writes; it only
+            // brings the final fsync forward, so its result does not matter here.
+            out.flush().ctx("write upload", path)?;
+            if let Ok(clone) = out.get_ref().try_clone() {
+                writeback = Some(std::thread::spawn(move || {
+                    let _ = clone.sync_data();
+                }));
+            }
+            unsynced = 0;
+        }
+    }
+    out.flush().ctx("write upload", path)?;
+    if unsynced >= WRITE_BUFFER as u64 && writeback.as_ref().is_none_or(|w| w.is_finished()) {
+        // A chunk of a longer upload: start its writeback now rather than at commit.
+        if let Ok(clone) = out.get_ref().try_clone() {
+            std::thread::spawn(move || {
+                let _ = clone.sync_data();
+            });
+        }
+    }
+    Ok((hasher, size))
 }
 
 async fn truncate(path: &std::path::Path, len: u64) -> std::io::Result<()> {

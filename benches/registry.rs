@@ -1,0 +1,362 @@
+//! privreg against the reference registry (Debian's docker-registry, CNCF
+//! Distribution 2.8.2), side by side in one run, both over TLS on loopback, with
+//! the same client. Prints each measurement and the ratio privreg/reference.
+//!
+//!   cargo bench --bench registry            (needs docker-registry and wrk)
+//!
+//! Scenarios: monolithic push (POST + one PUT) and chunked push (16 MiB PATCHes) of
+//! a 256 MiB blob, pull of that blob, manifest GET under 50 connections (wrk:
+//! req/s and p99), 32 clients pushing small images at once, and peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use privreg::certs::{KeyAlgorithm, generate_ca, issue_server_cert};
+use sha2::Digest as _;
+
+const BIG: usize = 256 << 20;
+const CHUNK: usize = 16 << 20;
+const RUNS: usize = 3;
+const CLIENTS: usize = 32;
+const IMAGES_PER_CLIENT: usize = 8;
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+struct Target {
+    name: &'static str,
+    url: String,
+    pid: u32,
+    client: reqwest::Client,
+}
+
+#[derive(Default, Debug, Clone)]
+struct Results {
+    mono_mbs: f64,
+    chunked_mbs: f64,
+    pull_mbs: f64,
+    manifest_rps: f64,
+    manifest_p99_ms: f64,
+    images_per_s: f64,
+    peak_rss_mib: f64,
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn location(base: &str, r: &reqwest::Response) -> String {
+    let loc = r.headers()["location"].to_str().unwrap();
+    if loc.starts_with("http") { loc.to_owned() } else { format!("{base}{loc}") }
+}
+
+fn with_digest(loc: &str, digest: &str) -> String {
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    format!("{loc}{sep}digest={digest}")
+}
+
+async fn start_upload(t: &Target, repo: &str) -> String {
+    let r = t.client.post(format!("{}/v2/{repo}/blobs/uploads/", t.url)).send().await.unwrap();
+    assert_eq!(r.status(), 202, "{} POST upload", t.name);
+    location(&t.url, &r)
+}
+
+async fn push_monolithic(t: &Target, repo: &str, data: Bytes, digest: &str) {
+    let loc = start_upload(t, repo).await;
+    let r = t.client.put(with_digest(&loc, digest)).body(data).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{} PUT blob", t.name);
+}
+
+async fn push_chunked(t: &Target, repo: &str, data: &Bytes, digest: &str) {
+    let mut loc = start_upload(t, repo).await;
+    let mut offset = 0;
+    while offset < data.len() {
+        let end = (offset + CHUNK).min(data.len());
+        let r = t
+            .client
+            .patch(&loc)
+            .header("content-range", format!("{}-{}", offset, end - 1))
+            .header("content-type", "application/octet-stream")
+            .body(data.slice(offset..end))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{} PATCH", t.name);
+        loc = location(&t.url, &r);
+        offset = end;
+    }
+    let r = t.client.put(with_digest(&loc, digest)).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{} final PUT", t.name);
+}
+
+async fn pull(t: &Target, repo: &str, digest: &str) -> usize {
+    let r = t.client.get(format!("{}/v2/{repo}/blobs/{digest}", t.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{} GET blob", t.name);
+    let mut n = 0;
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        n += chunk.unwrap().len();
+    }
+    n
+}
+
+/// Distinct content per run so no registry can skip work for a known digest.
+fn big_blob(seed: u64) -> (Bytes, String) {
+    let mut data = vec![0u8; BIG];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let digest = sha256(&data);
+    (Bytes::from(data), digest)
+}
+
+fn mbs(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+async fn push_image(t: &Target, repo: &str, tag: &str, seed: u64) {
+    let layer: Vec<u8> = (0..64 * 1024).map(|i| (i as u64 * 31 + seed * 7919) as u8).collect();
+    let layer = [seed.to_le_bytes().as_slice(), &layer].concat();
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+    let (ld, cd) = (sha256(&layer), sha256(&config));
+    push_monolithic(t, repo, Bytes::from(layer.clone()), &ld).await;
+    push_monolithic(t, repo, Bytes::from(config.clone()), &cd).await;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let r = t
+        .client
+        .put(format!("{}/v2/{repo}/manifests/{tag}", t.url))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{} PUT manifest", t.name);
+}
+
+fn wrk_manifest(t: &Target, ca_dir: &Path) -> (f64, f64) {
+    let _ = ca_dir;
+    let out = Command::new("wrk")
+        .args(["-t2", "-c50", "-d8s", "--latency", "-H", &format!("Accept: {OCI_MANIFEST}")])
+        .arg(format!("{}/v2/bench/small/manifests/v1", t.url))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let p99 = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("99%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(parse_wrk_duration)
+        .unwrap_or(f64::NAN);
+    if text.contains("Non-2xx") {
+        panic!("{}: wrk saw errors:\n{text}", t.name);
+    }
+    (rps, p99)
+}
+
+fn parse_wrk_duration(s: &str) -> f64 {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        _ => v,
+    }
+}
+
+async fn measure(t: &Target, dir: &Path) -> Results {
+    let mut res = Results::default();
+    let mut mono = Duration::ZERO;
+    let mut chunked = Duration::ZERO;
+    let mut pulled = Duration::ZERO;
+    let mut last = String::new();
+    for run in 0..RUNS {
+        let (data, digest) = big_blob(run as u64 * 2 + 1);
+        let start = Instant::now();
+        push_monolithic(t, "bench/big", data, &digest).await;
+        mono += start.elapsed();
+
+        let (data, digest) = big_blob(run as u64 * 2 + 2);
+        let start = Instant::now();
+        push_chunked(t, "bench/big", &data, &digest).await;
+        chunked += start.elapsed();
+        drop(data);
+
+        let start = Instant::now();
+        assert_eq!(pull(t, "bench/big", &digest).await, BIG);
+        pulled += start.elapsed();
+        last = digest;
+    }
+    let _ = last;
+    res.mono_mbs = mbs(BIG * RUNS, mono);
+    res.chunked_mbs = mbs(BIG * RUNS, chunked);
+    res.pull_mbs = mbs(BIG * RUNS, pulled);
+
+    push_image(t, "bench/small", "v1", 424242).await;
+    let (rps, p99) = wrk_manifest(t, dir);
+    res.manifest_rps = rps;
+    res.manifest_p99_ms = p99;
+
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let t2 = Target { name: t.name, url: t.url.clone(), pid: t.pid, client: t.client.clone() };
+        tasks.push(tokio::spawn(async move {
+            for i in 0..IMAGES_PER_CLIENT {
+                let seed = (c * 1000 + i) as u64 + 1;
+                push_image(&t2, &format!("bench/c{c}"), &format!("t{i}"), seed).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    res.images_per_s = (CLIENTS * IMAGES_PER_CLIENT) as f64 / start.elapsed().as_secs_f64();
+    res.peak_rss_mib = peak_rss_mib(t.pid);
+    res
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn client(ca: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let day = Duration::from_secs(86_400);
+    let ca = generate_ca("bench CA", day, KeyAlgorithm::EcdsaP256).unwrap();
+    let leaf = issue_server_cert(&ca, &["127.0.0.1".into(), "localhost".into()], day, KeyAlgorithm::EcdsaP256).unwrap();
+    let (ca_path, cert, key) = (root.join("ca.crt"), root.join("server.crt"), root.join("server.key"));
+    std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+
+    // The reference registry, through the same script the tests use.
+    let ref_port = free_port();
+    let ref_data = root.join("reference").join("data");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/reference-registry.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&ref_data)
+        .arg(ref_port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .output()
+        .expect("start docker-registry");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ref_pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
+    struct StopRef(PathBuf, PathBuf);
+    impl Drop for StopRef {
+        fn drop(&mut self) {
+            let _ = Command::new("bash").arg(&self.0).arg("--stop").arg(&self.1).status();
+        }
+    }
+    let _stop_ref = StopRef(script.clone(), ref_data.clone());
+
+    let port = free_port();
+    let privreg = Proc(
+        Command::new(env!("CARGO_BIN_EXE_privreg"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(root.join("privreg"))
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start privreg"),
+    );
+    wait_ready(port);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let targets = [
+        Target { name: "privreg", url: format!("https://127.0.0.1:{port}"), pid: privreg.0.id(), client: client(&ca_path) },
+        Target { name: "distribution", url: format!("https://127.0.0.1:{ref_port}"), pid: ref_pid, client: client(&ca_path) },
+    ];
+    // BENCH_ONLY=privreg measures one side only (for profiling); no ratios then.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let mut results = Vec::new();
+    for t in targets.iter().filter(|t| only.as_deref().is_none_or(|o| o == t.name)) {
+        eprintln!("measuring {} ...", t.name);
+        results.push(rt.block_on(measure(t, root)));
+    }
+    if results.len() < 2 {
+        println!("{:#?}", results);
+        return;
+    }
+    let (p, d) = (&results[0], &results[1]);
+    let rows: [(&str, f64, f64, &str, &str); 7] = [
+        ("monolithic push 256 MiB (MB/s)", p.mono_mbs, d.mono_mbs, "higher", ">= 2.5x"),
+        ("chunked push 256 MiB (MB/s)", p.chunked_mbs, d.chunked_mbs, "higher", ">= 4x"),
+        ("pull 256 MiB (MB/s)", p.pull_mbs, d.pull_mbs, "higher", ""),
+        ("manifest GET, 50 conns (req/s)", p.manifest_rps, d.manifest_rps, "higher", ">= 5x"),
+        ("manifest GET p99 (ms)", p.manifest_p99_ms, d.manifest_p99_ms, "lower", ""),
+        ("32 clients pushing images (images/s)", p.images_per_s, d.images_per_s, "higher", ">= 3x"),
+        ("peak RSS (MiB)", p.peak_rss_mib, d.peak_rss_mib, "lower", "<= 0.5x"),
+    ];
+    let mut report = String::from("metric | privreg | distribution 2.8.2 | privreg/distribution | aim\n");
+    for (name, a, b, better, aim) in rows {
+        report.push_str(&format!("{name} | {a:.1} | {b:.1} | {:.2}x ({better} is better) | {aim}\n", a / b));
+    }
+    println!("{report}");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-report.txt");
+    let _ = std::fs::write(out, &report);
+}
