@@ -50,12 +50,18 @@ ORAS_VERSION="${PRIVREG_ORAS_VERSION:-v1.3.6}"
 CONFORMANCE_MODULE=github.com/opencontainers/distribution-spec/conformance
 CONFORMANCE_VERSION="${PRIVREG_CONFORMANCE_VERSION:-v0.0.0-20231101194043-f2182352d4cc}"
 
+# The redesigned suite ("conformance v2", a program configured by OCI_* env):
+# its 1.1 profile adds sha512 digests, anonymous mounts, nested indexes,
+# non-distributable layers and more. Both generations run in the tests.
+CONFORMANCE2_VERSION="${PRIVREG_CONFORMANCE2_VERSION:-v0.0.0-20260831232431-97274622c111}"
+
 CACHE_ROOT="${PRIVREG_CACHE:-$HOME/.cache/privreg}"
 TOOLS_DIR="$CACHE_ROOT/tools"
 
 CRANE_BIN="$TOOLS_DIR/crane-$CRANE_VERSION/crane"
 ORAS_BIN="$TOOLS_DIR/oras-$ORAS_VERSION/oras"
 CONFORMANCE_BIN="$TOOLS_DIR/conformance-$CONFORMANCE_VERSION/conformance.test"
+CONFORMANCE2_BIN="$TOOLS_DIR/conformance2-$CONFORMANCE2_VERSION/conformance"
 
 log() { printf 'test-tools: %s\n' "$*" >&2; }
 
@@ -124,10 +130,15 @@ build_conformance() {
     log "built $CONFORMANCE_BIN in $((SECONDS - start))s"
 }
 
+build_conformance2() {
+    install_module_cmd conformance2 "$CONFORMANCE_MODULE" "$CONFORMANCE2_VERSION" "$CONFORMANCE2_BIN"
+}
+
 build_all() {
     build_crane
     build_oras
     build_conformance
+    build_conformance2
 }
 
 print_env() {
@@ -135,6 +146,7 @@ print_env() {
     printf 'export PRIVREG_ORAS=%q\n' "$ORAS_BIN"
     printf 'export PRIVREG_CONFORMANCE=%q\n' "$CONFORMANCE_BIN"
     printf 'export PRIVREG_CONFORMANCE_VERSION=%q\n' "$CONFORMANCE_VERSION"
+    printf 'export PRIVREG_CONFORMANCE2=%q\n' "$CONFORMANCE2_BIN"
 }
 
 case "${1:-}" in
@@ -144,14 +156,14 @@ case "${1:-}" in
         ;;
     --check)
         missing=0
-        for b in "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN"; do
+        for b in "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN"; do
             [[ -x "$b" ]] || { log "missing: $b"; missing=1; }
         done
         exit "$missing"
         ;;
     ""|--build)
         build_all
-        printf 'crane       %s\noras        %s\nconformance %s\n' "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN"
+        printf 'crane        %s\noras         %s\nconformance  %s\nconformance2 %s\n' "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN"
         ;;
     -h|--help)
         sed -n '2,/^$/s/^# \{0,1\}//p' "$0"

@@ -31,13 +31,18 @@ fn layers_are_valid_tar_gzip() {
         run(Command::new(&gzip).arg("-t").arg(&path));
         let unzipped = run(Command::new(&gzip).arg("-dc").arg(&path)).stdout;
         assert_eq!(unzipped, img.tars[i]);
-        let listing = String::from_utf8(run(Command::new(&tar).arg("-tzf").arg(&path)).stdout).unwrap();
+        let listing =
+            String::from_utf8(run(Command::new(&tar).arg("-tzf").arg(&path)).stdout).unwrap();
         for (name, _) in &img.files[i] {
             assert!(listing.lines().any(|l| l == name), "{name} in {listing}");
         }
         let out = dir.path().join(format!("x{i}"));
         std::fs::create_dir(&out).unwrap();
-        run(Command::new(&tar).arg("-xzf").arg(&path).arg("-C").arg(&out));
+        run(Command::new(&tar)
+            .arg("-xzf")
+            .arg(&path)
+            .arg("-C")
+            .arg(&out));
         for (name, data) in &img.files[i] {
             assert_eq!(&std::fs::read(out.join(name)).unwrap(), data, "{name}");
         }
@@ -50,13 +55,18 @@ fn layers_are_valid_tar_gzip() {
 #[tokio::test]
 async fn skopeo_round_trips_image_and_index() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(skopeo) = Skopeo::find(&dir.path().join("skopeo")) else { return };
+    let Some(skopeo) = Skopeo::find(&dir.path().join("skopeo")) else {
+        return;
+    };
     let reg = Privreg::start(&dir.path().join("data"), &[]);
     let certs = reg.cert_dir();
     let host = reg.host();
 
     let img = images::random_image(host_arch(), 3);
-    let multi = images::multi_image(vec![images::random_image("amd64", 2), images::random_image("arm64", 3)]);
+    let multi = images::multi_image(vec![
+        images::random_image("amd64", 2),
+        images::random_image("arm64", 3),
+    ]);
     let src = dir.path().join("src");
     write_layout(
         &src,
@@ -64,7 +74,12 @@ async fn skopeo_round_trips_image_and_index() {
         img.blobs().into_iter().chain(multi.blobs()),
     );
 
-    skopeo.copy(&format!("oci:{}:v1", src.display()), &format!("docker://{host}/clients/skopeo:v1"), false, &certs);
+    skopeo.copy(
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{host}/clients/skopeo:v1"),
+        false,
+        &certs,
+    );
     skopeo.copy(
         &format!("oci:{}:multi", src.display()),
         &format!("docker://{host}/clients/skopeo:multi"),
@@ -87,15 +102,29 @@ async fn skopeo_round_trips_image_and_index() {
         assert_eq!(m.bytes, blob.bytes);
     }
     for child in &multi.images {
-        let m = view::manifest(&client, &reg.url(), "clients/skopeo", &child.manifest.digest).await;
+        let m = view::manifest(
+            &client,
+            &reg.url(),
+            "clients/skopeo",
+            &child.manifest.digest,
+        )
+        .await;
         assert_eq!((m.status, m.bytes), (200, child.manifest.bytes.clone()));
     }
 
     // Back out to fresh OCI layouts: the same digests under the same names, and
     // exactly the blobs that went in.
     let out = dir.path().join("out-image");
-    skopeo.copy(&format!("docker://{host}/clients/skopeo:v1"), &format!("oci:{}:v1", out.display()), false, &certs);
-    assert_eq!(layout_refs(&out)["v1"]["digest"], img.manifest.digest.as_str());
+    skopeo.copy(
+        &format!("docker://{host}/clients/skopeo:v1"),
+        &format!("oci:{}:v1", out.display()),
+        false,
+        &certs,
+    );
+    assert_eq!(
+        layout_refs(&out)["v1"]["digest"],
+        img.manifest.digest.as_str()
+    );
     assert_eq!(layout_blobs(&out), by_digest(img.blobs()));
 
     let out = dir.path().join("out-index");
@@ -105,15 +134,31 @@ async fn skopeo_round_trips_image_and_index() {
         true,
         &certs,
     );
-    assert_eq!(layout_refs(&out)["multi"]["digest"], multi.index.digest.as_str());
+    assert_eq!(
+        layout_refs(&out)["multi"]["digest"],
+        multi.index.digest.as_str()
+    );
     assert_eq!(layout_blobs(&out), by_digest(multi.blobs()));
 
     // And to `dir:`: manifest.json plus one file per blob, named by hex digest.
     let out = dir.path().join("out-dir");
-    skopeo.copy(&format!("docker://{host}/clients/skopeo:v1"), &format!("dir:{}", out.display()), false, &certs);
-    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), img.manifest.bytes);
+    skopeo.copy(
+        &format!("docker://{host}/clients/skopeo:v1"),
+        &format!("dir:{}", out.display()),
+        false,
+        &certs,
+    );
+    assert_eq!(
+        std::fs::read(out.join("manifest.json")).unwrap(),
+        img.manifest.bytes
+    );
     for b in std::iter::once(&img.config).chain(&img.layers) {
-        assert_eq!(std::fs::read(out.join(b.hex())).unwrap(), b.bytes, "{}", b.digest);
+        assert_eq!(
+            std::fs::read(out.join(b.hex())).unwrap(),
+            b.bytes,
+            "{}",
+            b.digest
+        );
     }
 
     // Without the CA: refused at the TLS handshake, for reads and for pushes.
@@ -138,13 +183,17 @@ async fn skopeo_round_trips_image_and_index() {
 /// through SSL_CERT_FILE.
 #[test]
 fn crane_push_append_pull_list() {
-    let Some(crane) = go_tool("crane", "PRIVREG_CRANE") else { return };
+    let Some(crane) = go_tool("crane", "PRIVREG_CRANE") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let reg = Privreg::start(&dir.path().join("data"), &[]);
     let host = reg.host();
     let crane = |args: &[&str]| {
         let mut c = Command::new(&crane);
-        c.env("SSL_CERT_FILE", reg.ca()).env_remove("SSL_CERT_DIR").args(args);
+        c.env("SSL_CERT_FILE", reg.ca())
+            .env_remove("SSL_CERT_DIR")
+            .args(args);
         c
     };
     let text = |c: &mut Command| String::from_utf8(run(c).stdout).unwrap();
@@ -155,24 +204,55 @@ fn crane_push_append_pull_list() {
     write_layout(&src, &[("v1", &img.manifest)], img.blobs());
     let pushed = format!("{host}/clients/crane:pushed");
     let out = text(&mut crane(&["push", src.to_str().unwrap(), &pushed]));
-    assert_eq!(out.trim(), format!("{host}/clients/crane@{}", img.manifest.digest));
-    assert_eq!(text(&mut crane(&["digest", &pushed])).trim(), img.manifest.digest);
-    assert_eq!(run(&mut crane(&["manifest", &pushed])).stdout, img.manifest.bytes);
-    assert_eq!(run(&mut crane(&["config", &pushed])).stdout, img.config.bytes);
+    assert_eq!(
+        out.trim(),
+        format!("{host}/clients/crane@{}", img.manifest.digest)
+    );
+    assert_eq!(
+        text(&mut crane(&["digest", &pushed])).trim(),
+        img.manifest.digest
+    );
+    assert_eq!(
+        run(&mut crane(&["manifest", &pushed])).stdout,
+        img.manifest.bytes
+    );
+    assert_eq!(
+        run(&mut crane(&["config", &pushed])).stdout,
+        img.config.bytes
+    );
     for l in &img.layers {
-        let blob = run(&mut crane(&["blob", &format!("{host}/clients/crane@{}", l.digest)])).stdout;
+        let blob = run(&mut crane(&[
+            "blob",
+            &format!("{host}/clients/crane@{}", l.digest),
+        ]))
+        .stdout;
         assert_eq!(blob, l.bytes);
     }
 
     // append: a plain tar as the only layer of an image from scratch. crane
     // compresses it; the config's diff_id is the digest of the tar itself.
-    let files = vec![("hello.txt".to_owned(), b"hello from crane append\n".to_vec())];
+    let files = vec![(
+        "hello.txt".to_owned(),
+        b"hello from crane append\n".to_vec(),
+    )];
     let layer_tar = images::tar(&files);
     let tar_path = dir.path().join("layer.tar");
     std::fs::write(&tar_path, &layer_tar).unwrap();
     let appended = format!("{host}/clients/crane:appended");
-    let out = text(&mut crane(&["append", "--oci-empty-base", "-f", tar_path.to_str().unwrap(), "-t", &appended]));
-    let digest = out.trim().rsplit_once('@').expect("crane append prints name@digest").1.to_owned();
+    let out = text(&mut crane(&[
+        "append",
+        "--oci-empty-base",
+        "-f",
+        tar_path.to_str().unwrap(),
+        "-t",
+        &appended,
+    ]));
+    let digest = out
+        .trim()
+        .rsplit_once('@')
+        .expect("crane append prints name@digest")
+        .1
+        .to_owned();
     let manifest = run(&mut crane(&["manifest", &appended])).stdout;
     assert_eq!(sha256(&manifest), digest);
     assert_eq!(text(&mut crane(&["digest", &appended])).trim(), digest);
@@ -180,22 +260,36 @@ fn crane_push_append_pull_list() {
     assert_eq!(manifest["mediaType"], images::OCI_MANIFEST);
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
-    let config: Value = serde_json::from_slice(&run(&mut crane(&["config", &appended])).stdout).unwrap();
+    let config: Value =
+        serde_json::from_slice(&run(&mut crane(&["config", &appended])).stdout).unwrap();
     assert_eq!(config["rootfs"]["diff_ids"], json!([sha256(&layer_tar)]));
     let layer_digest = layers[0]["digest"].as_str().unwrap();
-    let blob = run(&mut crane(&["blob", &format!("{host}/clients/crane@{layer_digest}")])).stdout;
+    let blob = run(&mut crane(&[
+        "blob",
+        &format!("{host}/clients/crane@{layer_digest}"),
+    ]))
+    .stdout;
     assert_eq!(sha256(&blob), layer_digest);
     assert_eq!(blob.len() as u64, layers[0]["size"].as_u64().unwrap());
 
     // pull to an OCI layout: every blob byte-identical.
     let out = dir.path().join("pulled");
-    run(&mut crane(&["pull", "--format", "oci", &pushed, out.to_str().unwrap()]));
+    run(&mut crane(&[
+        "pull",
+        "--format",
+        "oci",
+        &pushed,
+        out.to_str().unwrap(),
+    ]));
     let expected = by_digest(img.blobs());
     let got = layout_blobs(&out);
     assert_eq!(got, expected);
 
     // ls and catalog.
-    assert_eq!(text(&mut crane(&["ls", &format!("{host}/clients/crane")])), "appended\npushed\n");
+    assert_eq!(
+        text(&mut crane(&["ls", &format!("{host}/clients/crane")])),
+        "appended\npushed\n"
+    );
     assert_eq!(text(&mut crane(&["catalog", &host])), "clients/crane\n");
 
     // Without the CA (the machine's default trust only): x509.
@@ -212,7 +306,9 @@ fn crane_push_append_pull_list() {
 /// referrer, discover it through the referrers API, pull both back unchanged.
 #[tokio::test]
 async fn oras_push_attach_discover_pull() {
-    let Some(oras) = go_tool("oras", "PRIVREG_ORAS") else { return };
+    let Some(oras) = go_tool("oras", "PRIVREG_ORAS") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let reg = Privreg::start(&dir.path().join("data"), &[]);
     let host = reg.host();
@@ -243,7 +339,10 @@ async fn oras_push_attach_discover_pull() {
         &reference,
         "artifact.bin:application/octet-stream",
     ]));
-    let subject = pushed["digest"].as_str().expect("digest in oras push --format json").to_owned();
+    let subject = pushed["digest"]
+        .as_str()
+        .expect("digest in oras push --format json")
+        .to_owned();
     assert_eq!(pushed["artifactType"], ARTIFACT);
 
     // The manifest stored is the one oras made: same digest, artifactType kept.
@@ -275,14 +374,21 @@ async fn oras_push_attach_discover_pull() {
     // discover lists it.
     let found = json_of(&mut oras(&["discover", "--format", "json", &reference]));
     assert_eq!(found["digest"], subject.as_str());
-    let referrers = found["referrers"].as_array().expect("referrers in oras discover --format json");
+    let referrers = found["referrers"]
+        .as_array()
+        .expect("referrers in oras discover --format json");
     assert_eq!(referrers.len(), 1, "{found}");
     assert_eq!(referrers[0]["digest"], referrer.as_str());
     assert_eq!(referrers[0]["artifactType"], SIGNATURE);
 
     // The registry answered through the referrers API, not oras's tag fallback
     // (which would have pushed a `sha256-<hex>` tag).
-    let r = view::get(&client, &reg.url(), &format!("/v2/clients/oras/referrers/{subject}")).await;
+    let r = view::get(
+        &client,
+        &reg.url(),
+        &format!("/v2/clients/oras/referrers/{subject}"),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.content_type.as_deref(), Some(images::OCI_INDEX));
     let index: Value = serde_json::from_slice(&r.bytes).unwrap();
@@ -305,16 +411,28 @@ async fn oras_push_attach_discover_pull() {
 
     // pull: identical bytes, for the artifact and for the referrer.
     let out = dir.path().join("pulled");
-    run(&mut oras(&["pull", "-o", out.to_str().unwrap(), &reference]));
+    run(&mut oras(&[
+        "pull",
+        "-o",
+        out.to_str().unwrap(),
+        &reference,
+    ]));
     assert_eq!(std::fs::read(out.join("artifact.bin")).unwrap(), payload);
     let out = dir.path().join("pulled-sig");
-    run(&mut oras(&["pull", "-o", out.to_str().unwrap(), &format!("{host}/clients/oras@{referrer}")]));
+    run(&mut oras(&[
+        "pull",
+        "-o",
+        out.to_str().unwrap(),
+        &format!("{host}/clients/oras@{referrer}"),
+    ]));
     assert_eq!(std::fs::read(out.join("sig.json")).unwrap(), signature);
 }
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn hosts_toml(server: Option<&str>, host: &str, ca: bool) -> String {
@@ -322,7 +440,9 @@ fn hosts_toml(server: Option<&str>, host: &str, ca: bool) -> String {
     if let Some(server) = server {
         s.push_str(&format!("server = \"{server}\"\n\n"));
     }
-    s.push_str(&format!("[host.\"{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"));
+    s.push_str(&format!(
+        "[host.\"{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    ));
     if ca {
         s.push_str("  ca = \"ca.crt\"\n");
     }
@@ -353,10 +473,15 @@ fn assert_pulled(ctrd: &Containerd, ns: &str, reference: &str, manifest: &Blob, 
 #[tokio::test]
 async fn containerd_pulls_through_hosts_toml() {
     let dir = tempfile::tempdir().unwrap();
-    let (Some(containerd), Some(ctr)) = (tool("containerd", "PRIVREG_CONTAINERD"), tool("ctr", "PRIVREG_CTR")) else {
+    let (Some(containerd), Some(ctr)) = (
+        tool("containerd", "PRIVREG_CONTAINERD"),
+        tool("ctr", "PRIVREG_CTR"),
+    ) else {
         return;
     };
-    let Some(skopeo) = Skopeo::find(&dir.path().join("skopeo")) else { return };
+    let Some(skopeo) = Skopeo::find(&dir.path().join("skopeo")) else {
+        return;
+    };
     if !is_root() {
         assert!(!tools_required(), "containerd tests need root");
         eprintln!("SKIPPED: containerd needs root");
@@ -367,25 +492,57 @@ async fn containerd_pulls_through_hosts_toml() {
     let (host, port) = (reg.host(), reg.port);
 
     // Three images, so each case fetches its own blobs, and an index.
-    let hello = |who: &str| vec![(format!("etc/hello-{who}.txt"), format!("hello from privreg to {who}\n").into_bytes())];
+    let hello = |who: &str| {
+        vec![(
+            format!("etc/hello-{who}.txt"),
+            format!("hello from privreg to {who}\n").into_bytes(),
+        )]
+    };
     let mk = |who: &str| {
         images::image(
             host_arch(),
-            vec![hello(who), vec![("data/random.bin".to_owned(), images::random_bytes(50_000))]],
+            vec![
+                hello(who),
+                vec![("data/random.bin".to_owned(), images::random_bytes(50_000))],
+            ],
             json!({ "org.opencontainers.image.title": who }),
         )
     };
     let (direct, named, mirrored) = (mk("direct"), mk("named"), mk("mirrored"));
-    let other_arch = if host_arch() == "amd64" { "arm64" } else { "amd64" };
+    let other_arch = if host_arch() == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
     let multi = images::multi_image(vec![mk("multi"), images::random_image(other_arch, 1)]);
     let src = dir.path().join("src");
     write_layout(
         &src,
-        &[("direct", &direct.manifest), ("named", &named.manifest), ("mirrored", &mirrored.manifest), ("multi", &multi.index)],
-        direct.blobs().into_iter().chain(named.blobs()).chain(mirrored.blobs()).chain(multi.blobs()),
+        &[
+            ("direct", &direct.manifest),
+            ("named", &named.manifest),
+            ("mirrored", &mirrored.manifest),
+            ("multi", &multi.index),
+        ],
+        direct
+            .blobs()
+            .into_iter()
+            .chain(named.blobs())
+            .chain(mirrored.blobs())
+            .chain(multi.blobs()),
     );
-    for (tag, repo, all) in [("direct", "ctr/direct", false), ("named", "ctr/named", false), ("mirrored", "ctr/mirrored", false), ("multi", "ctr/multi", true)] {
-        skopeo.copy(&format!("oci:{}:{tag}", src.display()), &format!("docker://{host}/{repo}:v1"), all, &certs);
+    for (tag, repo, all) in [
+        ("direct", "ctr/direct", false),
+        ("named", "ctr/named", false),
+        ("mirrored", "ctr/mirrored", false),
+        ("multi", "ctr/multi", true),
+    ] {
+        skopeo.copy(
+            &format!("oci:{}:{tag}", src.display()),
+            &format!("docker://{host}/{repo}:v1"),
+            all,
+            &certs,
+        );
     }
 
     let ctrd = Containerd::start(&containerd, &ctr, &dir.path().join("containerd"));
@@ -394,52 +551,100 @@ async fn containerd_pulls_through_hosts_toml() {
     // The localhost trap (TESTRIG A3 case A): with no hosts.toml containerd
     // speaks plain HTTP to 127.0.0.1, and privreg's TLS port refuses it.
     let out = ctrd.pull("trap", &format!("{host}/ctr/direct:v1"));
-    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "plain-HTTP pull succeeded:\n{err}");
     // privreg answers the plain request with a TLS alert, which Go reports as
     // `malformed HTTP response "\x15\x03\x03..."` (Go servers answer 400 instead).
-    assert!(err.contains(&format!("Head \"http://{host}/v2/ctr/direct/manifests/v1\"")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "Head \"http://{host}/v2/ctr/direct/manifests/v1\""
+        )),
+        "{err}"
+    );
 
     // No `ca`: the TLS handshake fails on the unknown CA.
     ctrd.write_host(&host, &hosts_toml(Some(&server), &server, false), None);
     let reference = format!("{host}/ctr/direct:v1");
     let out = ctrd.pull("direct", &reference);
-    let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "pull without ca succeeded:\n{err}");
     assert!(err.contains(UNKNOWN_CA), "{err}");
-    assert!(err.contains(&format!("https://{host}/v2/ctr/direct/manifests/v1")), "{err}");
+    assert!(
+        err.contains(&format!("https://{host}/v2/ctr/direct/manifests/v1")),
+        "{err}"
+    );
 
     // Live, with no restart: ca.crt next to hosts.toml, named by `ca`.
-    ctrd.write_host(&host, &hosts_toml(Some(&server), &server, true), Some(&reg.ca()));
+    ctrd.write_host(
+        &host,
+        &hosts_toml(Some(&server), &server, true),
+        Some(&reg.ca()),
+    );
     let out = ctrd.pull("direct", &reference);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("unpacking linux/{}", host_arch())) && text.contains(&direct.manifest.digest),
+        text.contains(&format!("unpacking linux/{}", host_arch()))
+            && text.contains(&direct.manifest.digest),
         "{text}"
     );
-    assert_pulled(&ctrd, "direct", &reference, &direct.manifest, &direct.blobs());
+    assert_pulled(
+        &ctrd,
+        "direct",
+        &reference,
+        &direct.manifest,
+        &direct.blobs(),
+    );
     // The unpacked rootfs holds the files of both layers.
     {
         let rootfs = ctrd.mount_image("direct", &reference, &dir.path().join("rootfs"));
         for (name, data) in direct.files.iter().flatten() {
-            assert_eq!(&std::fs::read(rootfs.target.join(name)).unwrap(), data, "{name} in the rootfs");
+            assert_eq!(
+                &std::fs::read(rootfs.target.join(name)).unwrap(),
+                data,
+                "{name} in the rootfs"
+            );
         }
     }
 
     // The index: containerd picks this machine's platform.
     let reference = format!("{host}/ctr/multi:v1");
     let out = ctrd.pull("multi", &reference);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mine = &multi.images[0];
     assert_pulled(&ctrd, "multi", &reference, &multi.index, &mine.blobs());
 
     // Friendly name, no DNS: `server` and the host block both name 127.0.0.1.
     let name = format!("registry.test:{port}");
-    ctrd.write_host(&name, &hosts_toml(Some(&server), &server, true), Some(&reg.ca()));
+    ctrd.write_host(
+        &name,
+        &hosts_toml(Some(&server), &server, true),
+        Some(&reg.ca()),
+    );
     let reference = format!("{name}/ctr/named:v1");
     let out = ctrd.pull("named", &reference);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_pulled(&ctrd, "named", &reference, &named.manifest, &named.blobs());
 
     // Mirror only (no `server` key): containerd tries the host block first.
@@ -447,14 +652,28 @@ async fn containerd_pulls_through_hosts_toml() {
     ctrd.write_host(&name, &hosts_toml(None, &server, true), Some(&reg.ca()));
     let reference = format!("{name}/ctr/mirrored:v1");
     let out = ctrd.pull("mirrored", &reference);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_pulled(&ctrd, "mirrored", &reference, &mirrored.manifest, &mirrored.blobs());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_pulled(
+        &ctrd,
+        "mirrored",
+        &reference,
+        &mirrored.manifest,
+        &mirrored.blobs(),
+    );
 
     // The query parameter containerd adds when a host block serves another name.
     let client = https_client(&reg.ca());
     let ns = format!("ns=mirror.test%3A{port}");
     let m = view::manifest(&client, &reg.url(), "ctr/mirrored", &format!("v1?{ns}")).await;
-    assert_eq!((m.status, m.digest.as_deref()), (200, Some(mirrored.manifest.digest.as_str())));
+    assert_eq!(
+        (m.status, m.digest.as_deref()),
+        (200, Some(mirrored.manifest.digest.as_str()))
+    );
     let head = client
         .head(format!("{}/v2/ctr/mirrored/manifests/v1?{ns}", reg.url()))
         .header("Accept", view::ACCEPT_ALL)
@@ -463,7 +682,12 @@ async fn containerd_pulls_through_hosts_toml() {
         .unwrap();
     assert_eq!(head.status(), 200);
     for b in mirrored.blobs().iter().skip(1) {
-        let got = view::get(&client, &reg.url(), &format!("/v2/ctr/mirrored/blobs/{}?{ns}", b.digest)).await;
+        let got = view::get(
+            &client,
+            &reg.url(),
+            &format!("/v2/ctr/mirrored/blobs/{}?{ns}", b.digest),
+        )
+        .await;
         assert_eq!((got.status, &got.bytes), (200, &b.bytes));
     }
 

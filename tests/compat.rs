@@ -9,7 +9,9 @@ mod common;
 use std::path::Path;
 
 use common::daemons::DockerRegistry;
-use common::images::{self, MultiImage, by_digest, host_arch, layout_blobs, layout_refs, write_layout};
+use common::images::{
+    self, MultiImage, by_digest, host_arch, layout_blobs, layout_refs, write_layout,
+};
 use common::pki::TestPki;
 use common::skopeo::Skopeo;
 use common::view::{self, View};
@@ -49,7 +51,10 @@ const REFS: &[(&str, &str)] = &[
 
 fn push_all(skopeo: &Skopeo, dir: &Path, host: &str, certs: &Path) -> Content {
     let img = images::random_image(host_arch(), 3);
-    let multi = images::multi_image(vec![images::random_image("amd64", 2), images::random_image("arm64", 2)]);
+    let multi = images::multi_image(vec![
+        images::random_image("amd64", 2),
+        images::random_image("arm64", 2),
+    ]);
     let src = dir.join("src");
     write_layout(
         &src,
@@ -57,9 +62,24 @@ fn push_all(skopeo: &Skopeo, dir: &Path, host: &str, certs: &Path) -> Content {
         img.blobs().into_iter().chain(multi.blobs()),
     );
     let src = src.display();
-    skopeo.copy(&format!("oci:{src}:v1"), &format!("docker://{host}/compat/image:v1"), false, certs);
-    skopeo.copy(&format!("oci:{src}:v1"), &format!("docker://{host}/compat/image:v2"), false, certs);
-    skopeo.copy(&format!("oci:{src}:multi"), &format!("docker://{host}/compat/multi:v1"), true, certs);
+    skopeo.copy(
+        &format!("oci:{src}:v1"),
+        &format!("docker://{host}/compat/image:v1"),
+        false,
+        certs,
+    );
+    skopeo.copy(
+        &format!("oci:{src}:v1"),
+        &format!("docker://{host}/compat/image:v2"),
+        false,
+        certs,
+    );
+    skopeo.copy(
+        &format!("oci:{src}:multi"),
+        &format!("docker://{host}/compat/multi:v1"),
+        true,
+        certs,
+    );
     // Converted on the way (so no --preserve-digests here).
     run(skopeo
         .cmd("copy")
@@ -83,18 +103,36 @@ fn check_view(v: &View, c: &Content) {
     assert_eq!(m.bytes, c.multi.index.bytes);
     assert_eq!(m.content_type.as_deref(), Some(images::OCI_INDEX));
     for child in &c.multi.images {
-        assert_eq!(get("compat/multi", &child.manifest.digest).bytes, child.manifest.bytes);
+        assert_eq!(
+            get("compat/multi", &child.manifest.digest).bytes,
+            child.manifest.bytes
+        );
     }
     let m = get("compat/docker", "v1");
-    assert_eq!(m.content_type.as_deref(), Some("application/vnd.docker.distribution.manifest.v2+json"));
+    assert_eq!(
+        m.content_type.as_deref(),
+        Some("application/vnd.docker.distribution.manifest.v2+json")
+    );
     assert_eq!(m.digest.as_deref(), Some(common::sha256(&m.bytes).as_str()));
     // Every blob built here was served with its bytes (the Docker image's
     // layers are the same gzip'd tars; only its config and manifest differ).
-    let served: std::collections::BTreeMap<_, _> = v.blobs.iter().map(|((_, d), b)| (d.clone(), b.clone())).collect();
-    for b in c.img.blobs().into_iter().skip(1).chain(c.multi.images.iter().flat_map(|i| i.blobs().into_iter().skip(1))) {
+    let served: std::collections::BTreeMap<_, _> = v
+        .blobs
+        .iter()
+        .map(|((_, d), b)| (d.clone(), b.clone()))
+        .collect();
+    for b in c.img.blobs().into_iter().skip(1).chain(
+        c.multi
+            .images
+            .iter()
+            .flat_map(|i| i.blobs().into_iter().skip(1)),
+    ) {
         assert_eq!(served.get(&b.digest), Some(&b.bytes), "blob {}", b.digest);
     }
-    assert_eq!(v.tags["compat/image"]["tags"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(
+        v.tags["compat/image"]["tags"],
+        serde_json::json!(["v1", "v2"])
+    );
     assert_eq!(v.tags["compat/multi"]["tags"], serde_json::json!(["v1"]));
     assert_eq!(
         v.catalog["repositories"],
@@ -107,12 +145,28 @@ fn check_view(v: &View, c: &Content) {
 fn pull_all(skopeo: &Skopeo, dir: &Path, host: &str, certs: &Path, c: &Content) {
     std::fs::create_dir_all(dir).unwrap();
     let out = dir.join("pulled-image");
-    skopeo.copy(&format!("docker://{host}/compat/image:v2"), &format!("oci:{}:v2", out.display()), false, certs);
-    assert_eq!(layout_refs(&out)["v2"]["digest"], c.img.manifest.digest.as_str());
+    skopeo.copy(
+        &format!("docker://{host}/compat/image:v2"),
+        &format!("oci:{}:v2", out.display()),
+        false,
+        certs,
+    );
+    assert_eq!(
+        layout_refs(&out)["v2"]["digest"],
+        c.img.manifest.digest.as_str()
+    );
     assert_eq!(layout_blobs(&out), by_digest(c.img.blobs()));
     let out = dir.join("pulled-multi");
-    skopeo.copy(&format!("docker://{host}/compat/multi:v1"), &format!("oci:{}:v1", out.display()), true, certs);
-    assert_eq!(layout_refs(&out)["v1"]["digest"], c.multi.index.digest.as_str());
+    skopeo.copy(
+        &format!("docker://{host}/compat/multi:v1"),
+        &format!("oci:{}:v1", out.display()),
+        true,
+        certs,
+    );
+    assert_eq!(
+        layout_refs(&out)["v1"]["digest"],
+        c.multi.index.digest.as_str()
+    );
     assert_eq!(layout_blobs(&out), by_digest(c.multi.blobs()));
 }
 
@@ -126,7 +180,9 @@ fn setup(dir: &Path) -> Option<(Skopeo, std::path::PathBuf, TestPki)> {
 #[tokio::test]
 async fn privreg_serves_a_reference_registry_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((skopeo, registry, pki)) = setup(dir.path()) else { return };
+    let Some((skopeo, registry, pki)) = setup(dir.path()) else {
+        return;
+    };
     let data = dir.path().join("data");
     let client = https_client(&pki.ca);
 
@@ -135,25 +191,47 @@ async fn privreg_serves_a_reference_registry_directory() {
     let before = view::view(&client, &reference.url(), REFS).await;
     check_view(&before, &content);
     reference.stop();
-    assert!(data.join("docker/registry/v2/repositories/compat/image/_manifests/tags/v1").is_dir());
+    assert!(
+        data.join("docker/registry/v2/repositories/compat/image/_manifests/tags/v1")
+            .is_dir()
+    );
 
     let tree = files(&data);
     let args = pki.privreg_args();
     let reg = Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
     let after = view::view(&client, &reg.url(), REFS).await;
     check_view(&after, &content);
-    assert!(after.is_lexical(), "privreg lists tags and repositories in lexical order: {:?}", after.tags);
-    assert_eq!(after.sorted(), before.sorted(), "privreg shows the directory as docker-registry did");
-    pull_all(&skopeo, &dir.path().join("from-privreg"), &reg.host(), &pki.cert_dir, &content);
+    assert!(
+        after.is_lexical(),
+        "privreg lists tags and repositories in lexical order: {:?}",
+        after.tags
+    );
+    assert_eq!(
+        after.sorted(),
+        before.sorted(),
+        "privreg shows the directory as docker-registry did"
+    );
+    pull_all(
+        &skopeo,
+        &dir.path().join("from-privreg"),
+        &reg.host(),
+        &pki.cert_dir,
+        &content,
+    );
     // Serving reads changed nothing on disk.
-    assert!(files(&data) == tree, "privreg modified the directory while only serving reads");
+    assert!(
+        files(&data) == tree,
+        "privreg modified the directory while only serving reads"
+    );
 }
 
 /// privreg writes the directory; docker-registry serves it unchanged.
 #[tokio::test]
 async fn reference_registry_serves_a_privreg_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((skopeo, registry, pki)) = setup(dir.path()) else { return };
+    let Some((skopeo, registry, pki)) = setup(dir.path()) else {
+        return;
+    };
     let data = dir.path().join("data");
     let client = https_client(&pki.ca);
 
@@ -167,15 +245,38 @@ async fn reference_registry_serves_a_privreg_directory() {
     let reference = DockerRegistry::start(&registry, &data, &pki.server_cert, &pki.server_key);
     let after = view::view(&client, &reference.url(), REFS).await;
     check_view(&after, &content);
-    assert!(before.is_lexical(), "privreg lists tags and repositories in lexical order: {:?}", before.tags);
-    assert_eq!(after.sorted(), before.sorted(), "docker-registry shows the directory as privreg did");
-    pull_all(&skopeo, &dir.path().join("from-reference"), &reference.host(), &pki.cert_dir, &content);
-    assert!(!reference.log().contains("level=error"), "{}", reference.log());
+    assert!(
+        before.is_lexical(),
+        "privreg lists tags and repositories in lexical order: {:?}",
+        before.tags
+    );
+    assert_eq!(
+        after.sorted(),
+        before.sorted(),
+        "docker-registry shows the directory as privreg did"
+    );
+    pull_all(
+        &skopeo,
+        &dir.path().join("from-reference"),
+        &reference.host(),
+        &pki.cert_dir,
+        &content,
+    );
+    assert!(
+        !reference.log().contains("level=error"),
+        "{}",
+        reference.log()
+    );
 }
 
 /// oras's artifact and its referrer, written by one server and served by the
 /// other. Returns (subject digest, referrer digest, artifact bytes).
-fn oras_push_and_attach(oras: &Path, work: &Path, ca: &Path, host: &str) -> (String, String, Vec<u8>) {
+fn oras_push_and_attach(
+    oras: &Path,
+    work: &Path,
+    ca: &Path,
+    host: &str,
+) -> (String, String, Vec<u8>) {
     std::fs::create_dir_all(work).unwrap();
     let payload = images::random_bytes(10_000);
     std::fs::write(work.join("artifact.bin"), &payload).unwrap();
@@ -190,8 +291,24 @@ fn oras_push_and_attach(oras: &Path, work: &Path, ca: &Path, host: &str) -> (Str
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let reference = format!("{host}/compat/artifact:v1");
-    let pushed = json_of(&["push", "--format", "json", "--artifact-type", ARTIFACT, &reference, "artifact.bin"]);
-    let attached = json_of(&["attach", "--format", "json", "--artifact-type", SIGNATURE, &reference, "sig.json"]);
+    let pushed = json_of(&[
+        "push",
+        "--format",
+        "json",
+        "--artifact-type",
+        ARTIFACT,
+        &reference,
+        "artifact.bin",
+    ]);
+    let attached = json_of(&[
+        "attach",
+        "--format",
+        "json",
+        "--artifact-type",
+        SIGNATURE,
+        &reference,
+        "sig.json",
+    ]);
     (
         pushed["digest"].as_str().unwrap().to_owned(),
         attached["digest"].as_str().unwrap().to_owned(),
@@ -208,27 +325,56 @@ const SIGNATURE: &str = "application/vnd.privreg.test.signature";
 #[tokio::test]
 async fn privreg_lists_referrers_attached_through_the_reference_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_, registry, pki)) = setup(dir.path()) else { return };
-    let Some(oras) = common::daemons::go_tool("oras", "PRIVREG_ORAS") else { return };
+    let Some((_, registry, pki)) = setup(dir.path()) else {
+        return;
+    };
+    let Some(oras) = common::daemons::go_tool("oras", "PRIVREG_ORAS") else {
+        return;
+    };
     let data = dir.path().join("data");
     let client = https_client(&pki.ca);
 
     let mut reference = DockerRegistry::start(&registry, &data, &pki.server_cert, &pki.server_key);
-    let (subject, referrer, _) = oras_push_and_attach(&oras, &dir.path().join("work"), &pki.ca, &reference.host());
+    let (subject, referrer, _) =
+        oras_push_and_attach(&oras, &dir.path().join("work"), &pki.ca, &reference.host());
     let fallback_tag = subject.replace(':', "-");
     let tags = view::get(&client, &reference.url(), "/v2/compat/artifact/tags/list").await;
     let tags: serde_json::Value = serde_json::from_slice(&tags.bytes).unwrap();
-    let mut tags: Vec<&str> = tags["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let mut tags: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
     tags.sort();
-    assert_eq!(tags, vec![fallback_tag.as_str(), "v1"], "oras used the tag fallback");
-    let before = view::view(&client, &reference.url(), &[("compat/artifact", "v1"), ("compat/artifact", &referrer)]).await;
+    assert_eq!(
+        tags,
+        vec![fallback_tag.as_str(), "v1"],
+        "oras used the tag fallback"
+    );
+    let before = view::view(
+        &client,
+        &reference.url(),
+        &[("compat/artifact", "v1"), ("compat/artifact", &referrer)],
+    )
+    .await;
     reference.stop();
 
     let args = pki.privreg_args();
     let reg = Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let after = view::view(&client, &reg.url(), &[("compat/artifact", "v1"), ("compat/artifact", &referrer)]).await;
+    let after = view::view(
+        &client,
+        &reg.url(),
+        &[("compat/artifact", "v1"), ("compat/artifact", &referrer)],
+    )
+    .await;
     assert_eq!(after.sorted(), before.sorted());
-    let r = view::get(&client, &reg.url(), &format!("/v2/compat/artifact/referrers/{subject}")).await;
+    let r = view::get(
+        &client,
+        &reg.url(),
+        &format!("/v2/compat/artifact/referrers/{subject}"),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let index: serde_json::Value = serde_json::from_slice(&r.bytes).unwrap();
     let listed: Vec<&str> = index["manifests"]
@@ -260,28 +406,52 @@ async fn privreg_lists_referrers_attached_through_the_reference_registry() {
 #[tokio::test]
 async fn reference_registry_serves_privreg_referrers_as_plain_manifests() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_, registry, pki)) = setup(dir.path()) else { return };
-    let Some(oras) = common::daemons::go_tool("oras", "PRIVREG_ORAS") else { return };
+    let Some((_, registry, pki)) = setup(dir.path()) else {
+        return;
+    };
+    let Some(oras) = common::daemons::go_tool("oras", "PRIVREG_ORAS") else {
+        return;
+    };
     let data = dir.path().join("data");
     let client = https_client(&pki.ca);
 
     let args = pki.privreg_args();
     let mut reg = Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let (subject, referrer, payload) = oras_push_and_attach(&oras, &dir.path().join("work"), &pki.ca, &reg.host());
-    let refs = [("compat/artifact", "v1"), ("compat/artifact", referrer.as_str())];
+    let (subject, referrer, payload) =
+        oras_push_and_attach(&oras, &dir.path().join("work"), &pki.ca, &reg.host());
+    let refs = [
+        ("compat/artifact", "v1"),
+        ("compat/artifact", referrer.as_str()),
+    ];
     let before = view::view(&client, &reg.url(), &refs).await;
     // privreg has the referrers API, so oras pushed no fallback tag.
-    assert_eq!(before.tags["compat/artifact"]["tags"], serde_json::json!(["v1"]));
-    assert_eq!(before.catalog["repositories"], serde_json::json!(["compat/artifact"]));
-    assert!(data.join("docker/registry/v2/repositories/compat/artifact/_referrers").is_dir());
+    assert_eq!(
+        before.tags["compat/artifact"]["tags"],
+        serde_json::json!(["v1"])
+    );
+    assert_eq!(
+        before.catalog["repositories"],
+        serde_json::json!(["compat/artifact"])
+    );
+    assert!(
+        data.join("docker/registry/v2/repositories/compat/artifact/_referrers")
+            .is_dir()
+    );
     reg.stop();
 
     let reference = DockerRegistry::start(&registry, &data, &pki.server_cert, &pki.server_key);
     let after = view::view(&client, &reference.url(), &refs).await;
     assert_eq!(after.sorted(), before.sorted());
-    assert_eq!(after.manifests[&("compat/artifact".to_owned(), "v1".to_owned())].digest.as_deref(), Some(subject.as_str()));
-    let layer = serde_json::from_slice::<serde_json::Value>(&after.manifests[&("compat/artifact".to_owned(), "v1".to_owned())].bytes)
-        .unwrap()["layers"][0]["digest"]
+    assert_eq!(
+        after.manifests[&("compat/artifact".to_owned(), "v1".to_owned())]
+            .digest
+            .as_deref(),
+        Some(subject.as_str())
+    );
+    let layer = serde_json::from_slice::<serde_json::Value>(
+        &after.manifests[&("compat/artifact".to_owned(), "v1".to_owned())].bytes,
+    )
+    .unwrap()["layers"][0]["digest"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -148,17 +148,7 @@ fn reference_registry_baseline_is_reported() {
         .output()
         .unwrap();
     assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
-    struct Stop(PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("bash")
-                .arg(script("reference-registry.sh"))
-                .arg("--stop")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _stop = Stop(data.clone());
+    let _stop = StopReference(data.clone());
     let out = report_dir("reference");
     let (_ok, summary, _text) = run_suite(
         &format!("https://127.0.0.1:{port}"),
@@ -168,4 +158,101 @@ fn reference_registry_baseline_is_reported() {
     );
     println!("reference docker-registry {summary} (not gating)");
     assert!(out.join("junit.xml").is_file(), "the suite ran against the reference");
+}
+
+/// Runs the redesigned suite (conformance v2, OCI 1.1 profile: sha512, anonymous
+/// mount, nested indexes, non-distributable layers...). Returns (exit success,
+/// "N passed, M failed" over its test lines, full output).
+fn run_suite_v2(suite: &Path, host: &str, ca: &Path, out: &Path) -> (bool, String, String) {
+    let output = Command::new(suite)
+        .current_dir(out)
+        .env("OCI_REGISTRY", host)
+        .env("OCI_TLS", "enabled")
+        .env("OCI_REPO1", "myorg/myrepo")
+        .env("OCI_REPO2", "myorg/other")
+        .env("OCI_RESULTS_DIR", out)
+        .env("SSL_CERT_FILE", ca)
+        .output()
+        .expect("run conformance v2");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = junit_totals(&out.join("junit.xml"))
+        .map(|(tests, failures, skipped)| {
+            format!("{} passed, {failures} failed, {skipped} skipped", tests - failures - skipped)
+        })
+        .unwrap_or_else(|| "no junit.xml".to_owned());
+    (output.status.success(), summary, text)
+}
+
+/// (tests, failures, skipped) from the first element of a junit report.
+fn junit_totals(path: &Path) -> Option<(u64, u64, u64)> {
+    let xml = std::fs::read_to_string(path).ok()?;
+    let head = &xml[xml.find("<testsuites")?..];
+    let head = &head[..head.find('>')?];
+    let attr = |name: &str| -> Option<u64> {
+        let start = head.find(&format!(" {name}=\""))? + name.len() + 3;
+        head[start..].split('"').next()?.parse().ok()
+    };
+    Some((attr("tests")?, attr("failures")? + attr("errors").unwrap_or(0), attr("skipped").unwrap_or(0)))
+}
+
+#[test]
+fn privreg_passes_the_conformance_v2_suite() {
+    let Some(suite) = tool("conformance", "PRIVREG_CONFORMANCE2") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_pki(dir.path());
+    let reg = Privreg::start(
+        &dir.path().join("data"),
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    let out = report_dir("privreg-v2");
+    let (ok, summary, text) = run_suite_v2(&suite, &reg.host(), &ca, &out);
+    println!("privreg conformance v2: {summary} (report: {})", out.display());
+    assert!(ok, "conformance v2 failures against privreg:\n{text}");
+    assert!(summary.contains(" 0 failed"), "{summary}");
+}
+
+#[test]
+fn reference_registry_v2_baseline_is_reported() {
+    let Some(suite) = tool("conformance", "PRIVREG_CONFORMANCE2") else {
+        return;
+    };
+    if tool("docker-registry", "DOCKER_REGISTRY").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_pki(dir.path());
+    let data = dir.path().join("reference").join("data");
+    let port = free_port();
+    let start = Command::new("bash")
+        .arg(script("reference-registry.sh"))
+        .arg(&data)
+        .arg(port.to_string())
+        .arg(&cert)
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let _stop = StopReference(data.clone());
+    let out = report_dir("reference-v2");
+    let (_ok, summary, text) = run_suite_v2(&suite, &format!("127.0.0.1:{port}"), &ca, &out);
+    println!("reference docker-registry conformance v2: {summary} (not gating)");
+    assert!(text.contains("OCI Conformance Test"), "the suite ran:\n{text}");
+}
+
+struct StopReference(PathBuf);
+
+impl Drop for StopReference {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script("reference-registry.sh"))
+            .arg("--stop")
+            .arg(&self.0)
+            .status();
+    }
 }

@@ -23,8 +23,17 @@ const MAX_ROUNDS: usize = 500;
 /// What a worker pushed and the registry acknowledged with 201.
 #[derive(Clone, Debug)]
 enum Acked {
-    Blob { repo: String, digest: String, len: usize },
-    Manifest { repo: String, tag: String, digest: String, bytes: Vec<u8> },
+    Blob {
+        repo: String,
+        digest: String,
+        len: usize,
+    },
+    Manifest {
+        repo: String,
+        tag: String,
+        digest: String,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Default)]
@@ -39,10 +48,11 @@ struct Ledger {
 
 impl Ledger {
     fn attempt(&self, repo: &str, digest: &str, tag: Option<&str>) {
-        self.attempted
-            .lock()
-            .unwrap()
-            .push((repo.to_owned(), digest.to_owned(), tag.map(str::to_owned)));
+        self.attempted.lock().unwrap().push((
+            repo.to_owned(),
+            digest.to_owned(),
+            tag.map(str::to_owned),
+        ));
     }
 
     fn ack(&self, a: Acked) {
@@ -56,13 +66,22 @@ impl Ledger {
 /// Pushes images (config, one layer, manifest under a fresh tag) until the server
 /// goes away or `stop` is set. Even workers push layers in one POST, odd ones in
 /// 64 KiB chunks.
-async fn worker(id: usize, generation: usize, base: String, client: reqwest::Client, ledger: Arc<Ledger>) {
+async fn worker(
+    id: usize,
+    generation: usize,
+    base: String,
+    client: reqwest::Client,
+    ledger: Arc<Ledger>,
+) {
     let repo = format!("crash/g{generation}/w{id:02}");
     for round in 0..MAX_ROUNDS {
         if ledger.stop.load(Ordering::SeqCst) {
             return;
         }
-        let config = format!(r#"{{"os":"linux","worker":{id},"round":{round},"salt":"{}"}}"#, hex::encode(random_bytes(8)));
+        let config = format!(
+            r#"{{"os":"linux","worker":{id},"round":{round},"salt":"{}"}}"#,
+            hex::encode(random_bytes(8))
+        );
         let chunked = id % 2 == 1;
         let layer_len = if chunked {
             256 * 1024 + (id * 7919 + round * 104_729) % (1024 * 1024)
@@ -76,7 +95,11 @@ async fn worker(id: usize, generation: usize, base: String, client: reqwest::Cli
             let cd = sha256(config.as_bytes());
             ledger.attempt(&repo, &cd, None);
             push_monolithic(&client, &base, &repo, config.as_bytes().to_vec()).await?;
-            ledger.ack(Acked::Blob { repo: repo.clone(), digest: cd, len: config.len() });
+            ledger.ack(Acked::Blob {
+                repo: repo.clone(),
+                digest: cd,
+                len: config.len(),
+            });
 
             let ld = sha256(&layer);
             ledger.attempt(&repo, &ld, None);
@@ -85,14 +108,28 @@ async fn worker(id: usize, generation: usize, base: String, client: reqwest::Cli
             } else {
                 push_monolithic(&client, &base, &repo, layer.clone()).await?;
             }
-            ledger.ack(Acked::Blob { repo: repo.clone(), digest: ld, len: layer.len() });
+            ledger.ack(Acked::Blob {
+                repo: repo.clone(),
+                digest: ld,
+                len: layer.len(),
+            });
 
-            let manifest = image_manifest(OCI_MANIFEST, config.as_bytes(), &[&layer], serde_json::json!({}));
+            let manifest = image_manifest(
+                OCI_MANIFEST,
+                config.as_bytes(),
+                &[&layer],
+                serde_json::json!({}),
+            );
             let md = sha256(&manifest);
             let tag = format!("r{round}");
             ledger.attempt(&repo, &md, Some(&tag));
             push_manifest(&client, &base, &repo, &tag, OCI_MANIFEST, manifest.clone()).await?;
-            ledger.ack(Acked::Manifest { repo: repo.clone(), tag, digest: md, bytes: manifest });
+            ledger.ack(Acked::Manifest {
+                repo: repo.clone(),
+                tag,
+                digest: md,
+                bytes: manifest,
+            });
             Ok::<(), String>(())
         }
         .await;
@@ -113,12 +150,26 @@ async fn verify_after_crash(reg: &Privreg, ledger: &Ledger) -> (usize, usize) {
     for a in &acked {
         match a {
             Acked::Blob { repo, digest, len } => {
-                let (status, body) = get_bytes(&client, &format!("{base}/v2/{repo}/blobs/{digest}")).await;
+                let (status, body) =
+                    get_bytes(&client, &format!("{base}/v2/{repo}/blobs/{digest}")).await;
                 assert_eq!(status, 200, "acknowledged blob {digest} in {repo} is lost");
-                assert_eq!(body.len(), *len, "acknowledged blob {digest} has the wrong size");
-                assert_eq!(&sha256(&body), digest, "acknowledged blob {digest} is corrupt");
+                assert_eq!(
+                    body.len(),
+                    *len,
+                    "acknowledged blob {digest} has the wrong size"
+                );
+                assert_eq!(
+                    &sha256(&body),
+                    digest,
+                    "acknowledged blob {digest} is corrupt"
+                );
             }
-            Acked::Manifest { repo, tag, digest, bytes } => {
+            Acked::Manifest {
+                repo,
+                tag,
+                digest,
+                bytes,
+            } => {
                 for reference in [tag, digest] {
                     let r = client
                         .get(format!("{base}/v2/{repo}/manifests/{reference}"))
@@ -126,9 +177,17 @@ async fn verify_after_crash(reg: &Privreg, ledger: &Ledger) -> (usize, usize) {
                         .send()
                         .await
                         .unwrap();
-                    assert_eq!(r.status(), 200, "acknowledged manifest {repo}:{reference} is lost");
+                    assert_eq!(
+                        r.status(),
+                        200,
+                        "acknowledged manifest {repo}:{reference} is lost"
+                    );
                     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
-                    assert_eq!(&r.bytes().await.unwrap()[..], &bytes[..], "{repo}:{reference}");
+                    assert_eq!(
+                        &r.bytes().await.unwrap()[..],
+                        &bytes[..],
+                        "{repo}:{reference}"
+                    );
                 }
             }
         }
@@ -158,10 +217,15 @@ async fn verify_after_crash(reg: &Privreg, ledger: &Ledger) -> (usize, usize) {
             }
         }
         if let Some(tag) = tag {
-            let (status, body) = get_bytes(&client, &format!("{base}/v2/{repo}/manifests/{tag}")).await;
+            let (status, body) =
+                get_bytes(&client, &format!("{base}/v2/{repo}/manifests/{tag}")).await;
             assert!(status == 200 || status == 404, "{repo}:{tag}: {status}");
             if status == 200 {
-                assert_eq!(&sha256(&body), digest, "tag {repo}:{tag} points at something half-written");
+                assert_eq!(
+                    &sha256(&body),
+                    digest,
+                    "tag {repo}:{tag} points at something half-written"
+                );
             }
         }
     }
@@ -178,14 +242,30 @@ async fn kill9_during_concurrent_pushes_loses_nothing_acknowledged() {
         let ledger = Arc::new(Ledger::default());
         let client = https_client(&reg.ca());
         let tasks: Vec<_> = (0..WORKERS)
-            .map(|i| tokio::spawn(worker(i, generation, reg.url(), client.clone(), ledger.clone())))
+            .map(|i| {
+                tokio::spawn(worker(
+                    i,
+                    generation,
+                    reg.url(),
+                    client.clone(),
+                    ledger.clone(),
+                ))
+            })
             .collect();
 
         // Let a good number of images through, then crash in the middle of the rest.
         let deadline = Instant::now() + Duration::from_secs(180);
         while ledger.acked_manifests.load(Ordering::SeqCst) < 48 {
-            assert!(Instant::now() < deadline, "workers pushed too little: {}", reg.log());
-            assert!(tasks.iter().any(|t| !t.is_finished()), "all workers stopped early: {}", reg.log());
+            assert!(
+                Instant::now() < deadline,
+                "workers pushed too little: {}",
+                reg.log()
+            );
+            assert!(
+                tasks.iter().any(|t| !t.is_finished()),
+                "all workers stopped early: {}",
+                reg.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let in_flight = ledger.in_flight.load(Ordering::SeqCst);
@@ -242,7 +322,10 @@ async fn wait_for_requests(port: u16, labels: &str, n: u64) {
         if request_count(&text, labels) >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "never saw {n} requests {labels}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "never saw {n} requests {labels}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -259,7 +342,11 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
     let digest = sha256(&blob);
 
     // A session holding the first 1000 bytes.
-    let r = client.post(format!("{base}/v2/cut/blobs/uploads/")).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/v2/cut/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let location = location_path(r.headers()["location"].to_str().unwrap());
     let r = client
@@ -272,11 +359,21 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
     assert_eq!(r.status(), 202);
     let session_file = {
         let id = location.rsplit('/').next().unwrap();
-        store::v2(&data).join("repositories/cut/_uploads").join(id).join("data")
+        store::v2(&data)
+            .join("repositories/cut/_uploads")
+            .join(id)
+            .join("data")
     };
     let check_session = |what: &str| {
-        assert_eq!(std::fs::read(&session_file).unwrap(), blob[..1000], "{what}: the session changed");
-        assert!(!store::blob_path(&data, &digest).exists(), "{what}: a blob appeared");
+        assert_eq!(
+            std::fs::read(&session_file).unwrap(),
+            blob[..1000],
+            "{what}: the session changed"
+        );
+        assert!(
+            !store::blob_path(&data, &digest).exists(),
+            "{what}: a blob appeared"
+        );
     };
 
     // 1. Raw TLS: a chunk announced as 8 MiB, 3 MiB sent, then the connection drops.
@@ -303,7 +400,11 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
     .await
     .unwrap();
     wait_for_requests(mport, r#"endpoint="upload",method="PATCH""#, 2).await;
-    let r = client.get(format!("{base}{location}")).send().await.unwrap();
+    let r = client
+        .get(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(r.headers()["range"], "0-999");
     check_session("raw TLS PATCH cut off");
@@ -316,12 +417,21 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
         .collect();
     let r = client
         .patch(format!("{base}{location}"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
         .send()
         .await;
-    assert!(r.is_err(), "the aborted request cannot have an answer: {r:?}");
+    assert!(
+        r.is_err(),
+        "the aborted request cannot have an answer: {r:?}"
+    );
     wait_for_requests(mport, r#"endpoint="upload",method="PATCH""#, 3).await;
-    let r = client.get(format!("{base}{location}")).send().await.unwrap();
+    let r = client
+        .get(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["range"], "0-999");
     check_session("aborted reqwest PATCH");
 
@@ -333,7 +443,10 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
         conn.send_head(
             "POST",
             &format!("/v2/cut/blobs/uploads/?digest={d}"),
-            &[("Content-Type", "application/octet-stream".into()), ("Content-Length", len.to_string())],
+            &[
+                ("Content-Type", "application/octet-stream".into()),
+                ("Content-Length", len.to_string()),
+            ],
         )
         .unwrap();
         for piece in part.chunks(64 * 1024) {
@@ -350,7 +463,11 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
         vec![session_file.parent().unwrap().to_owned()],
         "the cut-off POST left a session behind"
     );
-    let r = client.head(format!("{base}/v2/cut/blobs/{digest}")).send().await.unwrap();
+    let r = client
+        .head(format!("{base}/v2/cut/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     store::assert_consistent(&data);
 
@@ -380,7 +497,11 @@ async fn upload_session_survives_restarts() {
 
     let client = https_client(&reg.ca());
     let base = reg.url();
-    let r = client.post(format!("{base}/v2/keep/me/blobs/uploads/")).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/v2/keep/me/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let location = location_path(r.headers()["location"].to_str().unwrap());
     let r = client
@@ -395,9 +516,16 @@ async fn upload_session_survives_restarts() {
     // A graceful restart.
     reg.restart();
     let client = https_client(&reg.ca());
-    let r = client.get(format!("{base}{location}")).send().await.unwrap();
+    let r = client
+        .get(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["range"].to_str().unwrap(), format!("0-{}", a - 1));
+    assert_eq!(
+        r.headers()["range"].to_str().unwrap(),
+        format!("0-{}", a - 1)
+    );
     let r = client
         .patch(format!("{base}{location}"))
         .header("content-range", format!("{a}-{}", b - 1))
@@ -406,15 +534,25 @@ async fn upload_session_survives_restarts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(r.headers()["range"].to_str().unwrap(), format!("0-{}", b - 1));
+    assert_eq!(
+        r.headers()["range"].to_str().unwrap(),
+        format!("0-{}", b - 1)
+    );
 
     // A crash.
     reg.kill9();
     reg.restart();
     let client = https_client(&reg.ca());
-    let r = client.get(format!("{base}{location}")).send().await.unwrap();
+    let r = client
+        .get(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["range"].to_str().unwrap(), format!("0-{}", b - 1));
+    assert_eq!(
+        r.headers()["range"].to_str().unwrap(),
+        format!("0-{}", b - 1)
+    );
     // A chunk out of order is still refused against the restored size.
     let r = client
         .patch(format!("{base}{location}"))
@@ -424,7 +562,10 @@ async fn upload_session_survives_restarts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 416);
-    assert_eq!(r.headers()["range"].to_str().unwrap(), format!("0-{}", b - 1));
+    assert_eq!(
+        r.headers()["range"].to_str().unwrap(),
+        format!("0-{}", b - 1)
+    );
 
     let r = client
         .put(format!("{base}{location}?digest={digest}"))

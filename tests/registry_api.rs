@@ -53,7 +53,9 @@ struct Resp {
 
 impl Resp {
     fn h(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().expect("ASCII header"))
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII header"))
     }
 
     #[track_caller]
@@ -63,8 +65,12 @@ impl Resp {
     }
 
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// The first OCI error code of the body.
@@ -90,7 +96,12 @@ impl Resp {
     #[track_caller]
     fn error(&self, status: u16, code: &str) -> &Resp {
         self.status(status);
-        assert_eq!(self.code(), code, "body: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.code(),
+            code,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
         assert_eq!(self.header("content-type"), "application/json");
         self
     }
@@ -117,9 +128,17 @@ impl Reg {
     async fn send(&self, req: Request<Body>) -> Resp {
         let resp = self.app.clone().oneshot(req).await.expect("infallible");
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("response body").to_bytes().to_vec();
+        let body = body
+            .collect()
+            .await
+            .expect("response body")
+            .to_bytes()
+            .to_vec();
         assert_eq!(
-            parts.headers.get("docker-distribution-api-version").map(|v| v.to_str().unwrap()),
+            parts
+                .headers
+                .get("docker-distribution-api-version")
+                .map(|v| v.to_str().unwrap()),
             Some("registry/2.0"),
             "every response carries the API version"
         );
@@ -130,7 +149,13 @@ impl Reg {
         }
     }
 
-    async fn call(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Resp {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Body>,
+    ) -> Resp {
         let mut b = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
@@ -161,7 +186,13 @@ impl Reg {
         d
     }
 
-    async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Resp {
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Resp {
         self.call(
             "PUT",
             &format!("/v2/{repo}/manifests/{reference}"),
@@ -174,18 +205,30 @@ impl Reg {
     /// Pushes a random config and layer and an image manifest of `media_type`
     /// under `reference`; returns the manifest's digest and bytes.
     async fn push_image(&self, repo: &str, reference: &str, media_type: &str) -> (String, Vec<u8>) {
-        let config = format!(r#"{{"architecture":"amd64","os":"linux","n":"{}"}}"#, hex::encode(random_bytes(8)));
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","n":"{}"}}"#,
+            hex::encode(random_bytes(8))
+        );
         let layer = random_bytes(300);
         self.push_blob(repo, config.as_bytes()).await;
         self.push_blob(repo, &layer).await;
         let m = image_manifest(media_type, config.as_bytes(), &[&layer], json!({}));
-        self.put_manifest(repo, reference, media_type, &m).await.status(201);
+        self.put_manifest(repo, reference, media_type, &m)
+            .await
+            .status(201);
         (sha256(&m), m)
     }
 
     /// `POST` a session; returns its Location path.
     async fn start_upload(&self, repo: &str) -> String {
-        let r = self.call("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], Body::empty()).await;
+        let r = self
+            .call(
+                "POST",
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                Body::empty(),
+            )
+            .await;
         r.status(202);
         r.header("location").to_owned()
     }
@@ -195,13 +238,39 @@ impl Reg {
         store::files(self.tmp.path())
     }
 
+    /// Panics, naming the paths, if any file was added, removed or changed.
+    #[track_caller]
+    fn assert_unchanged(&self, before: &BTreeMap<String, Vec<u8>>, what: &str) {
+        let after = self.files();
+        let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+        let removed: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+        let changed: Vec<_> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            added.is_empty() && removed.is_empty() && changed.is_empty(),
+            "{what}: added {added:?}, removed {removed:?}, changed {changed:?}"
+        );
+    }
+
     fn has_blob_file(&self, digest: &str) -> bool {
         store::blob_path(&self.data, digest).exists()
     }
 
     fn upload_data(&self, location: &str) -> Vec<u8> {
-        let rel = location.strip_prefix("/v2/").unwrap().replace("/blobs/uploads/", "/_uploads/");
-        std::fs::read(store::v2(&self.data).join("repositories").join(rel).join("data")).unwrap()
+        let rel = location
+            .strip_prefix("/v2/")
+            .unwrap()
+            .replace("/blobs/uploads/", "/_uploads/");
+        std::fs::read(
+            store::v2(&self.data)
+                .join("repositories")
+                .join(rel)
+                .join("data"),
+        )
+        .unwrap()
     }
 }
 
@@ -212,7 +281,8 @@ fn app(data: &Path, config: RegistryConfig, auth: Option<Authenticator>) -> Rout
 
 /// `n` chunks of a body, as separate frames.
 fn stream_body(parts: Vec<Vec<u8>>) -> Body {
-    let frames: Vec<Result<Bytes, std::io::Error>> = parts.into_iter().map(|p| Ok(Bytes::from(p))).collect();
+    let frames: Vec<Result<Bytes, std::io::Error>> =
+        parts.into_iter().map(|p| Ok(Bytes::from(p))).collect();
     Body::from_stream(futures_util::stream::iter(frames))
 }
 
@@ -220,7 +290,10 @@ fn stream_body(parts: Vec<Vec<u8>>) -> Body {
 fn broken_body(sent: Vec<u8>) -> Body {
     let frames: Vec<Result<Bytes, std::io::Error>> = vec![
         Ok(Bytes::from(sent)),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client went away")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
     ];
     Body::from_stream(futures_util::stream::iter(frames))
 }
@@ -254,13 +327,24 @@ async fn monolithic_post_with_digest() {
     let data = random_bytes(5000);
     let d = sha256(&data);
     let r = reg
-        .call("POST", &format!("/v2/a/b/blobs/uploads/?digest={d}"), &[], data.clone())
+        .call(
+            "POST",
+            &format!("/v2/a/b/blobs/uploads/?digest={d}"),
+            &[],
+            data.clone(),
+        )
         .await;
     r.status(201);
     assert_eq!(r.header("location"), format!("/v2/a/b/blobs/{d}"));
     assert_eq!(r.header("docker-content-digest"), d);
-    assert_eq!(std::fs::read(store::blob_path(&reg.data, &d)).unwrap(), data);
-    assert!(store::upload_dirs(&reg.data).is_empty(), "the session is gone");
+    assert_eq!(
+        std::fs::read(store::blob_path(&reg.data, &d)).unwrap(),
+        data
+    );
+    assert!(
+        store::upload_dirs(&reg.data).is_empty(),
+        "the session is gone"
+    );
     let r = reg.head(&format!("/v2/a/b/blobs/{d}")).await;
     r.status(200);
     assert_eq!(r.header("content-length"), "5000");
@@ -271,24 +355,38 @@ async fn monolithic_post_with_digest() {
     assert_eq!(r.body, data);
     assert_eq!(r.header("content-type"), "application/octet-stream");
     // Pushed to a/b only: another repository cannot read it.
-    reg.get(&format!("/v2/a/c/blobs/{d}")).await.error(404, "BLOB_UNKNOWN");
+    reg.get(&format!("/v2/a/c/blobs/{d}"))
+        .await
+        .error(404, "BLOB_UNKNOWN");
 }
 
 #[tokio::test]
 async fn post_then_put() {
     let reg = Reg::new();
-    let r = reg.call("POST", "/v2/r/blobs/uploads/", &[], Body::empty()).await;
+    let r = reg
+        .call("POST", "/v2/r/blobs/uploads/", &[], Body::empty())
+        .await;
     r.status(202);
     let location = r.header("location").to_owned();
-    let id = location.strip_prefix("/v2/r/blobs/uploads/").expect("session under the repo");
+    let id = location
+        .strip_prefix("/v2/r/blobs/uploads/")
+        .expect("session under the repo");
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
     assert_eq!(r.header("docker-upload-uuid"), id);
     assert_eq!(r.header("range"), "0-0");
-    assert!(store::v2(&reg.data).join("repositories/r/_uploads").join(id).join("data").is_file());
+    assert!(
+        store::v2(&reg.data)
+            .join("repositories/r/_uploads")
+            .join(id)
+            .join("data")
+            .is_file()
+    );
 
     let data = random_bytes(3000);
     let d = sha256(&data);
-    let r = reg.call("PUT", &format!("{location}?digest={d}"), &[], data.clone()).await;
+    let r = reg
+        .call("PUT", &format!("{location}?digest={d}"), &[], data.clone())
+        .await;
     r.status(201);
     assert_eq!(r.header("location"), format!("/v2/r/blobs/{d}"));
     assert_eq!(r.header("docker-content-digest"), d);
@@ -309,7 +407,11 @@ async fn chunked_patch_with_content_range() {
         .call(
             "PATCH",
             &location,
-            &[("content-range", "0-5999"), ("content-length", "6000"), ("content-type", "application/octet-stream")],
+            &[
+                ("content-range", "0-5999"),
+                ("content-length", "6000"),
+                ("content-type", "application/octet-stream"),
+            ],
             data[..6000].to_vec(),
         )
         .await;
@@ -336,7 +438,12 @@ async fn chunked_patch_with_content_range() {
     assert_eq!(r.header("location"), location);
 
     let r = reg
-        .call("PUT", &format!("{location}?digest={d}"), &[("content-length", "0")], Body::empty())
+        .call(
+            "PUT",
+            &format!("{location}?digest={d}"),
+            &[("content-length", "0")],
+            Body::empty(),
+        )
         .await;
     r.status(201);
     assert_eq!(r.header("docker-content-digest"), d);
@@ -350,16 +457,29 @@ async fn streamed_patch_without_content_range() {
     let d = sha256(&data);
     let location = reg.start_upload("r").await;
     // One PATCH streamed in several frames, no Content-Range, no Content-Length.
-    let parts = vec![data[..1000].to_vec(), data[1000..2500].to_vec(), data[2500..6000].to_vec()];
+    let parts = vec![
+        data[..1000].to_vec(),
+        data[1000..2500].to_vec(),
+        data[2500..6000].to_vec(),
+    ];
     let r = reg.call("PATCH", &location, &[], stream_body(parts)).await;
     r.status(202);
     assert_eq!(r.header("range"), "0-5999");
     // A second streamed PATCH appends.
-    let r = reg.call("PATCH", &location, &[], data[6000..8000].to_vec()).await;
+    let r = reg
+        .call("PATCH", &location, &[], data[6000..8000].to_vec())
+        .await;
     r.status(202);
     assert_eq!(r.header("range"), "0-7999");
     // The closing PUT carries the last bytes.
-    let r = reg.call("PUT", &format!("{location}?digest={d}"), &[], data[8000..].to_vec()).await;
+    let r = reg
+        .call(
+            "PUT",
+            &format!("{location}?digest={d}"),
+            &[],
+            data[8000..].to_vec(),
+        )
+        .await;
     r.status(201);
     assert_eq!(reg.get(&format!("/v2/r/blobs/{d}")).await.body, data);
 }
@@ -371,24 +491,39 @@ async fn upload_status_and_cancel() {
     let r = reg.get(&location).await;
     r.status(204);
     assert_eq!(r.header("range"), "0-0");
-    reg.call("PATCH", &location, &[], vec![7u8; 123]).await.status(202);
+    reg.call("PATCH", &location, &[], vec![7u8; 123])
+        .await
+        .status(202);
     let r = reg.get(&location).await;
     r.status(204);
     assert_eq!(r.header("range"), "0-122");
-    assert_eq!(r.header("docker-upload-uuid"), location.rsplit('/').next().unwrap());
+    assert_eq!(
+        r.header("docker-upload-uuid"),
+        location.rsplit('/').next().unwrap()
+    );
 
     let r = reg.call("DELETE", &location, &[], Body::empty()).await;
     r.status(204);
-    assert!(store::upload_dirs(&reg.data).is_empty(), "cancel deletes what was received");
+    assert!(
+        store::upload_dirs(&reg.data).is_empty(),
+        "cancel deletes what was received"
+    );
     reg.get(&location).await.error(404, "BLOB_UPLOAD_UNKNOWN");
-    reg.call("PATCH", &location, &[], vec![1u8; 3]).await.error(404, "BLOB_UPLOAD_UNKNOWN");
-    reg.call("DELETE", &location, &[], Body::empty()).await.error(404, "BLOB_UPLOAD_UNKNOWN");
+    reg.call("PATCH", &location, &[], vec![1u8; 3])
+        .await
+        .error(404, "BLOB_UPLOAD_UNKNOWN");
+    reg.call("DELETE", &location, &[], Body::empty())
+        .await
+        .error(404, "BLOB_UPLOAD_UNKNOWN");
     let d = sha256(&[7u8; 123]);
     reg.call("PUT", &format!("{location}?digest={d}"), &[], Body::empty())
         .await
         .error(404, "BLOB_UPLOAD_UNKNOWN");
     assert!(!reg.has_blob_file(&d));
-    assert!(store::upload_dirs(&reg.data).is_empty(), "no request recreated the session");
+    assert!(
+        store::upload_dirs(&reg.data).is_empty(),
+        "no request recreated the session"
+    );
 }
 
 #[tokio::test]
@@ -398,34 +533,65 @@ async fn cross_repository_mount() {
     let d = reg.push_blob("src/repo", &data).await;
 
     let r = reg
-        .call("POST", &format!("/v2/dst/blobs/uploads/?mount={d}&from=src/repo"), &[], Body::empty())
+        .call(
+            "POST",
+            &format!("/v2/dst/blobs/uploads/?mount={d}&from=src/repo"),
+            &[],
+            Body::empty(),
+        )
         .await;
     r.status(201);
     assert_eq!(r.header("location"), format!("/v2/dst/blobs/{d}"));
     assert_eq!(r.header("docker-content-digest"), d);
     assert_eq!(reg.get(&format!("/v2/dst/blobs/{d}")).await.body, data);
-    assert!(store::upload_dirs(&reg.data).is_empty(), "a mount opens no session");
-    assert_eq!(store::blob_files(&reg.data).len(), 1, "the content is shared, not copied");
+    assert!(
+        store::upload_dirs(&reg.data).is_empty(),
+        "a mount opens no session"
+    );
+    assert_eq!(
+        store::blob_files(&reg.data).len(),
+        1,
+        "the content is shared, not copied"
+    );
 
     // The blob is absent: the registry falls back to an upload session.
     let other = random_bytes(100);
     let od = sha256(&other);
     let r = reg
-        .call("POST", &format!("/v2/dst/blobs/uploads/?mount={od}&from=src/repo"), &[], Body::empty())
+        .call(
+            "POST",
+            &format!("/v2/dst/blobs/uploads/?mount={od}&from=src/repo"),
+            &[],
+            Body::empty(),
+        )
         .await;
     r.status(202);
     let location = r.header("location").to_owned();
     assert!(location.starts_with("/v2/dst/blobs/uploads/"), "{location}");
     assert_eq!(r.header("range"), "0-0");
-    reg.call("PUT", &format!("{location}?digest={od}"), &[], other.clone()).await.status(201);
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={od}"),
+        &[],
+        other.clone(),
+    )
+    .await
+    .status(201);
     assert_eq!(reg.get(&format!("/v2/dst/blobs/{od}")).await.body, other);
 
     // `from` a repository that does not hold the blob: no mount, a session instead.
     let r = reg
-        .call("POST", &format!("/v2/third/blobs/uploads/?mount={d}&from=nowhere"), &[], Body::empty())
+        .call(
+            "POST",
+            &format!("/v2/third/blobs/uploads/?mount={d}&from=nowhere"),
+            &[],
+            Body::empty(),
+        )
         .await;
     r.status(202);
-    reg.get(&format!("/v2/third/blobs/{d}")).await.error(404, "BLOB_UNKNOWN");
+    reg.get(&format!("/v2/third/blobs/{d}"))
+        .await
+        .error(404, "BLOB_UNKNOWN");
 }
 
 #[tokio::test]
@@ -443,12 +609,19 @@ async fn concurrent_pushes_of_the_same_blob() {
                 let location = reg.start_upload(&format!("r{i}")).await;
                 for (n, part) in data.chunks(50_000).enumerate() {
                     let range = format!("{}-{}", n * 50_000, n * 50_000 + part.len() - 1);
-                    reg.call("PATCH", &location, &[("content-range", &range)], part.to_vec())
-                        .await
-                        .status(202);
+                    reg.call(
+                        "PATCH",
+                        &location,
+                        &[("content-range", &range)],
+                        part.to_vec(),
+                    )
+                    .await
+                    .status(202);
                 }
                 let d = sha256(&data);
-                reg.call("PUT", &format!("{location}?digest={d}"), &[], Body::empty()).await.status(201);
+                reg.call("PUT", &format!("{location}?digest={d}"), &[], Body::empty())
+                    .await
+                    .status(201);
                 d
             }
         }));
@@ -472,7 +645,10 @@ async fn blob_range_requests() {
     let ranged = |range: &'static str| {
         let url = url.clone();
         let reg = &reg;
-        async move { reg.call("GET", &url, &[("range", range)], Body::empty()).await }
+        async move {
+            reg.call("GET", &url, &[("range", range)], Body::empty())
+                .await
+        }
     };
 
     let r = ranged("bytes=10-19").await;
@@ -506,9 +682,13 @@ async fn blob_range_requests() {
 async fn blob_delete() {
     let reg = Reg::new();
     let d = reg.push_blob("r", b"delete me").await;
-    let r = reg.call("DELETE", &format!("/v2/r/blobs/{d}"), &[], Body::empty()).await;
+    let r = reg
+        .call("DELETE", &format!("/v2/r/blobs/{d}"), &[], Body::empty())
+        .await;
     r.status(202);
-    reg.get(&format!("/v2/r/blobs/{d}")).await.error(404, "BLOB_UNKNOWN");
+    reg.get(&format!("/v2/r/blobs/{d}"))
+        .await
+        .error(404, "BLOB_UNKNOWN");
     reg.head(&format!("/v2/r/blobs/{d}")).await.status(404);
     reg.call("DELETE", &format!("/v2/r/blobs/{d}"), &[], Body::empty())
         .await
@@ -516,7 +696,13 @@ async fn blob_delete() {
 }
 
 /// PUT by tag, then GET/HEAD by tag and by digest, with the right headers.
-async fn check_manifest_round_trip(reg: &Reg, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
+async fn check_manifest_round_trip(
+    reg: &Reg,
+    repo: &str,
+    tag: &str,
+    media_type: &str,
+    body: &[u8],
+) {
     let d = sha256(body);
     let r = reg.put_manifest(repo, tag, media_type, body).await;
     r.status(201);
@@ -556,28 +742,56 @@ async fn manifests_of_every_kind() {
 
     let oci = image_manifest(OCI_MANIFEST, cfg, &[&l1, &l2], json!({}));
     check_manifest_round_trip(&reg, "r", "oci", OCI_MANIFEST, &oci).await;
-    let oci2 = image_manifest(OCI_MANIFEST, cfg, &[&l2], json!({"annotations": {"k": "v"}}));
-    reg.put_manifest("r", "oci2", OCI_MANIFEST, &oci2).await.status(201);
-    let index = index_manifest(OCI_INDEX, &[(OCI_MANIFEST, &oci), (OCI_MANIFEST, &oci2)], json!({}));
+    let oci2 = image_manifest(
+        OCI_MANIFEST,
+        cfg,
+        &[&l2],
+        json!({"annotations": {"k": "v"}}),
+    );
+    reg.put_manifest("r", "oci2", OCI_MANIFEST, &oci2)
+        .await
+        .status(201);
+    let index = index_manifest(
+        OCI_INDEX,
+        &[(OCI_MANIFEST, &oci), (OCI_MANIFEST, &oci2)],
+        json!({}),
+    );
     check_manifest_round_trip(&reg, "r", "index", OCI_INDEX, &index).await;
 
     let docker = image_manifest(DOCKER_MANIFEST, cfg, &[&l1], json!({}));
     check_manifest_round_trip(&reg, "r", "docker", DOCKER_MANIFEST, &docker).await;
-    let list = index_manifest(DOCKER_MANIFEST_LIST, &[(DOCKER_MANIFEST, &docker)], json!({}));
+    let list = index_manifest(
+        DOCKER_MANIFEST_LIST,
+        &[(DOCKER_MANIFEST, &docker)],
+        json!({}),
+    );
     check_manifest_round_trip(&reg, "r", "list", DOCKER_MANIFEST_LIST, &list).await;
 
     // Pushed by digest: no tag appears.
-    let oci3 = image_manifest(OCI_MANIFEST, cfg, &[&l1], json!({"annotations": {"n": "3"}}));
+    let oci3 = image_manifest(
+        OCI_MANIFEST,
+        cfg,
+        &[&l1],
+        json!({"annotations": {"n": "3"}}),
+    );
     let d3 = sha256(&oci3);
     let r = reg.put_manifest("r", &d3, OCI_MANIFEST, &oci3).await;
     r.status(201);
     assert_eq!(r.header("docker-content-digest"), d3);
     reg.get(&format!("/v2/r/manifests/{d3}")).await.status(200);
     let tags = reg.get("/v2/r/tags/list").await.json();
-    assert_eq!(tags, json!({"name": "r", "tags": ["docker", "index", "list", "oci", "oci2"]}));
+    assert_eq!(
+        tags,
+        json!({"name": "r", "tags": ["docker", "index", "list", "oci", "oci2"]})
+    );
 
     // A manifest pushed by a sha512 digest is stored and served under it.
-    let oci4 = image_manifest(OCI_MANIFEST, cfg, &[&l2], json!({"annotations": {"n": "4"}}));
+    let oci4 = image_manifest(
+        OCI_MANIFEST,
+        cfg,
+        &[&l2],
+        json!({"annotations": {"n": "4"}}),
+    );
     let d4 = sha512(&oci4);
     let r = reg.put_manifest("r", &d4, OCI_MANIFEST, &oci4).await;
     r.status(201);
@@ -587,10 +801,21 @@ async fn manifests_of_every_kind() {
     assert_eq!(r.body, oci4);
 
     // Re-tagging moves the tag.
-    reg.put_manifest("r", "oci", OCI_MANIFEST, &oci2).await.status(201);
+    reg.put_manifest("r", "oci", OCI_MANIFEST, &oci2)
+        .await
+        .status(201);
     assert_eq!(reg.get("/v2/r/manifests/oci").await.body, oci2);
-    assert_eq!(reg.get(&format!("/v2/r/manifests/{}", sha256(&oci))).await.body, oci);
-    assert_eq!(store::assert_consistent(&reg.data), 10, "3 blobs and 7 manifests");
+    assert_eq!(
+        reg.get(&format!("/v2/r/manifests/{}", sha256(&oci)))
+            .await
+            .body,
+        oci
+    );
+    assert_eq!(
+        store::assert_consistent(&reg.data),
+        10,
+        "3 blobs and 7 manifests"
+    );
 }
 
 #[tokio::test]
@@ -599,7 +824,15 @@ async fn accept_negotiation() {
     let (d, m) = reg.push_image("r", "img", OCI_MANIFEST).await;
     let get = |accept: &'static str| {
         let reg = &reg;
-        async move { reg.call("GET", "/v2/r/manifests/img", &[("accept", accept)], Body::empty()).await }
+        async move {
+            reg.call(
+                "GET",
+                "/v2/r/manifests/img",
+                &[("accept", accept)],
+                Body::empty(),
+            )
+            .await
+        }
     };
 
     let r = get(DOCKER_MANIFEST).await;
@@ -626,12 +859,24 @@ async fn accept_negotiation() {
     reg.get("/v2/r/manifests/img").await.status(200);
 
     let index = index_manifest(OCI_INDEX, &[(OCI_MANIFEST, &m)], json!({}));
-    reg.put_manifest("r", "idx", OCI_INDEX, &index).await.status(201);
-    reg.call("GET", "/v2/r/manifests/idx", &[("accept", OCI_MANIFEST)], Body::empty())
+    reg.put_manifest("r", "idx", OCI_INDEX, &index)
         .await
-        .error(404, "MANIFEST_UNKNOWN");
+        .status(201);
+    reg.call(
+        "GET",
+        "/v2/r/manifests/idx",
+        &[("accept", OCI_MANIFEST)],
+        Body::empty(),
+    )
+    .await
+    .error(404, "MANIFEST_UNKNOWN");
     let r = reg
-        .call("GET", "/v2/r/manifests/idx", &[("accept", &format!("{OCI_MANIFEST}, {OCI_INDEX}"))], Body::empty())
+        .call(
+            "GET",
+            "/v2/r/manifests/idx",
+            &[("accept", &format!("{OCI_MANIFEST}, {OCI_INDEX}"))],
+            Body::empty(),
+        )
         .await;
     r.status(200);
     assert_eq!(r.header("content-type"), OCI_INDEX);
@@ -642,21 +887,38 @@ async fn tags_list_paginates_with_link() {
     let reg = Reg::new();
     let (_, m) = reg.push_image("r", "v1", OCI_MANIFEST).await;
     for tag in ["v3", "latest", "v2", "a-tag"] {
-        reg.put_manifest("r", tag, OCI_MANIFEST, &m).await.status(201);
+        reg.put_manifest("r", tag, OCI_MANIFEST, &m)
+            .await
+            .status(201);
     }
     let r = reg.get("/v2/r/tags/list").await;
     r.status(200);
     assert_eq!(r.header("content-type"), "application/json");
-    assert_eq!(r.json(), json!({"name": "r", "tags": ["a-tag", "latest", "v1", "v2", "v3"]}));
+    assert_eq!(
+        r.json(),
+        json!({"name": "r", "tags": ["a-tag", "latest", "v1", "v2", "v3"]})
+    );
     assert_eq!(r.h("link"), None);
 
     let r = reg.get("/v2/r/tags/list?n=2").await;
     assert_eq!(r.json()["tags"], json!(["a-tag", "latest"]));
-    assert_eq!(r.header("link"), r#"</v2/r/tags/list?n=2&last=latest>; rel="next""#);
-    let next = r.header("link").trim_start_matches('<').split('>').next().unwrap().to_owned();
+    assert_eq!(
+        r.header("link"),
+        r#"</v2/r/tags/list?n=2&last=latest>; rel="next""#
+    );
+    let next = r
+        .header("link")
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_owned();
     let r = reg.get(&next).await;
     assert_eq!(r.json()["tags"], json!(["v1", "v2"]));
-    assert_eq!(r.header("link"), r#"</v2/r/tags/list?n=2&last=v2>; rel="next""#);
+    assert_eq!(
+        r.header("link"),
+        r#"</v2/r/tags/list?n=2&last=v2>; rel="next""#
+    );
     let r = reg.get("/v2/r/tags/list?n=2&last=v2").await;
     assert_eq!(r.json()["tags"], json!(["v3"]));
     assert_eq!(r.h("link"), None);
@@ -666,7 +928,9 @@ async fn tags_list_paginates_with_link() {
     assert_eq!(r.json()["tags"].as_array().unwrap().len(), 5);
     assert_eq!(r.h("link"), None, "exactly n left: no next page");
 
-    reg.get("/v2/nothing/tags/list").await.error(404, "NAME_UNKNOWN");
+    reg.get("/v2/nothing/tags/list")
+        .await
+        .error(404, "NAME_UNKNOWN");
     reg.get("/v2/r/tags/list?n=x").await.status(400);
 }
 
@@ -683,8 +947,17 @@ async fn catalog_paginates_with_link() {
     assert_eq!(r.json(), json!({"repositories": ["a", "b/c", "d", "e"]}));
     let r = reg.get("/v2/_catalog?n=2").await;
     assert_eq!(r.json()["repositories"], json!(["a", "b/c"]));
-    assert_eq!(r.header("link"), r#"</v2/_catalog?n=2&last=b%2Fc>; rel="next""#);
-    let next = r.header("link").trim_start_matches('<').split('>').next().unwrap().to_owned();
+    assert_eq!(
+        r.header("link"),
+        r#"</v2/_catalog?n=2&last=b%2Fc>; rel="next""#
+    );
+    let next = r
+        .header("link")
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_owned();
     let r = reg.get(&next).await;
     assert_eq!(r.json()["repositories"], json!(["d", "e"]));
     assert_eq!(r.h("link"), None);
@@ -709,7 +982,9 @@ async fn referrers_and_oci_subject() {
         json!({"artifactType": "application/vnd.example.sbom", "subject": subject_desc,
                "annotations": {"org.example.kind": "sbom"}}),
     );
-    let r = reg.put_manifest("r", &sha256(&sbom), OCI_MANIFEST, &sbom).await;
+    let r = reg
+        .put_manifest("r", &sha256(&sbom), OCI_MANIFEST, &sbom)
+        .await;
     r.status(201);
     assert_eq!(r.header("oci-subject"), subject);
     let sig = image_manifest(
@@ -718,9 +993,13 @@ async fn referrers_and_oci_subject() {
         &[&sig_layer],
         json!({"artifactType": "application/vnd.example.sig", "subject": subject_desc}),
     );
-    reg.put_manifest("r", &sha256(&sig), OCI_MANIFEST, &sig).await.status(201);
+    reg.put_manifest("r", &sha256(&sig), OCI_MANIFEST, &sig)
+        .await
+        .status(201);
     // A manifest without a subject carries no OCI-Subject.
-    let r = reg.put_manifest("r", "plain", OCI_MANIFEST, &subject_bytes).await;
+    let r = reg
+        .put_manifest("r", "plain", OCI_MANIFEST, &subject_bytes)
+        .await;
     r.status(201);
     assert_eq!(r.h("oci-subject"), None);
 
@@ -742,7 +1021,9 @@ async fn referrers_and_oci_subject() {
     );
 
     let r = reg
-        .get(&format!("/v2/r/referrers/{subject}?artifactType=application/vnd.example.sig"))
+        .get(&format!(
+            "/v2/r/referrers/{subject}?artifactType=application/vnd.example.sig"
+        ))
         .await;
     r.status(200);
     assert_eq!(r.header("oci-filters-applied"), "artifactType");
@@ -758,16 +1039,31 @@ async fn referrers_and_oci_subject() {
 
     // A referrer may arrive before its subject.
     let orphan_subject = json!({"mediaType": OCI_MANIFEST, "digest": none, "size": 3});
-    let early = image_manifest(OCI_MANIFEST, empty, &[&sig_layer], json!({"artifactType": "x/y", "subject": orphan_subject}));
-    let r = reg.put_manifest("r", &sha256(&early), OCI_MANIFEST, &early).await;
+    let early = image_manifest(
+        OCI_MANIFEST,
+        empty,
+        &[&sig_layer],
+        json!({"artifactType": "x/y", "subject": orphan_subject}),
+    );
+    let r = reg
+        .put_manifest("r", &sha256(&early), OCI_MANIFEST, &early)
+        .await;
     r.status(201);
     assert_eq!(r.header("oci-subject"), none);
-    assert_eq!(reg.get(&format!("/v2/r/referrers/{none}")).await.json()["manifests"][0]["digest"], json!(sha256(&early)));
+    assert_eq!(
+        reg.get(&format!("/v2/r/referrers/{none}")).await.json()["manifests"][0]["digest"],
+        json!(sha256(&early))
+    );
 
     // Deleting a referrer removes it from the list.
-    reg.call("DELETE", &format!("/v2/r/manifests/{}", sha256(&sbom)), &[], Body::empty())
-        .await
-        .status(202);
+    reg.call(
+        "DELETE",
+        &format!("/v2/r/manifests/{}", sha256(&sbom)),
+        &[],
+        Body::empty(),
+    )
+    .await
+    .status(202);
     let r = reg.get(&format!("/v2/r/referrers/{subject}")).await;
     assert_eq!(r.json()["manifests"].as_array().unwrap().len(), 1);
     assert_eq!(r.json()["manifests"][0]["digest"], json!(sha256(&sig)));
@@ -777,19 +1073,40 @@ async fn referrers_and_oci_subject() {
 async fn manifest_delete_by_digest_removes_its_tags() {
     let reg = Reg::new();
     let (d, m) = reg.push_image("r", "v1", OCI_MANIFEST).await;
-    reg.put_manifest("r", "v2", OCI_MANIFEST, &m).await.status(201);
+    reg.put_manifest("r", "v2", OCI_MANIFEST, &m)
+        .await
+        .status(201);
     let (_, other) = reg.push_image("r", "other", OCI_MANIFEST).await;
-    let r = reg.call("DELETE", &format!("/v2/r/manifests/{d}"), &[], Body::empty()).await;
+    let r = reg
+        .call(
+            "DELETE",
+            &format!("/v2/r/manifests/{d}"),
+            &[],
+            Body::empty(),
+        )
+        .await;
     r.status(202);
     for reference in ["v1", "v2", d.as_str()] {
-        reg.get(&format!("/v2/r/manifests/{reference}")).await.error(404, "MANIFEST_UNKNOWN");
-        reg.head(&format!("/v2/r/manifests/{reference}")).await.status(404);
+        reg.get(&format!("/v2/r/manifests/{reference}"))
+            .await
+            .error(404, "MANIFEST_UNKNOWN");
+        reg.head(&format!("/v2/r/manifests/{reference}"))
+            .await
+            .status(404);
     }
-    assert_eq!(reg.get("/v2/r/tags/list").await.json()["tags"], json!(["other"]));
+    assert_eq!(
+        reg.get("/v2/r/tags/list").await.json()["tags"],
+        json!(["other"])
+    );
     assert_eq!(reg.get("/v2/r/manifests/other").await.body, other);
-    reg.call("DELETE", &format!("/v2/r/manifests/{d}"), &[], Body::empty())
-        .await
-        .error(404, "MANIFEST_UNKNOWN");
+    reg.call(
+        "DELETE",
+        &format!("/v2/r/manifests/{d}"),
+        &[],
+        Body::empty(),
+    )
+    .await
+    .error(404, "MANIFEST_UNKNOWN");
     store::assert_consistent(&reg.data);
 }
 
@@ -797,12 +1114,21 @@ async fn manifest_delete_by_digest_removes_its_tags() {
 async fn manifest_delete_by_tag_keeps_the_manifest() {
     let reg = Reg::new();
     let (d, m) = reg.push_image("r", "v1", OCI_MANIFEST).await;
-    reg.put_manifest("r", "v2", OCI_MANIFEST, &m).await.status(201);
-    reg.call("DELETE", "/v2/r/manifests/v1", &[], Body::empty()).await.status(202);
-    reg.get("/v2/r/manifests/v1").await.error(404, "MANIFEST_UNKNOWN");
+    reg.put_manifest("r", "v2", OCI_MANIFEST, &m)
+        .await
+        .status(201);
+    reg.call("DELETE", "/v2/r/manifests/v1", &[], Body::empty())
+        .await
+        .status(202);
+    reg.get("/v2/r/manifests/v1")
+        .await
+        .error(404, "MANIFEST_UNKNOWN");
     assert_eq!(reg.get(&format!("/v2/r/manifests/{d}")).await.body, m);
     assert_eq!(reg.get("/v2/r/manifests/v2").await.body, m);
-    assert_eq!(reg.get("/v2/r/tags/list").await.json()["tags"], json!(["v2"]));
+    assert_eq!(
+        reg.get("/v2/r/tags/list").await.json()["tags"],
+        json!(["v2"])
+    );
     reg.call("DELETE", "/v2/r/manifests/v1", &[], Body::empty())
         .await
         .error(404, "MANIFEST_UNKNOWN");
@@ -815,24 +1141,50 @@ async fn unknown_query_parameters_are_ignored() {
     let data = random_bytes(500);
     let d = sha256(&data);
     let r = reg
-        .call("POST", &format!("/v2/r/blobs/uploads/?{ns}&digest={d}"), &[], data.clone())
+        .call(
+            "POST",
+            &format!("/v2/r/blobs/uploads/?{ns}&digest={d}"),
+            &[],
+            data.clone(),
+        )
         .await;
     r.status(201);
     let (md, m) = reg.push_image("r", "t", OCI_MANIFEST).await;
     assert_eq!(reg.get(&format!("/v2/r/manifests/t?{ns}")).await.body, m);
-    reg.head(&format!("/v2/r/manifests/{md}?{ns}")).await.status(200);
+    reg.head(&format!("/v2/r/manifests/{md}?{ns}"))
+        .await
+        .status(200);
     assert_eq!(reg.get(&format!("/v2/r/blobs/{d}?{ns}")).await.body, data);
     reg.get(&format!("/v2/r/tags/list?{ns}")).await.status(200);
     reg.get(&format!("/v2/?{ns}")).await.status(200);
-    let r = reg.call("POST", &format!("/v2/r/blobs/uploads/?{ns}"), &[], Body::empty()).await;
+    let r = reg
+        .call(
+            "POST",
+            &format!("/v2/r/blobs/uploads/?{ns}"),
+            &[],
+            Body::empty(),
+        )
+        .await;
     r.status(202);
     let location = r.header("location").to_owned();
-    reg.call("PATCH", &format!("{location}?{ns}"), &[], b"abc".to_vec()).await.status(202);
-    reg.call("PUT", &format!("{location}?{ns}&digest={}", sha256(b"abc")), &[], Body::empty())
+    reg.call("PATCH", &format!("{location}?{ns}"), &[], b"abc".to_vec())
+        .await
+        .status(202);
+    reg.call(
+        "PUT",
+        &format!("{location}?{ns}&digest={}", sha256(b"abc")),
+        &[],
+        Body::empty(),
+    )
+    .await
+    .status(201);
+    reg.put_manifest("r", &format!("t2?{ns}"), OCI_MANIFEST, &m)
         .await
         .status(201);
-    reg.put_manifest("r", &format!("t2?{ns}"), OCI_MANIFEST, &m).await.status(201);
-    assert_eq!(reg.get("/v2/r/tags/list").await.json()["tags"], json!(["t", "t2"]));
+    assert_eq!(
+        reg.get("/v2/r/tags/list").await.json()["tags"],
+        json!(["t", "t2"])
+    );
 }
 
 #[tokio::test]
@@ -840,11 +1192,22 @@ async fn sha512_blobs() {
     let reg = Reg::new();
     let data = random_bytes(4000);
     let d = sha512(&data);
-    let r = reg.call("POST", &format!("/v2/r/blobs/uploads/?digest={d}"), &[], data.clone()).await;
+    let r = reg
+        .call(
+            "POST",
+            &format!("/v2/r/blobs/uploads/?digest={d}"),
+            &[],
+            data.clone(),
+        )
+        .await;
     r.status(201);
     assert_eq!(r.header("docker-content-digest"), d);
     let path = store::blob_path(&reg.data, &d);
-    assert!(path.to_string_lossy().contains("/blobs/sha512/"), "{}", path.display());
+    assert!(
+        path.to_string_lossy().contains("/blobs/sha512/"),
+        "{}",
+        path.display()
+    );
     assert_eq!(std::fs::read(&path).unwrap(), data);
     let r = reg.head(&format!("/v2/r/blobs/{d}")).await;
     r.status(200);
@@ -855,15 +1218,34 @@ async fn sha512_blobs() {
     let more = random_bytes(7000);
     let md = sha512(&more);
     let location = reg.start_upload("r").await;
-    reg.call("PATCH", &location, &[("content-range", "0-3499")], more[..3500].to_vec()).await.status(202);
-    reg.call("PUT", &format!("{location}?digest={md}"), &[], more[3500..].to_vec()).await.status(201);
+    reg.call(
+        "PATCH",
+        &location,
+        &[("content-range", "0-3499")],
+        more[..3500].to_vec(),
+    )
+    .await
+    .status(202);
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={md}"),
+        &[],
+        more[3500..].to_vec(),
+    )
+    .await
+    .status(201);
     assert_eq!(reg.get(&format!("/v2/r/blobs/{md}")).await.body, more);
 
     // And a wrong one.
     let location = reg.start_upload("r").await;
-    reg.call("PUT", &format!("{location}?digest={}", sha512(b"other")), &[], b"this".to_vec())
-        .await
-        .error(400, "DIGEST_INVALID");
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={}", sha512(b"other")),
+        &[],
+        b"this".to_vec(),
+    )
+    .await
+    .error(400, "DIGEST_INVALID");
     assert!(!reg.has_blob_file(&sha512(b"other")));
     assert!(!reg.has_blob_file(&sha512(b"this")));
     assert_eq!(store::assert_consistent(&reg.data), 2);
@@ -883,35 +1265,66 @@ async fn digest_mismatch_on_put_stores_nothing_and_ends_the_session() {
     let data = random_bytes(1000);
     let wrong = sha256(b"something else");
     let location = reg.start_upload("r").await;
-    reg.call("PATCH", &location, &[], data.clone()).await.status(202);
-    let r = reg.call("PUT", &format!("{location}?digest={wrong}"), &[], Body::empty()).await;
+    reg.call("PATCH", &location, &[], data.clone())
+        .await
+        .status(202);
+    let r = reg
+        .call(
+            "PUT",
+            &format!("{location}?digest={wrong}"),
+            &[],
+            Body::empty(),
+        )
+        .await;
     r.error(400, "DIGEST_INVALID");
     assert!(!reg.has_blob_file(&wrong));
     assert!(!reg.has_blob_file(&sha256(&data)));
     reg.head(&format!("/v2/r/blobs/{wrong}")).await.status(404);
-    reg.head(&format!("/v2/r/blobs/{}", sha256(&data))).await.status(404);
+    reg.head(&format!("/v2/r/blobs/{}", sha256(&data)))
+        .await
+        .status(404);
     reg.get(&location).await.error(404, "BLOB_UPLOAD_UNKNOWN");
-    assert!(store::upload_dirs(&reg.data).is_empty(), "the session's data is gone");
-    assert_eq!(reg.files(), before);
+    assert!(
+        store::upload_dirs(&reg.data).is_empty(),
+        "the session's data is gone"
+    );
+    reg.assert_unchanged(&before, "storage");
 
     // The same for a monolithic POST, and for a PUT carrying the body.
     let r = reg
-        .call("POST", &format!("/v2/r/blobs/uploads/?digest={wrong}"), &[], data.clone())
+        .call(
+            "POST",
+            &format!("/v2/r/blobs/uploads/?digest={wrong}"),
+            &[],
+            data.clone(),
+        )
         .await;
     r.error(400, "DIGEST_INVALID");
     let location = reg.start_upload("r").await;
-    reg.call("PUT", &format!("{location}?digest={wrong}"), &[], data.clone())
-        .await
-        .error(400, "DIGEST_INVALID");
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={wrong}"),
+        &[],
+        data.clone(),
+    )
+    .await
+    .error(400, "DIGEST_INVALID");
     assert!(store::upload_dirs(&reg.data).is_empty());
-    assert_eq!(reg.files(), before);
+    reg.assert_unchanged(&before, "storage");
 
     // A brand-new repository whose only push failed is still unknown.
-    reg.call("POST", &format!("/v2/fresh/blobs/uploads/?digest={wrong}"), &[], data.clone())
+    reg.call(
+        "POST",
+        &format!("/v2/fresh/blobs/uploads/?digest={wrong}"),
+        &[],
+        data.clone(),
+    )
+    .await
+    .error(400, "DIGEST_INVALID");
+    reg.assert_unchanged(&before, "storage");
+    reg.get("/v2/fresh/tags/list")
         .await
-        .error(400, "DIGEST_INVALID");
-    assert_eq!(reg.files(), before);
-    reg.get("/v2/fresh/tags/list").await.error(404, "NAME_UNKNOWN");
+        .error(404, "NAME_UNKNOWN");
     assert_eq!(reg.get("/v2/_catalog").await.body, catalog);
 }
 
@@ -920,7 +1333,9 @@ async fn malformed_digests_are_digest_invalid() {
     let reg = Reg::new();
     let (_, m) = reg.push_image("r", "t", OCI_MANIFEST).await;
     let location = reg.start_upload("r").await;
-    reg.call("PATCH", &location, &[], b"abc".to_vec()).await.status(202);
+    reg.call("PATCH", &location, &[], b"abc".to_vec())
+        .await
+        .status(202);
     let before = reg.files();
     let bad = [
         "sha256",
@@ -935,33 +1350,53 @@ async fn malformed_digests_are_digest_invalid() {
         ":e3b0",
     ];
     for d in bad {
-        reg.call("POST", &format!("/v2/r/blobs/uploads/?digest={d}"), &[], b"abc".to_vec())
-            .await
-            .error(400, "DIGEST_INVALID");
+        reg.call(
+            "POST",
+            &format!("/v2/r/blobs/uploads/?digest={d}"),
+            &[],
+            b"abc".to_vec(),
+        )
+        .await
+        .error(400, "DIGEST_INVALID");
         reg.call("PUT", &format!("{location}?digest={d}"), &[], Body::empty())
             .await
             .error(400, "DIGEST_INVALID");
         if !d.contains('%') && d.contains(':') {
-            reg.get(&format!("/v2/r/blobs/{d}")).await.error(400, "DIGEST_INVALID");
+            reg.get(&format!("/v2/r/blobs/{d}"))
+                .await
+                .error(400, "DIGEST_INVALID");
             reg.call("DELETE", &format!("/v2/r/blobs/{d}"), &[], Body::empty())
                 .await
                 .error(400, "DIGEST_INVALID");
-            reg.get(&format!("/v2/r/referrers/{d}")).await.error(400, "DIGEST_INVALID");
+            reg.get(&format!("/v2/r/referrers/{d}"))
+                .await
+                .error(400, "DIGEST_INVALID");
         }
     }
-    reg.call("PUT", &location, &[], Body::empty()).await.error(400, "DIGEST_INVALID");
+    reg.call("PUT", &location, &[], Body::empty())
+        .await
+        .error(400, "DIGEST_INVALID");
     // A manifest whose digest reference does not match its content.
     let wrong = sha256(b"not this manifest");
-    reg.put_manifest("r", &wrong, OCI_MANIFEST, &m).await.error(400, "DIGEST_INVALID");
-    reg.put_manifest("r", "sha256:zz", OCI_MANIFEST, &m).await.error(400, "DIGEST_INVALID");
-    assert_eq!(reg.files(), before);
+    reg.put_manifest("r", &wrong, OCI_MANIFEST, &m)
+        .await
+        .error(400, "DIGEST_INVALID");
+    reg.put_manifest("r", "sha256:zz", OCI_MANIFEST, &m)
+        .await
+        .error(400, "DIGEST_INVALID");
+    reg.assert_unchanged(&before, "storage");
     // The session survived the bad closes.
     let r = reg.get(&location).await;
     r.status(204);
     assert_eq!(r.header("range"), "0-2");
-    reg.call("PUT", &format!("{location}?digest={}", sha256(b"abc")), &[], Body::empty())
-        .await
-        .status(201);
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={}", sha256(b"abc")),
+        &[],
+        Body::empty(),
+    )
+    .await
+    .status(201);
 }
 
 #[tokio::test]
@@ -999,10 +1434,26 @@ async fn repository_names_that_are_invalid_or_escape() {
     for n in names {
         let requests: Vec<(&str, String, Vec<u8>)> = vec![
             ("POST", format!("/v2/{n}/blobs/uploads/"), vec![]),
-            ("POST", format!("/v2/{n}/blobs/uploads/?digest={d}"), data.clone()),
-            ("POST", format!("/v2/r/blobs/uploads/?mount={d}&from={n}"), vec![]),
-            ("PATCH", format!("/v2/{n}/blobs/uploads/{ZERO_UUID}"), data.clone()),
-            ("PUT", format!("/v2/{n}/blobs/uploads/{ZERO_UUID}?digest={d}"), data.clone()),
+            (
+                "POST",
+                format!("/v2/{n}/blobs/uploads/?digest={d}"),
+                data.clone(),
+            ),
+            (
+                "POST",
+                format!("/v2/r/blobs/uploads/?mount={d}&from={n}"),
+                vec![],
+            ),
+            (
+                "PATCH",
+                format!("/v2/{n}/blobs/uploads/{ZERO_UUID}"),
+                data.clone(),
+            ),
+            (
+                "PUT",
+                format!("/v2/{n}/blobs/uploads/{ZERO_UUID}?digest={d}"),
+                data.clone(),
+            ),
             ("PUT", format!("/v2/{n}/manifests/latest"), manifest.clone()),
             ("GET", format!("/v2/{n}/manifests/latest"), vec![]),
             ("DELETE", format!("/v2/{n}/manifests/{d}"), vec![]),
@@ -1019,7 +1470,9 @@ async fn repository_names_that_are_invalid_or_escape() {
                 // An invalid `from` is no mount source: an ordinary session opens in `r`.
                 r.status(202);
                 assert!(r.header("location").starts_with("/v2/r/blobs/uploads/"));
-                reg.call("DELETE", r.header("location"), &[], Body::empty()).await.status(204);
+                reg.call("DELETE", r.header("location"), &[], Body::empty())
+                    .await
+                    .status(204);
                 continue;
             }
             r.error(400, "NAME_INVALID");
@@ -1037,7 +1490,9 @@ async fn repository_names_that_are_invalid_or_escape() {
     // The longest valid name works (the boundary is 255, not less).
     let longest = "a".repeat(255);
     reg.push_blob(&longest, b"ok").await;
-    reg.get(&format!("/v2/{longest}/blobs/{}", sha256(b"ok"))).await.status(200);
+    reg.get(&format!("/v2/{longest}/blobs/{}", sha256(b"ok")))
+        .await
+        .status(200);
 }
 
 #[tokio::test]
@@ -1046,14 +1501,30 @@ async fn invalid_tags_on_put() {
     let (_, m) = reg.push_image("r", "ok", OCI_MANIFEST).await;
     let before = reg.files();
     let long = "t".repeat(129);
-    for tag in [".hidden", "-dash", long.as_str(), "a%2Fb", "t%20x", "%2e%2e"] {
-        reg.put_manifest("r", tag, OCI_MANIFEST, &m).await.error(400, "TAG_INVALID");
-        reg.get(&format!("/v2/r/manifests/{tag}")).await.error(404, "MANIFEST_UNKNOWN");
+    for tag in [
+        ".hidden",
+        "-dash",
+        long.as_str(),
+        "a%2Fb",
+        "t%20x",
+        "%2e%2e",
+    ] {
+        reg.put_manifest("r", tag, OCI_MANIFEST, &m)
+            .await
+            .error(400, "TAG_INVALID");
+        reg.get(&format!("/v2/r/manifests/{tag}"))
+            .await
+            .error(404, "MANIFEST_UNKNOWN");
     }
-    assert_eq!(reg.files(), before);
-    assert_eq!(reg.get("/v2/r/tags/list").await.json()["tags"], json!(["ok"]));
+    reg.assert_unchanged(&before, "storage");
+    assert_eq!(
+        reg.get("/v2/r/tags/list").await.json()["tags"],
+        json!(["ok"])
+    );
     // 128 characters is still a tag.
-    reg.put_manifest("r", &"t".repeat(128), OCI_MANIFEST, &m).await.status(201);
+    reg.put_manifest("r", &"t".repeat(128), OCI_MANIFEST, &m)
+        .await
+        .status(201);
 }
 
 #[tokio::test]
@@ -1066,30 +1537,55 @@ async fn invalid_manifests_are_refused() {
     let elsewhere = random_bytes(50);
     reg.push_blob("other", &elsewhere).await;
     let good = image_manifest(OCI_MANIFEST, cfg, &[&layer], json!({}));
-    reg.put_manifest("r", "good", OCI_MANIFEST, &good).await.status(201);
+    reg.put_manifest("r", "good", OCI_MANIFEST, &good)
+        .await
+        .status(201);
     let before = reg.files();
 
     let missing_layer = random_bytes(10);
-    let good_too = image_manifest(OCI_MANIFEST, cfg, &[&layer], json!({"annotations": {"a": "b"}}));
+    let good_too = image_manifest(
+        OCI_MANIFEST,
+        cfg,
+        &[&layer],
+        json!({"annotations": {"a": "b"}}),
+    );
     let unknown_type = String::from_utf8(good_too.clone())
         .unwrap()
         .replace(OCI_MANIFEST, "application/x-unknown")
         .into_bytes();
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
-        ("not JSON", OCI_MANIFEST, b"this is not json".to_vec(), "MANIFEST_INVALID"),
+        (
+            "not JSON",
+            OCI_MANIFEST,
+            b"this is not json".to_vec(),
+            "MANIFEST_INVALID",
+        ),
         ("empty body", OCI_MANIFEST, vec![], "MANIFEST_INVALID"),
-        ("schema 1", OCI_MANIFEST, br#"{"schemaVersion":1,"name":"r","tag":"x"}"#.to_vec(), "MANIFEST_INVALID"),
+        (
+            "schema 1",
+            OCI_MANIFEST,
+            br#"{"schemaVersion":1,"name":"r","tag":"x"}"#.to_vec(),
+            "MANIFEST_INVALID",
+        ),
         (
             "unknown media type",
             "application/x-unknown",
             unknown_type,
             "MANIFEST_INVALID",
         ),
-        ("header says index, body says manifest", OCI_INDEX, good_too.clone(), "MANIFEST_INVALID"),
+        (
+            "header says index, body says manifest",
+            OCI_INDEX,
+            good_too.clone(),
+            "MANIFEST_INVALID",
+        ),
         (
             "image manifest without config",
             OCI_MANIFEST,
-            serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []})).unwrap(),
+            serde_json::to_vec(
+                &json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}),
+            )
+            .unwrap(),
             "MANIFEST_INVALID",
         ),
         (
@@ -1121,7 +1617,13 @@ async fn invalid_manifests_are_refused() {
             OCI_INDEX,
             index_manifest(
                 OCI_INDEX,
-                &[(OCI_MANIFEST, &good), (OCI_MANIFEST, &image_manifest(OCI_MANIFEST, cfg, &[], json!({})))],
+                &[
+                    (OCI_MANIFEST, &good),
+                    (
+                        OCI_MANIFEST,
+                        &image_manifest(OCI_MANIFEST, cfg, &[], json!({})),
+                    ),
+                ],
                 json!({}),
             ),
             "MANIFEST_BLOB_UNKNOWN",
@@ -1129,7 +1631,11 @@ async fn invalid_manifests_are_refused() {
         (
             "manifest list with a missing child",
             DOCKER_MANIFEST_LIST,
-            index_manifest(DOCKER_MANIFEST_LIST, &[(DOCKER_MANIFEST, b"{\"nope\":1}")], json!({})),
+            index_manifest(
+                DOCKER_MANIFEST_LIST,
+                &[(DOCKER_MANIFEST, b"{\"nope\":1}")],
+                json!({}),
+            ),
             "MANIFEST_BLOB_UNKNOWN",
         ),
         (
@@ -1142,14 +1648,28 @@ async fn invalid_manifests_are_refused() {
     for (what, media_type, body, code) in cases {
         let d = sha256(&body);
         let r = reg.put_manifest("r", "bad", media_type, &body).await;
-        assert_eq!(r.status, 400, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            400,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.code(), code, "{what}");
-        reg.put_manifest("r", &d, media_type, &body).await.error(400, code);
-        reg.get(&format!("/v2/r/manifests/{d}")).await.error(404, "MANIFEST_UNKNOWN");
-        reg.get("/v2/r/manifests/bad").await.error(404, "MANIFEST_UNKNOWN");
-        assert_eq!(reg.files(), before, "{what} changed storage");
+        reg.put_manifest("r", &d, media_type, &body)
+            .await
+            .error(400, code);
+        reg.get(&format!("/v2/r/manifests/{d}"))
+            .await
+            .error(404, "MANIFEST_UNKNOWN");
+        reg.get("/v2/r/manifests/bad")
+            .await
+            .error(404, "MANIFEST_UNKNOWN");
+        reg.assert_unchanged(&before, &format!("{what} changed storage"));
     }
-    assert_eq!(reg.get("/v2/r/tags/list").await.json()["tags"], json!(["good"]));
+    assert_eq!(
+        reg.get("/v2/r/tags/list").await.json()["tags"],
+        json!(["good"])
+    );
 }
 
 #[tokio::test]
@@ -1177,7 +1697,10 @@ async fn oversized_manifests_are_413() {
         .call(
             "PUT",
             "/v2/r/manifests/big",
-            &[("content-type", OCI_MANIFEST), ("content-length", &big.len().to_string())],
+            &[
+                ("content-type", OCI_MANIFEST),
+                ("content-length", &big.len().to_string()),
+            ],
             big.clone(),
         )
         .await;
@@ -1186,15 +1709,26 @@ async fn oversized_manifests_are_413() {
     let huge = sized(10 * limit as usize);
     let chunks: Vec<Vec<u8>> = huge.chunks(100).map(|c| c.to_vec()).collect();
     let r = reg
-        .call("PUT", "/v2/r/manifests/big", &[("content-type", OCI_MANIFEST)], stream_body(chunks))
+        .call(
+            "PUT",
+            "/v2/r/manifests/big",
+            &[("content-type", OCI_MANIFEST)],
+            stream_body(chunks),
+        )
         .await;
     r.error(413, "SIZE_INVALID");
-    reg.put_manifest("r", &sha256(&big), OCI_MANIFEST, &big).await.error(413, "SIZE_INVALID");
-    assert_eq!(reg.files(), before);
-    reg.get("/v2/r/manifests/big").await.error(404, "MANIFEST_UNKNOWN");
+    reg.put_manifest("r", &sha256(&big), OCI_MANIFEST, &big)
+        .await
+        .error(413, "SIZE_INVALID");
+    reg.assert_unchanged(&before, "storage");
+    reg.get("/v2/r/manifests/big")
+        .await
+        .error(404, "MANIFEST_UNKNOWN");
     // Exactly at the limit is fine.
     let edge = sized(limit as usize);
-    reg.put_manifest("r", "edge", OCI_MANIFEST, &edge).await.status(201);
+    reg.put_manifest("r", "edge", OCI_MANIFEST, &edge)
+        .await
+        .status(201);
 }
 
 #[tokio::test]
@@ -1204,20 +1738,34 @@ async fn wrong_or_out_of_order_content_range_is_416() {
     let location = reg.start_upload("r").await;
 
     // The first chunk must start at 0.
-    let r = reg.call("PATCH", &location, &[("content-range", "5-9")], data[5..10].to_vec()).await;
+    let r = reg
+        .call(
+            "PATCH",
+            &location,
+            &[("content-range", "5-9")],
+            data[5..10].to_vec(),
+        )
+        .await;
     r.error(416, "BLOB_UPLOAD_INVALID");
     assert_eq!(r.header("range"), "0-0");
     assert_eq!(reg.upload_data(&location), b"");
 
-    reg.call("PATCH", &location, &[("content-range", "0-9")], data[..10].to_vec()).await.status(202);
+    reg.call(
+        "PATCH",
+        &location,
+        &[("content-range", "0-9")],
+        data[..10].to_vec(),
+    )
+    .await
+    .status(202);
     let bad: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
-        ("20-29", None, data[20..30].to_vec()),            // a gap
-        ("0-9", None, data[..10].to_vec()),                // a repeat
-        ("5-14", None, data[5..15].to_vec()),              // an overlap
-        ("10-19", Some("5"), data[10..15].to_vec()),       // length disagrees with the range
-        ("19-10", None, data[10..20].to_vec()),            // backwards
-        ("junk", None, data[10..20].to_vec()),             // not a range
-        ("bytes=ten-19", None, data[10..20].to_vec()),     // not numbers
+        ("20-29", None, data[20..30].to_vec()),        // a gap
+        ("0-9", None, data[..10].to_vec()),            // a repeat
+        ("5-14", None, data[5..15].to_vec()),          // an overlap
+        ("10-19", Some("5"), data[10..15].to_vec()),   // length disagrees with the range
+        ("19-10", None, data[10..20].to_vec()),        // backwards
+        ("junk", None, data[10..20].to_vec()),         // not a range
+        ("bytes=ten-19", None, data[10..20].to_vec()), // not numbers
     ];
     for (range, len, body) in bad {
         let mut headers = vec![("content-range", range)];
@@ -1227,12 +1775,21 @@ async fn wrong_or_out_of_order_content_range_is_416() {
         let r = reg.call("PATCH", &location, &headers, body.clone()).await;
         r.error(416, "BLOB_UPLOAD_INVALID");
         assert_eq!(r.header("range"), "0-9", "{range}");
-        assert_eq!(reg.upload_data(&location), data[..10], "{range} changed the upload");
+        assert_eq!(
+            reg.upload_data(&location),
+            data[..10],
+            "{range} changed the upload"
+        );
     }
     // A closing PUT with a wrong range is refused the same way and does not commit.
     let d = sha256(&data);
     let r = reg
-        .call("PUT", &format!("{location}?digest={d}"), &[("content-range", "15-29")], data[15..].to_vec())
+        .call(
+            "PUT",
+            &format!("{location}?digest={d}"),
+            &[("content-range", "15-29")],
+            data[15..].to_vec(),
+        )
         .await;
     r.error(416, "BLOB_UPLOAD_INVALID");
     assert_eq!(r.header("range"), "0-9");
@@ -1241,10 +1798,22 @@ async fn wrong_or_out_of_order_content_range_is_416() {
     let r = reg.get(&location).await;
     r.status(204);
     assert_eq!(r.header("range"), "0-9");
-    reg.call("PATCH", &location, &[("content-range", "10-19")], data[10..20].to_vec()).await.status(202);
-    reg.call("PUT", &format!("{location}?digest={d}"), &[("content-range", "20-29")], data[20..].to_vec())
-        .await
-        .status(201);
+    reg.call(
+        "PATCH",
+        &location,
+        &[("content-range", "10-19")],
+        data[10..20].to_vec(),
+    )
+    .await
+    .status(202);
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={d}"),
+        &[("content-range", "20-29")],
+        data[20..].to_vec(),
+    )
+    .await
+    .status(201);
     assert_eq!(reg.get(&format!("/v2/r/blobs/{d}")).await.body, data);
 }
 
@@ -1254,7 +1823,9 @@ async fn unknown_or_tampered_upload_ids() {
     let (_, _) = reg.push_image("a", "t", OCI_MANIFEST).await;
     let location = reg.start_upload("a").await;
     let id = location.rsplit('/').next().unwrap().to_owned();
-    reg.call("PATCH", &location, &[], b"12345".to_vec()).await.status(202);
+    reg.call("PATCH", &location, &[], b"12345".to_vec())
+        .await
+        .status(202);
     let before = reg.files();
     let d = sha256(b"12345");
 
@@ -1262,8 +1833,8 @@ async fn unknown_or_tampered_upload_ids() {
     let upper = id.to_uppercase();
     let targets = [
         format!("/v2/a/blobs/uploads/{random}"),
-        format!("/v2/a/blobs/uploads/not-a-uuid"),
-        format!("/v2/a/blobs/uploads/..%2f..%2f_layers"),
+        "/v2/a/blobs/uploads/not-a-uuid".to_owned(),
+        "/v2/a/blobs/uploads/..%2f..%2f_layers".to_owned(),
         format!("/v2/a/blobs/uploads/{id}x"),
         format!("/v2/a/blobs/uploads/{upper}"),
         format!("/v2/b/blobs/uploads/{id}"), // an id from another repository
@@ -1271,26 +1842,36 @@ async fn unknown_or_tampered_upload_ids() {
     ];
     for t in &targets {
         reg.get(t).await.error(404, "BLOB_UPLOAD_UNKNOWN");
-        reg.call("PATCH", t, &[], b"67890".to_vec()).await.error(404, "BLOB_UPLOAD_UNKNOWN");
+        reg.call("PATCH", t, &[], b"67890".to_vec())
+            .await
+            .error(404, "BLOB_UPLOAD_UNKNOWN");
         reg.call("PATCH", t, &[("content-range", "5-9")], b"67890".to_vec())
             .await
             .error(404, "BLOB_UPLOAD_UNKNOWN");
         reg.call("PUT", &format!("{t}?digest={d}"), &[], Body::empty())
             .await
             .error(404, "BLOB_UPLOAD_UNKNOWN");
-        reg.call("DELETE", t, &[], Body::empty()).await.error(404, "BLOB_UPLOAD_UNKNOWN");
+        reg.call("DELETE", t, &[], Body::empty())
+            .await
+            .error(404, "BLOB_UPLOAD_UNKNOWN");
     }
-    assert_eq!(reg.files(), before, "no request touched a session");
+    reg.assert_unchanged(&before, "no request touched a session");
     assert!(!reg.has_blob_file(&d));
-    reg.get(&format!("/v2/b/blobs/{d}")).await.error(404, "BLOB_UNKNOWN");
+    reg.get(&format!("/v2/b/blobs/{d}"))
+        .await
+        .error(404, "BLOB_UNKNOWN");
 
     // The real session is intact and finishes in its own repository.
     let r = reg.get(&location).await;
     r.status(204);
     assert_eq!(r.header("range"), "0-4");
-    reg.call("PUT", &format!("{location}?digest={d}"), &[], Body::empty()).await.status(201);
+    reg.call("PUT", &format!("{location}?digest={d}"), &[], Body::empty())
+        .await
+        .status(201);
     // A finished id is unknown from then on.
-    reg.call("PATCH", &location, &[], b"more".to_vec()).await.error(404, "BLOB_UPLOAD_UNKNOWN");
+    reg.call("PATCH", &location, &[], b"more".to_vec())
+        .await
+        .error(404, "BLOB_UPLOAD_UNKNOWN");
     reg.call("PUT", &format!("{location}?digest={d}"), &[], Body::empty())
         .await
         .error(404, "BLOB_UPLOAD_UNKNOWN");
@@ -1301,35 +1882,68 @@ async fn client_gone_mid_body_rolls_back() {
     let reg = Reg::new();
     let data = random_bytes(300_000);
     let location = reg.start_upload("r").await;
-    reg.call("PATCH", &location, &[("content-range", "0-999")], data[..1000].to_vec())
-        .await
-        .status(202);
+    reg.call(
+        "PATCH",
+        &location,
+        &[("content-range", "0-999")],
+        data[..1000].to_vec(),
+    )
+    .await
+    .status(202);
 
     // A chunk that breaks off after 200 kB.
-    let r = reg.call("PATCH", &location, &[], broken_body(data[1000..201_000].to_vec())).await;
+    let r = reg
+        .call(
+            "PATCH",
+            &location,
+            &[],
+            broken_body(data[1000..201_000].to_vec()),
+        )
+        .await;
     r.error(400, "BLOB_UPLOAD_INVALID");
     let r = reg.get(&location).await;
     assert_eq!(r.header("range"), "0-999");
-    assert_eq!(reg.upload_data(&location), data[..1000], "rolled back to the last good byte");
+    assert_eq!(
+        reg.upload_data(&location),
+        data[..1000],
+        "rolled back to the last good byte"
+    );
 
     // A closing PUT whose body breaks off commits nothing.
     let d = sha256(&data);
-    reg.call("PUT", &format!("{location}?digest={d}"), &[], broken_body(data[1000..].to_vec()))
-        .await
-        .error(400, "BLOB_UPLOAD_INVALID");
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={d}"),
+        &[],
+        broken_body(data[1000..].to_vec()),
+    )
+    .await
+    .error(400, "BLOB_UPLOAD_INVALID");
     assert!(!reg.has_blob_file(&d));
 
     // A monolithic push that breaks off leaves neither blob nor session.
     let before_sessions = store::upload_dirs(&reg.data);
-    reg.call("POST", &format!("/v2/r/blobs/uploads/?digest={d}"), &[], broken_body(data[..5000].to_vec()))
-        .await
-        .error(400, "BLOB_UPLOAD_INVALID");
+    reg.call(
+        "POST",
+        &format!("/v2/r/blobs/uploads/?digest={d}"),
+        &[],
+        broken_body(data[..5000].to_vec()),
+    )
+    .await
+    .error(400, "BLOB_UPLOAD_INVALID");
     assert!(!reg.has_blob_file(&d));
     assert_eq!(store::upload_dirs(&reg.data), before_sessions);
     reg.head(&format!("/v2/r/blobs/{d}")).await.status(404);
 
     // The session finishes intact.
-    reg.call("PUT", &format!("{location}?digest={d}"), &[], data[1000..].to_vec()).await.status(201);
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={d}"),
+        &[],
+        data[1000..].to_vec(),
+    )
+    .await
+    .status(201);
     assert_eq!(reg.get(&format!("/v2/r/blobs/{d}")).await.body, data);
 }
 
@@ -1344,28 +1958,56 @@ async fn blob_size_limit_is_413() {
     );
     let data = random_bytes(101);
     let d = sha256(&data);
-    reg.call("POST", &format!("/v2/r/blobs/uploads/?digest={d}"), &[], data.clone())
-        .await
-        .error(413, "SIZE_INVALID");
+    reg.call(
+        "POST",
+        &format!("/v2/r/blobs/uploads/?digest={d}"),
+        &[],
+        data.clone(),
+    )
+    .await
+    .error(413, "SIZE_INVALID");
     assert!(!reg.has_blob_file(&d));
     assert!(store::upload_dirs(&reg.data).is_empty());
 
     let location = reg.start_upload("r").await;
-    reg.call("PATCH", &location, &[], data[..60].to_vec()).await.status(202);
-    reg.call("PATCH", &location, &[], data[60..].to_vec()).await.error(413, "SIZE_INVALID");
-    let r = reg.get(&location).await;
-    assert_eq!(r.header("range"), "0-59", "the refused chunk was rolled back");
-    assert_eq!(reg.upload_data(&location), data[..60]);
-    reg.call("PUT", &format!("{location}?digest={d}"), &[], data[60..].to_vec())
+    reg.call("PATCH", &location, &[], data[..60].to_vec())
+        .await
+        .status(202);
+    reg.call("PATCH", &location, &[], data[60..].to_vec())
         .await
         .error(413, "SIZE_INVALID");
+    let r = reg.get(&location).await;
+    assert_eq!(
+        r.header("range"),
+        "0-59",
+        "the refused chunk was rolled back"
+    );
+    assert_eq!(reg.upload_data(&location), data[..60]);
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={d}"),
+        &[],
+        data[60..].to_vec(),
+    )
+    .await
+    .error(413, "SIZE_INVALID");
     assert!(!reg.has_blob_file(&d));
     // Exactly the limit is accepted.
     let exact = &data[..100];
-    reg.call("PUT", &format!("{location}?digest={}", sha256(exact)), &[], data[60..100].to_vec())
-        .await
-        .status(201);
-    assert_eq!(reg.get(&format!("/v2/r/blobs/{}", sha256(exact))).await.body, exact);
+    reg.call(
+        "PUT",
+        &format!("{location}?digest={}", sha256(exact)),
+        &[],
+        data[60..100].to_vec(),
+    )
+    .await
+    .status(201);
+    assert_eq!(
+        reg.get(&format!("/v2/r/blobs/{}", sha256(exact)))
+            .await
+            .body,
+        exact
+    );
 }
 
 #[tokio::test]
@@ -1385,16 +2027,33 @@ async fn read_only_mode_serves_reads_and_refuses_writes() {
 
     assert_eq!(reg.get("/v2/r/manifests/t").await.body, m);
     reg.head(&format!("/v2/r/manifests/{d}")).await.status(200);
-    assert_eq!(reg.get(&format!("/v2/r/blobs/{blob}")).await.body, b"payload");
-    assert_eq!(reg.get("/v2/r/tags/list").await.json()["tags"], json!(["t"]));
-    assert_eq!(reg.get("/v2/_catalog").await.json()["repositories"], json!(["r"]));
+    assert_eq!(
+        reg.get(&format!("/v2/r/blobs/{blob}")).await.body,
+        b"payload"
+    );
+    assert_eq!(
+        reg.get("/v2/r/tags/list").await.json()["tags"],
+        json!(["t"])
+    );
+    assert_eq!(
+        reg.get("/v2/_catalog").await.json()["repositories"],
+        json!(["r"])
+    );
     reg.get(&format!("/v2/r/referrers/{d}")).await.status(200);
     reg.get("/v2/").await.status(200);
 
     let writes: Vec<(&str, String, Vec<u8>)> = vec![
         ("POST", "/v2/r/blobs/uploads/".into(), vec![]),
-        ("POST", format!("/v2/r/blobs/uploads/?digest={}", sha256(b"new")), b"new".to_vec()),
-        ("POST", format!("/v2/s/blobs/uploads/?mount={blob}&from=r"), vec![]),
+        (
+            "POST",
+            format!("/v2/r/blobs/uploads/?digest={}", sha256(b"new")),
+            b"new".to_vec(),
+        ),
+        (
+            "POST",
+            format!("/v2/s/blobs/uploads/?mount={blob}&from=r"),
+            vec![],
+        ),
         ("PATCH", location.clone(), b"x".to_vec()),
         ("PUT", format!("{location}?digest={}", sha256(b"")), vec![]),
         ("DELETE", location.clone(), vec![]),
@@ -1404,11 +2063,13 @@ async fn read_only_mode_serves_reads_and_refuses_writes() {
         ("DELETE", format!("/v2/r/blobs/{blob}"), vec![]),
     ];
     for (method, uri, body) in writes {
-        let r = reg.call(method, &uri, &[("content-type", OCI_MANIFEST)], body).await;
+        let r = reg
+            .call(method, &uri, &[("content-type", OCI_MANIFEST)], body)
+            .await;
         assert_eq!(r.status, 405, "{method} {uri}");
         assert_eq!(r.code(), "UNSUPPORTED", "{method} {uri}");
     }
-    assert_eq!(reg.files(), before);
+    reg.assert_unchanged(&before, "storage");
 }
 
 // ---------------------------------------------------------------------------
@@ -1418,7 +2079,11 @@ async fn read_only_mode_serves_reads_and_refuses_writes() {
 fn htpasswd(anonymous_pull: bool) -> Authenticator {
     let alice = bcrypt::hash("alice-pw", 4).unwrap();
     let bob = bcrypt::hash("bob-pw", 4).unwrap();
-    Authenticator::from_htpasswd(&format!("# test users\nalice:{alice}\nbob:{bob}\n"), anonymous_pull).unwrap()
+    Authenticator::from_htpasswd(
+        &format!("# test users\nalice:{alice}\nbob:{bob}\n"),
+        anonymous_pull,
+    )
+    .unwrap()
 }
 
 #[track_caller]
@@ -1438,20 +2103,34 @@ async fn htpasswd_basic_auth() {
     let reg = Reg::with(config(), Some(htpasswd(false)));
     let alice = basic("alice", "alice-pw");
     let auth = [("authorization", alice.as_str())];
-    reg.call("GET", "/v2/", &auth, Body::empty()).await.status(200);
+    reg.call("GET", "/v2/", &auth, Body::empty())
+        .await
+        .status(200);
     let data = random_bytes(100);
     let d = sha256(&data);
-    reg.call("POST", &format!("/v2/r/blobs/uploads/?digest={d}"), &auth, data.clone())
-        .await
-        .status(201);
-    let r = reg.call("GET", &format!("/v2/r/blobs/{d}"), &auth, Body::empty()).await;
+    reg.call(
+        "POST",
+        &format!("/v2/r/blobs/uploads/?digest={d}"),
+        &auth,
+        data.clone(),
+    )
+    .await
+    .status(201);
+    let r = reg
+        .call("GET", &format!("/v2/r/blobs/{d}"), &auth, Body::empty())
+        .await;
     r.status(200);
     assert_eq!(r.body, data);
     // bob is a user too.
     let bob = basic("bob", "bob-pw");
-    reg.call("HEAD", &format!("/v2/r/blobs/{d}"), &[("authorization", &bob)], Body::empty())
-        .await
-        .status(200);
+    reg.call(
+        "HEAD",
+        &format!("/v2/r/blobs/{d}"),
+        &[("authorization", &bob)],
+        Body::empty(),
+    )
+    .await
+    .status(200);
 
     let before = reg.files();
     let wrong_password = basic("alice", "nope");
@@ -1468,15 +2147,34 @@ async fn htpasswd_basic_auth() {
     let other = random_bytes(10);
     for headers in &bad_headers {
         assert_unauthorized(&reg.call("GET", "/v2/", headers, Body::empty()).await);
-        assert_unauthorized(&reg.call("GET", &format!("/v2/r/blobs/{d}"), headers, Body::empty()).await);
-        assert_unauthorized(&reg.call("GET", "/v2/_catalog", headers, Body::empty()).await);
+        assert_unauthorized(
+            &reg.call("GET", &format!("/v2/r/blobs/{d}"), headers, Body::empty())
+                .await,
+        );
+        assert_unauthorized(
+            &reg.call("GET", "/v2/_catalog", headers, Body::empty())
+                .await,
+        );
         let r = reg
-            .call("POST", &format!("/v2/r/blobs/uploads/?digest={}", sha256(&other)), headers, other.clone())
+            .call(
+                "POST",
+                &format!("/v2/r/blobs/uploads/?digest={}", sha256(&other)),
+                headers,
+                other.clone(),
+            )
             .await;
         assert_unauthorized(&r);
-        assert_unauthorized(&reg.call("DELETE", &format!("/v2/r/blobs/{d}"), headers, Body::empty()).await);
+        assert_unauthorized(
+            &reg.call(
+                "DELETE",
+                &format!("/v2/r/blobs/{d}"),
+                headers,
+                Body::empty(),
+            )
+            .await,
+        );
     }
-    assert_eq!(reg.files(), before, "refused requests changed nothing");
+    reg.assert_unchanged(&before, "refused requests changed nothing");
     // /healthz and /readyz need no login.
     reg.get("/healthz").await.status(200);
     reg.get("/readyz").await.status(200);
@@ -1489,13 +2187,23 @@ async fn anonymous_pull_with_authenticated_push() {
     let auth = [("authorization", alice.as_str())];
     let data = random_bytes(64);
     let d = sha256(&data);
-    reg.call("POST", &format!("/v2/r/blobs/uploads/?digest={d}"), &auth, data.clone())
-        .await
-        .status(201);
+    reg.call(
+        "POST",
+        &format!("/v2/r/blobs/uploads/?digest={d}"),
+        &auth,
+        data.clone(),
+    )
+    .await
+    .status(201);
     let m = image_manifest(OCI_MANIFEST, &data, &[], json!({}));
-    reg.call("PUT", "/v2/r/manifests/t", &[auth[0], ("content-type", OCI_MANIFEST)], m.clone())
-        .await
-        .status(201);
+    reg.call(
+        "PUT",
+        "/v2/r/manifests/t",
+        &[auth[0], ("content-type", OCI_MANIFEST)],
+        m.clone(),
+    )
+    .await
+    .status(201);
 
     // Anonymous reads.
     reg.get("/v2/").await.status(200);
@@ -1508,15 +2216,37 @@ async fn anonymous_pull_with_authenticated_push() {
 
     // Anonymous writes are refused and change nothing.
     let before = reg.files();
-    assert_unauthorized(&reg.call("POST", "/v2/r/blobs/uploads/", &[], Body::empty()).await);
     assert_unauthorized(
-        &reg.call("POST", &format!("/v2/r/blobs/uploads/?digest={}", sha256(b"z")), &[], b"z".to_vec())
+        &reg.call("POST", "/v2/r/blobs/uploads/", &[], Body::empty())
             .await,
     );
-    assert_unauthorized(&reg.call("PUT", "/v2/r/manifests/t2", &[("content-type", OCI_MANIFEST)], m.clone()).await);
-    assert_unauthorized(&reg.call("DELETE", "/v2/r/manifests/t", &[], Body::empty()).await);
-    assert_unauthorized(&reg.call("DELETE", &format!("/v2/r/blobs/{d}"), &[], Body::empty()).await);
-    assert_eq!(reg.files(), before);
+    assert_unauthorized(
+        &reg.call(
+            "POST",
+            &format!("/v2/r/blobs/uploads/?digest={}", sha256(b"z")),
+            &[],
+            b"z".to_vec(),
+        )
+        .await,
+    );
+    assert_unauthorized(
+        &reg.call(
+            "PUT",
+            "/v2/r/manifests/t2",
+            &[("content-type", OCI_MANIFEST)],
+            m.clone(),
+        )
+        .await,
+    );
+    assert_unauthorized(
+        &reg.call("DELETE", "/v2/r/manifests/t", &[], Body::empty())
+            .await,
+    );
+    assert_unauthorized(
+        &reg.call("DELETE", &format!("/v2/r/blobs/{d}"), &[], Body::empty())
+            .await,
+    );
+    reg.assert_unchanged(&before, "storage");
 
     // Wrong credentials are never treated as anonymous, even for reads.
     let wrong = basic("alice", "wrong");
@@ -1525,10 +2255,67 @@ async fn anonymous_pull_with_authenticated_push() {
         vec![("authorization", "Basic !!!not-base64!!!")],
         vec![("authorization", "Basic bm9jb2xvbg==")], // "nocolon"
     ] {
-        assert_unauthorized(&reg.call("GET", "/v2/r/manifests/t", &headers, Body::empty()).await);
-        assert_unauthorized(&reg.call("HEAD", &format!("/v2/r/blobs/{d}"), &headers, Body::empty()).await);
+        assert_unauthorized(
+            &reg.call("GET", "/v2/r/manifests/t", &headers, Body::empty())
+                .await,
+        );
+        assert_unauthorized(
+            &reg.call("HEAD", &format!("/v2/r/blobs/{d}"), &headers, Body::empty())
+                .await,
+        );
         assert_unauthorized(&reg.call("GET", "/v2/", &headers, Body::empty()).await);
     }
     // Right credentials can still do everything.
-    reg.call("DELETE", "/v2/r/manifests/t", &auth, Body::empty()).await.status(202);
+    reg.call("DELETE", "/v2/r/manifests/t", &auth, Body::empty())
+        .await
+        .status(202);
+}
+
+// ---------------------------------------------------------------------------
+// The same escape attempts over a real socket, where no client normalises the path
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaping_names_over_a_real_socket() {
+    use common::rawtls::{TlsConn, client_config};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut reg = common::Privreg::start(&data, &[]);
+    let before = store::paths(dir.path());
+    let d = sha256(b"x");
+    let (addr, ca) = (reg.addr(), reg.ca());
+    let answers = tokio::task::spawn_blocking(move || {
+        let config = client_config(&ca, &[]);
+        let mut out = Vec::new();
+        for path in [
+            format!("/v2/../../../outside/blobs/uploads/?digest={d}"),
+            format!("/v2/%2e%2e/%2e%2e/outside/blobs/uploads/?digest={d}"),
+            "/v2//tmp/outside/blobs/uploads/".to_owned(),
+            "/v2/a/./b/blobs/uploads/".to_owned(),
+            "/v2/UP/blobs/uploads/".to_owned(),
+        ] {
+            // The server closes the connection after an early error: one each.
+            let mut conn = TlsConn::connect(addr, config.clone()).unwrap();
+            let r = conn.request("POST", &path, &[], b"x").unwrap();
+            out.push((
+                path,
+                r.status,
+                String::from_utf8_lossy(&r.body).into_owned(),
+            ));
+        }
+        out
+    })
+    .await
+    .unwrap();
+    for (path, status, body) in answers {
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("\"NAME_INVALID\""), "{path}: {body}");
+    }
+    let mut after = store::paths(dir.path());
+    // The server's own log file sits beside the data directory.
+    after.retain(|p| !p.ends_with(".log"));
+    let mut before = before;
+    before.retain(|p| !p.ends_with(".log"));
+    assert_eq!(after, before, "an invalid name created something");
+    reg.stop();
 }

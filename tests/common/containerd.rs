@@ -82,10 +82,18 @@ state = "{state}"
         let mut last = String::new();
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("containerd exited during startup ({status}):\n{}", self.log());
+                panic!(
+                    "containerd exited during startup ({status}):\n{}",
+                    self.log()
+                );
             }
             if self.socket.exists() {
-                let out = self.ctr_cmd(None).arg("version").stdin(Stdio::null()).output().unwrap();
+                let out = self
+                    .ctr_cmd(None)
+                    .arg("version")
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
                 if out.status.success() {
                     return;
                 }
@@ -93,7 +101,10 @@ state = "{state}"
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("containerd did not answer within 30 s: {last}\n{}", self.log());
+        panic!(
+            "containerd did not answer within 30 s: {last}\n{}",
+            self.log()
+        );
     }
 
     fn ctr_cmd(&self, namespace: Option<&str>) -> Command {
@@ -137,7 +148,12 @@ state = "{state}"
 
     /// `ctr images mount <reference> <target>`: the unpacked rootfs, read-only,
     /// unmounted (and its snapshot removed) when the guard drops.
-    pub fn mount_image<'a>(&'a self, namespace: &str, reference: &str, target: &Path) -> Mounted<'a> {
+    pub fn mount_image<'a>(
+        &'a self,
+        namespace: &str,
+        reference: &str,
+        target: &Path,
+    ) -> Mounted<'a> {
         std::fs::create_dir_all(target).unwrap();
         let out = self
             .ctr(namespace)
@@ -194,7 +210,10 @@ impl Drop for Mounted<'_> {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            let _ = Command::new("umount").arg(&self.target).stdin(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .arg(&self.target)
+                .stdin(Stdio::null())
+                .status();
         }
     }
 }

@@ -34,7 +34,10 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
 /// cache (`${PRIVREG_CACHE:-~/.cache/privreg}/tools/<name>-*/<name>`), else PATH
 /// (through `tool`, which fails in CI and skips elsewhere when it is missing).
 pub fn go_tool(name: &str, env_var: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env_var).map(PathBuf::from).filter(|p| p.is_file()) {
+    if let Some(p) = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
         return Some(p);
     }
     let cache = std::env::var_os("PRIVREG_CACHE")
@@ -45,7 +48,11 @@ pub fn go_tool(name: &str, env_var: &str) -> Option<PathBuf> {
     {
         let mut found: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{name}-")))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}-"))
+            })
             .map(|e| e.path().join(name))
             .filter(|p| p.is_file())
             .collect();

@@ -128,7 +128,10 @@ fn octal(field: &mut [u8], value: u64) {
 }
 
 fn tar_header(name: &str, size: u64, mode: u64, typeflag: u8) -> [u8; 512] {
-    assert!(name.len() < 100, "tar name too long for this writer: {name}");
+    assert!(
+        name.len() < 100,
+        "tar name too long for this writer: {name}"
+    );
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
     octal(&mut h[100..108], mode);
@@ -149,8 +152,8 @@ fn tar_header(name: &str, size: u64, mode: u64, typeflag: u8) -> [u8; 512] {
     h
 }
 
-/// A POSIX ustar archive of regular files (mode 0755 if the name ends in `.sh`
-/// or has no extension under `bin/`, else 0644), with their parent directories.
+/// A POSIX ustar archive of regular files (mode 0755 under `bin/`, else 0644),
+/// preceded by entries for their parent directories.
 pub fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut dirs_done: Vec<String> = Vec::new();
@@ -164,7 +167,11 @@ pub fn tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
                 dirs_done.push(dir);
             }
         }
-        let mode = if name.starts_with("bin/") { 0o755 } else { 0o644 };
+        let mode = if name.starts_with("bin/") {
+            0o755
+        } else {
+            0o644
+        };
         out.extend_from_slice(&tar_header(name, data.len() as u64, mode, b'0'));
         out.extend_from_slice(data);
         out.resize(out.len().div_ceil(512) * 512, 0);
@@ -182,7 +189,11 @@ fn crc32(data: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
@@ -220,7 +231,10 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 /// An image whose layers hold exactly `layers` (one file list per layer).
 pub fn image(arch: &str, layers: Vec<Vec<(String, Vec<u8>)>>, annotations: Value) -> Image {
     let tars: Vec<Vec<u8>> = layers.iter().map(|files| tar(files)).collect();
-    let blobs: Vec<Blob> = tars.iter().map(|t| Blob::new(OCI_LAYER_GZIP, gzip(t))).collect();
+    let blobs: Vec<Blob> = tars
+        .iter()
+        .map(|t| Blob::new(OCI_LAYER_GZIP, gzip(t)))
+        .collect();
     let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
     let config = Blob::json(
         OCI_CONFIG,
@@ -258,8 +272,14 @@ pub fn random_image(arch: &str, n_layers: usize) -> Image {
     let layers = (0..n_layers)
         .map(|i| {
             vec![
-                (format!("data/layer{i}/random.bin"), random_bytes(4096 + 30_000 * i + (rand::random::<u16>() as usize))),
-                (format!("etc/layer{i}.txt"), format!("layer {i} of a privreg test image for {arch}\n").into_bytes()),
+                (
+                    format!("data/layer{i}/random.bin"),
+                    random_bytes(4096 + 30_000 * i + (rand::random::<u16>() as usize)),
+                ),
+                (
+                    format!("etc/layer{i}.txt"),
+                    format!("layer {i} of a privreg test image for {arch}\n").into_bytes(),
+                ),
             ]
         })
         .collect();
@@ -291,7 +311,11 @@ pub fn multi_image(images: Vec<Image>) -> MultiImage {
 
 /// Writes an OCI image layout at `dir`: `oci-layout`, `index.json` naming each
 /// `(tag, top-level blob)`, and every blob under `blobs/sha256/`.
-pub fn write_layout<'a>(dir: &Path, refs: &[(&str, &Blob)], blobs: impl IntoIterator<Item = &'a Blob>) {
+pub fn write_layout<'a>(
+    dir: &Path,
+    refs: &[(&str, &Blob)],
+    blobs: impl IntoIterator<Item = &'a Blob>,
+) {
     let blob_dir = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blob_dir).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -310,7 +334,11 @@ pub fn write_layout<'a>(dir: &Path, refs: &[(&str, &Blob)], blobs: impl IntoIter
             d
         }).collect::<Vec<_>>(),
     });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Every file under `dir/blobs/sha256/`, by digest.
@@ -328,7 +356,8 @@ pub fn layout_blobs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// The descriptors of a layout's `index.json`, by `ref.name` annotation.
 pub fn layout_refs(dir: &Path) -> BTreeMap<String, Value> {
-    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     index["manifests"]
         .as_array()
         .unwrap()
@@ -342,5 +371,8 @@ pub fn layout_refs(dir: &Path) -> BTreeMap<String, Value> {
 
 /// The expected blob set of `blobs`, by digest.
 pub fn by_digest<'a>(blobs: impl IntoIterator<Item = &'a Blob>) -> BTreeMap<String, Vec<u8>> {
-    blobs.into_iter().map(|b| (b.digest.clone(), b.bytes.clone())).collect()
+    blobs
+        .into_iter()
+        .map(|b| (b.digest.clone(), b.bytes.clone()))
+        .collect()
 }

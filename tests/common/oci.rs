@@ -178,7 +178,11 @@ pub async fn push_manifest(
 
 /// GETs a URL; returns status and body.
 pub async fn get_bytes(client: &reqwest::Client, url: &str) -> (u16, Vec<u8>) {
-    let r = client.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let r = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = r.status().as_u16();
     (status, r.bytes().await.unwrap().to_vec())
 }

@@ -14,13 +14,17 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// A client config trusting only the PEM CA at `ca`, for the given TLS versions
 /// (empty: rustls' defaults, 1.2 and 1.3).
-pub fn client_config(ca: &Path, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+pub fn client_config(
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let pem = std::fs::read(ca).expect("read CA");
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.expect("CA PEM")).expect("add CA");
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()));
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()));
     let builder = if versions.is_empty() {
         builder.with_safe_default_protocol_versions()
     } else {
@@ -58,9 +62,11 @@ impl RawResponse {
 impl TlsConn {
     /// Connects to `addr` as `127.0.0.1` and completes the handshake.
     pub fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<TlsConn, String> {
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect: {e}"))?;
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        tcp.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let name = ServerName::IpAddress(addr.ip().into());
         let conn = ClientConnection::new(config, name).map_err(|e| format!("client: {e}"))?;
         let mut stream = StreamOwned::new(conn, tcp);
@@ -78,7 +84,11 @@ impl TlsConn {
 
     /// DER of the certificate the server presented.
     pub fn peer_leaf(&self) -> Vec<u8> {
-        self.stream.conn.peer_certificates().expect("server certificate")[0].to_vec()
+        self.stream
+            .conn
+            .peer_certificates()
+            .expect("server certificate")[0]
+            .to_vec()
     }
 
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
@@ -86,7 +96,12 @@ impl TlsConn {
     }
 
     /// Writes a request head (with `Host`) and as much of `body` as given.
-    pub fn send_head(&mut self, method: &str, path: &str, headers: &[(&str, String)]) -> std::io::Result<()> {
+    pub fn send_head(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> std::io::Result<()> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -103,10 +118,17 @@ impl TlsConn {
 
     /// A whole request with a `Content-Length` body; reads the response. The
     /// connection stays open (keep-alive) for the next one.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Result<RawResponse, String> {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<RawResponse, String> {
         let mut all: Vec<(&str, String)> = headers.to_vec();
         all.push(("Content-Length", body.len().to_string()));
-        self.send_head(method, path, &all).map_err(|e| format!("write: {e}"))?;
+        self.send_head(method, path, &all)
+            .map_err(|e| format!("write: {e}"))?;
         self.send_body(body).map_err(|e| format!("write: {e}"))?;
         self.read_response(method == "HEAD")
     }
@@ -117,7 +139,12 @@ impl TlsConn {
         let mut byte = [0u8; 1];
         while !buf.ends_with(b"\r\n\r\n") {
             match self.stream.read(&mut byte) {
-                Ok(0) => return Err(format!("connection closed after {} bytes of head", buf.len())),
+                Ok(0) => {
+                    return Err(format!(
+                        "connection closed after {} bytes of head",
+                        buf.len()
+                    ));
+                }
                 Ok(_) => buf.push(byte[0]),
                 Err(e) => return Err(format!("read: {e}")),
             }
@@ -150,13 +177,58 @@ impl TlsConn {
             .header("transfer-encoding")
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
         {
-            return Err("chunked responses are not supported by this test client".into());
+            response.body = self.read_chunked()?;
+            return Ok(response);
         }
-        let len: usize = response.header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let len: usize = response
+            .header("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).map_err(|e| format!("read body: {e}"))?;
+        self.stream
+            .read_exact(&mut body)
+            .map_err(|e| format!("read body: {e}"))?;
         response.body = body;
         Ok(response)
+    }
+
+    fn read_line(&mut self) -> Result<String, String> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            match self.stream.read(&mut byte) {
+                Ok(0) => return Err("connection closed inside a chunked body".into()),
+                Ok(_) => line.push(byte[0]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+            if line.len() > 4096 {
+                return Err("chunk line too long".into());
+            }
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|e| e.to_string())
+    }
+
+    /// A `Transfer-Encoding: chunked` body, trailers skipped.
+    fn read_chunked(&mut self) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| format!("bad chunk size line {line:?}"))?;
+            if size == 0 {
+                while !self.read_line()?.is_empty() {}
+                return Ok(body);
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            self.stream
+                .read_exact(&mut body[start..])
+                .map_err(|e| format!("read chunk: {e}"))?;
+            if !self.read_line()?.is_empty() {
+                return Err("chunk not followed by CRLF".into());
+            }
+        }
     }
 
     /// Closes the TCP connection at once, without a TLS close_notify.

@@ -18,7 +18,11 @@ impl Skopeo {
         let bin = tool("skopeo", "PRIVREG_SKOPEO")?;
         std::fs::create_dir_all(dir).unwrap();
         let policy = dir.join("policy.json");
-        std::fs::write(&policy, br#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+        std::fs::write(
+            &policy,
+            br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+        )
+        .unwrap();
         Some(Skopeo { bin, policy })
     }
 

@@ -14,7 +14,9 @@ pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries {
             let e = e.unwrap();
             let ft = e.file_type().unwrap();
@@ -32,7 +34,12 @@ pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
 /// The path of blob `digest`'s `data` file.
 pub fn blob_path(data: &Path, digest: &str) -> PathBuf {
     let (alg, hex) = digest.split_once(':').unwrap();
-    v2(data).join("blobs").join(alg).join(&hex[..2]).join(hex).join("data")
+    v2(data)
+        .join("blobs")
+        .join(alg)
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
 }
 
 /// Every `blobs/<alg>/<2>/<hex>/data` file, as (digest, path).
@@ -53,7 +60,9 @@ pub fn blob_files(data: &Path) -> Vec<(String, PathBuf)> {
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut v: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
@@ -108,7 +117,10 @@ pub fn assert_consistent(data: &Path) -> usize {
                 .join(alg)
                 .join(hex)
                 .join("link");
-            assert!(revision.is_file(), "tag {rel} points to {target} without a revision link");
+            assert!(
+                revision.is_file(),
+                "tag {rel} points to {target} without a revision link"
+            );
         }
     }
     blobs.len()
@@ -137,7 +149,9 @@ pub fn paths(root: &Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries {
             let e = e.unwrap();
             out.insert(e.path().strip_prefix(root).unwrap().display().to_string());

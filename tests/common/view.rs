@@ -22,7 +22,12 @@ pub struct Fetched {
 }
 
 /// `GET <base>/v2/<repo>/manifests/<reference>` with every manifest type accepted.
-pub async fn manifest(client: &reqwest::Client, base: &str, repo: &str, reference: &str) -> Fetched {
+pub async fn manifest(
+    client: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+) -> Fetched {
     let r = client
         .get(format!("{base}/v2/{repo}/manifests/{reference}"))
         .header("Accept", ACCEPT_ALL)
@@ -39,7 +44,11 @@ pub async fn get(client: &reqwest::Client, base: &str, path: &str) -> Fetched {
 
 async fn fetched(r: reqwest::Response) -> Fetched {
     let header = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
-    let (status, content_type, digest) = (r.status().as_u16(), header("content-type"), header("docker-content-digest"));
+    let (status, content_type, digest) = (
+        r.status().as_u16(),
+        header("content-type"),
+        header("docker-content-digest"),
+    );
     Fetched {
         status,
         content_type,
@@ -73,7 +82,11 @@ impl View {
         View {
             manifests: self.manifests.clone(),
             blobs: self.blobs.clone(),
-            tags: self.tags.iter().map(|(k, v)| (k.clone(), sort(v, "tags"))).collect(),
+            tags: self
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), sort(v, "tags")))
+                .collect(),
             catalog: sort(&self.catalog, "repositories"),
         }
     }
@@ -87,13 +100,21 @@ impl View {
 pub async fn view(client: &reqwest::Client, base: &str, refs: &[(&str, &str)]) -> View {
     let mut manifests = BTreeMap::new();
     let mut blobs = BTreeMap::new();
-    let mut todo: Vec<(String, String)> = refs.iter().map(|(r, t)| (r.to_string(), t.to_string())).collect();
+    let mut todo: Vec<(String, String)> = refs
+        .iter()
+        .map(|(r, t)| (r.to_string(), t.to_string()))
+        .collect();
     while let Some((repo, reference)) = todo.pop() {
         if manifests.contains_key(&(repo.clone(), reference.clone())) {
             continue;
         }
         let m = manifest(client, base, &repo, &reference).await;
-        assert_eq!(m.status, 200, "{base}: manifest {repo}:{reference}: {}", String::from_utf8_lossy(&m.bytes));
+        assert_eq!(
+            m.status,
+            200,
+            "{base}: manifest {repo}:{reference}: {}",
+            String::from_utf8_lossy(&m.bytes)
+        );
         let doc: Value = serde_json::from_slice(&m.bytes).unwrap();
         for child in doc["manifests"].as_array().into_iter().flatten() {
             todo.push((repo.clone(), child["digest"].as_str().unwrap().to_owned()));
@@ -110,7 +131,11 @@ pub async fn view(client: &reqwest::Client, base: &str, refs: &[(&str, &str)]) -
         for d in wanted {
             let b = get(client, base, &format!("/v2/{repo}/blobs/{d}")).await;
             assert_eq!(b.status, 200, "{base}: blob {repo}@{d}");
-            assert_eq!(super::sha256(&b.bytes), d, "{base}: blob {repo}@{d} content");
+            assert_eq!(
+                super::sha256(&b.bytes),
+                d,
+                "{base}: blob {repo}@{d} content"
+            );
             blobs.insert((repo.clone(), d), b.bytes);
         }
         manifests.insert((repo, reference), m);

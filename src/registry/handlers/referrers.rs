@@ -10,7 +10,7 @@ use super::{Query, run};
 use crate::registry::AppState;
 use crate::registry::digest::Digest;
 use crate::registry::error::Result;
-use crate::registry::manifest::{self, OCI_INDEX};
+use crate::registry::manifest::{self, OCI_INDEX, ParsedManifest};
 use crate::registry::names::RepoName;
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -28,6 +28,17 @@ pub struct ReferrerDescriptor {
 pub async fn list(state: &Arc<AppState>, repo: &RepoName, subject: &Digest, query: &Query) -> Result<Response> {
     let (store, r, s) = (state.store.clone(), repo.clone(), subject.clone());
     let mut referrers = run(move || {
+        if !store.referrers_indexed(&r)? {
+            // Manifests written before privreg served this directory (registry:2
+            // keeps no referrers index): index every revision with a subject once.
+            for d in store.manifest_revisions(&r)? {
+                let Ok(bytes) = store.read_blob(&d) else { continue };
+                if let Ok(ParsedManifest { subject: Some(subject), .. }) = manifest::parse(None, &bytes) {
+                    store.index_referrer(&r, &subject, &d)?;
+                }
+            }
+            store.mark_referrers_indexed(&r)?;
+        }
         let mut out = Vec::new();
         for d in store.referrers(&r, &s)? {
             let bytes = store.read_blob(&d)?;

@@ -130,7 +130,7 @@ impl FsStore {
         }
         write_link(&self.layout.revision_link_dir(repo, d), d)?;
         if let Some(subject) = subject {
-            write_link(&self.layout.referrer_link_dir(repo, subject, d), d)?;
+            self.index_referrer(repo, subject, d)?;
         }
         if let Some(tag) = tag {
             write_atomic(&self.layout.tag_index_link(repo, tag, d), d.to_string().as_bytes())?;
@@ -224,6 +224,42 @@ impl FsStore {
         }
         found.sort();
         Ok(found)
+    }
+
+    /// Whether the referrers index of `repo` covers every manifest in it. A
+    /// repository written by another registry (registry:2 keeps no such index)
+    /// is indexed once, on its first referrers query.
+    pub fn referrers_indexed(&self, repo: &RepoName) -> Result<bool> {
+        let marker = self.layout.referrers_marker(repo);
+        match fs::metadata(&marker) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx("stat referrers index", &marker),
+        }
+    }
+
+    /// Records that the referrers index of `repo` is complete.
+    pub fn mark_referrers_indexed(&self, repo: &RepoName) -> Result<()> {
+        write_atomic(&self.layout.referrers_marker(repo), b"")
+    }
+
+    /// Adds `d` to the referrers of `subject` in `repo`.
+    pub fn index_referrer(&self, repo: &RepoName, subject: &Digest, d: &Digest) -> Result<()> {
+        write_link(&self.layout.referrer_link_dir(repo, subject, d), d)
+    }
+
+    /// Every manifest revision of `repo`.
+    pub fn manifest_revisions(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let base = self.layout.revisions(repo);
+        let mut out = Vec::new();
+        for alg in list_dirs(&base)? {
+            for hex in list_dirs(&base.join(&alg))? {
+                if let Some(d) = read_link(&base.join(&alg).join(&hex).join("link"))? {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Manifests in `repo` whose subject is `subject`.

@@ -15,6 +15,9 @@
 //!                                               privreg's own: manifests whose `subject`
 //!                                               is <subject>; Distribution ignores
 //!                                               underscore directories it does not know
+//!     _referrers/indexed                        the index covers every revision (absent
+//!                                               in a directory registry:2 wrote: then the
+//!                                               first referrers query builds it)
 //! ```
 //!
 //! Everything is committed by writing a temporary file beside the target, fsync,
@@ -72,12 +75,12 @@ impl Layout {
             .join(d.hex())
     }
 
+    pub fn revisions(&self, r: &RepoName) -> PathBuf {
+        self.repo(r).join("_manifests").join("revisions")
+    }
+
     pub fn revision_link_dir(&self, r: &RepoName, d: &Digest) -> PathBuf {
-        self.repo(r)
-            .join("_manifests")
-            .join("revisions")
-            .join(d.algorithm().name())
-            .join(d.hex())
+        self.revisions(r).join(d.algorithm().name()).join(d.hex())
     }
 
     pub fn tags(&self, r: &RepoName) -> PathBuf {
@@ -102,6 +105,10 @@ impl Layout {
 
     pub fn upload_dir(&self, r: &RepoName, id: &str) -> PathBuf {
         self.repo(r).join("_uploads").join(id)
+    }
+
+    pub fn referrers_marker(&self, r: &RepoName) -> PathBuf {
+        self.repo(r).join("_referrers").join("indexed")
     }
 
     pub fn referrers_of(&self, r: &RepoName, subject: &Digest) -> PathBuf {
