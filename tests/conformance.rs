@@ -196,7 +196,8 @@ fn junit_totals(path: &Path) -> Option<(u64, u64, u64)> {
         let start = head.find(&format!(" {name}=\""))? + name.len() + 3;
         head[start..].split('"').next()?.parse().ok()
     };
-    Some((attr("tests")?, attr("failures")? + attr("errors").unwrap_or(0), attr("skipped").unwrap_or(0)))
+    let failures = attr("failures").unwrap_or(0) + attr("errors").unwrap_or(0);
+    Some((attr("tests")?, failures, attr("skipped").unwrap_or(0)))
 }
 
 #[test]
