@@ -47,7 +47,11 @@ fn sha256(data: &[u8]) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_ready(port: u16) {
@@ -74,7 +78,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 fn location(base: &str, r: &reqwest::Response) -> String {
     let loc = r.headers()["location"].to_str().unwrap();
-    if loc.starts_with("http") { loc.to_owned() } else { format!("{base}{loc}") }
+    if loc.starts_with("http") {
+        loc.to_owned()
+    } else {
+        format!("{base}{loc}")
+    }
 }
 
 fn with_digest(loc: &str, digest: &str) -> String {
@@ -83,14 +91,25 @@ fn with_digest(loc: &str, digest: &str) -> String {
 }
 
 async fn start_upload(t: &Target, repo: &str) -> String {
-    let r = t.client.post(format!("{}/v2/{repo}/blobs/uploads/", t.url)).send().await.unwrap();
+    let r = t
+        .client
+        .post(format!("{}/v2/{repo}/blobs/uploads/", t.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202, "{} POST upload", t.name);
     location(&t.url, &r)
 }
 
 async fn push_monolithic(t: &Target, repo: &str, data: Bytes, digest: &str) {
     let loc = start_upload(t, repo).await;
-    let r = t.client.put(with_digest(&loc, digest)).body(data).send().await.unwrap();
+    let r = t
+        .client
+        .put(with_digest(&loc, digest))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "{} PUT blob", t.name);
 }
 
@@ -112,12 +131,22 @@ async fn push_chunked(t: &Target, repo: &str, data: &Bytes, digest: &str) {
         loc = location(&t.url, &r);
         offset = end;
     }
-    let r = t.client.put(with_digest(&loc, digest)).send().await.unwrap();
+    let r = t
+        .client
+        .put(with_digest(&loc, digest))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201, "{} final PUT", t.name);
 }
 
 async fn pull(t: &Target, repo: &str, digest: &str) -> usize {
-    let r = t.client.get(format!("{}/v2/{repo}/blobs/{digest}", t.url)).send().await.unwrap();
+    let r = t
+        .client
+        .get(format!("{}/v2/{repo}/blobs/{digest}", t.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{} GET blob", t.name);
     let mut n = 0;
     let mut body = r.bytes_stream();
@@ -146,7 +175,9 @@ fn mbs(bytes: usize, d: Duration) -> f64 {
 }
 
 async fn push_image(t: &Target, repo: &str, tag: &str, seed: u64) {
-    let layer: Vec<u8> = (0..64 * 1024).map(|i| (i as u64 * 31 + seed * 7919) as u8).collect();
+    let layer: Vec<u8> = (0..64 * 1024)
+        .map(|i| (i as u64 * 31 + seed * 7919) as u8)
+        .collect();
     let layer = [seed.to_le_bytes().as_slice(), &layer].concat();
     let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
     let (ld, cd) = (sha256(&layer), sha256(&config));
@@ -171,7 +202,14 @@ async fn push_image(t: &Target, repo: &str, tag: &str, seed: u64) {
 fn wrk_manifest(t: &Target, ca_dir: &Path) -> (f64, f64) {
     let _ = ca_dir;
     let out = Command::new("wrk")
-        .args(["-t2", "-c50", "-d8s", "--latency", "-H", &format!("Accept: {OCI_MANIFEST}")])
+        .args([
+            "-t2",
+            "-c50",
+            "-d8s",
+            "--latency",
+            "-H",
+            &format!("Accept: {OCI_MANIFEST}"),
+        ])
         .arg(format!("{}/v2/bench/small/manifests/v1", t.url))
         .output()
         .expect("wrk (apt-get install wrk)");
@@ -242,7 +280,12 @@ async fn measure(t: &Target, dir: &Path) -> Results {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
-        let t2 = Target { name: t.name, url: t.url.clone(), pid: t.pid, client: t.client.clone() };
+        let t2 = Target {
+            name: t.name,
+            url: t.url.clone(),
+            pid: t.pid,
+            client: t.client.clone(),
+        };
         tasks.push(tokio::spawn(async move {
             for i in 0..IMAGES_PER_CLIENT {
                 let seed = (c * 1000 + i) as u64 + 1;
@@ -282,8 +325,18 @@ fn main() {
     let root = dir.path();
     let day = Duration::from_secs(86_400);
     let ca = generate_ca("bench CA", day, KeyAlgorithm::EcdsaP256).unwrap();
-    let leaf = issue_server_cert(&ca, &["127.0.0.1".into(), "localhost".into()], day, KeyAlgorithm::EcdsaP256).unwrap();
-    let (ca_path, cert, key) = (root.join("ca.crt"), root.join("server.crt"), root.join("server.key"));
+    let leaf = issue_server_cert(
+        &ca,
+        &["127.0.0.1".into(), "localhost".into()],
+        day,
+        KeyAlgorithm::EcdsaP256,
+    )
+    .unwrap();
+    let (ca_path, cert, key) = (
+        root.join("ca.crt"),
+        root.join("server.crt"),
+        root.join("server.key"),
+    );
     std::fs::write(&ca_path, &ca.cert_pem).unwrap();
     std::fs::write(&cert, &leaf.cert_pem).unwrap();
     std::fs::write(&key, &leaf.key_pem).unwrap();
@@ -300,12 +353,23 @@ fn main() {
         .arg(&key)
         .output()
         .expect("start docker-registry");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ref_pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ref_pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("pid");
     struct StopRef(PathBuf, PathBuf);
     impl Drop for StopRef {
         fn drop(&mut self) {
-            let _ = Command::new("bash").arg(&self.0).arg("--stop").arg(&self.1).status();
+            let _ = Command::new("bash")
+                .arg(&self.0)
+                .arg("--stop")
+                .arg(&self.1)
+                .status();
         }
     }
     let _stop_ref = StopRef(script.clone(), ref_data.clone());
@@ -328,13 +392,26 @@ fn main() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let targets = [
-        Target { name: "privreg", url: format!("https://127.0.0.1:{port}"), pid: privreg.0.id(), client: client(&ca_path) },
-        Target { name: "distribution", url: format!("https://127.0.0.1:{ref_port}"), pid: ref_pid, client: client(&ca_path) },
+        Target {
+            name: "privreg",
+            url: format!("https://127.0.0.1:{port}"),
+            pid: privreg.0.id(),
+            client: client(&ca_path),
+        },
+        Target {
+            name: "distribution",
+            url: format!("https://127.0.0.1:{ref_port}"),
+            pid: ref_pid,
+            client: client(&ca_path),
+        },
     ];
     // BENCH_ONLY=privreg measures one side only (for profiling); no ratios then.
     let only = std::env::var("BENCH_ONLY").ok();
     let mut results = Vec::new();
-    for t in targets.iter().filter(|t| only.as_deref().is_none_or(|o| o == t.name)) {
+    for t in targets
+        .iter()
+        .filter(|t| only.as_deref().is_none_or(|o| o == t.name))
+    {
         eprintln!("measuring {} ...", t.name);
         results.push(rt.block_on(measure(t, root)));
     }
@@ -344,19 +421,61 @@ fn main() {
     }
     let (p, d) = (&results[0], &results[1]);
     let rows: [(&str, f64, f64, &str, &str); 7] = [
-        ("monolithic push 256 MiB (MB/s)", p.mono_mbs, d.mono_mbs, "higher", ">= 2.5x"),
-        ("chunked push 256 MiB (MB/s)", p.chunked_mbs, d.chunked_mbs, "higher", ">= 4x"),
+        (
+            "monolithic push 256 MiB (MB/s)",
+            p.mono_mbs,
+            d.mono_mbs,
+            "higher",
+            ">= 2.5x",
+        ),
+        (
+            "chunked push 256 MiB (MB/s)",
+            p.chunked_mbs,
+            d.chunked_mbs,
+            "higher",
+            ">= 4x",
+        ),
         ("pull 256 MiB (MB/s)", p.pull_mbs, d.pull_mbs, "higher", ""),
-        ("manifest GET, 50 conns (req/s)", p.manifest_rps, d.manifest_rps, "higher", ">= 5x"),
-        ("manifest GET p99 (ms)", p.manifest_p99_ms, d.manifest_p99_ms, "lower", ""),
-        ("32 clients pushing images (images/s)", p.images_per_s, d.images_per_s, "higher", ">= 3x"),
-        ("peak RSS (MiB)", p.peak_rss_mib, d.peak_rss_mib, "lower", "<= 0.5x"),
+        (
+            "manifest GET, 50 conns (req/s)",
+            p.manifest_rps,
+            d.manifest_rps,
+            "higher",
+            ">= 5x",
+        ),
+        (
+            "manifest GET p99 (ms)",
+            p.manifest_p99_ms,
+            d.manifest_p99_ms,
+            "lower",
+            "",
+        ),
+        (
+            "32 clients pushing images (images/s)",
+            p.images_per_s,
+            d.images_per_s,
+            "higher",
+            ">= 3x",
+        ),
+        (
+            "peak RSS (MiB)",
+            p.peak_rss_mib,
+            d.peak_rss_mib,
+            "lower",
+            "<= 0.5x",
+        ),
     ];
-    let mut report = String::from("metric | privreg | distribution 2.8.2 | privreg/distribution | aim\n");
+    let mut report =
+        String::from("metric | privreg | distribution 2.8.2 | privreg/distribution | aim\n");
     for (name, a, b, better, aim) in rows {
-        report.push_str(&format!("{name} | {a:.1} | {b:.1} | {:.2}x ({better} is better) | {aim}\n", a / b));
+        report.push_str(&format!(
+            "{name} | {a:.1} | {b:.1} | {:.2}x ({better} is better) | {aim}\n",
+            a / b
+        ));
     }
     println!("{report}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-report.txt");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench-report.txt");
     let _ = std::fs::write(out, &report);
 }

@@ -107,12 +107,12 @@ pub fn issue_server_cert(
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(CertError::LoadCa)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(CertError::LoadCa)?;
     let mut params = CertificateParams::default();
-    params.subject_alt_names = sans
-        .iter()
-        .map(|s| san_of(s))
-        .collect::<Result<_, _>>()?;
+    params.subject_alt_names = sans.iter().map(|s| san_of(s)).collect::<Result<_, _>>()?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, sans.first().map(String::as_str).unwrap_or("privreg"));
+    dn.push(
+        DnType::CommonName,
+        sans.first().map(String::as_str).unwrap_or("privreg"),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
@@ -187,7 +187,9 @@ pub fn inspect(cert_pem: &str) -> Result<CertInfo, CertError> {
                 x509_parser::extensions::GeneralName::IPAddress(bytes) => {
                     let ip = match bytes.len() {
                         4 => <[u8; 4]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
-                        16 => <[u8; 16]>::try_from(*bytes).map(std::net::IpAddr::from).ok(),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .map(std::net::IpAddr::from)
+                            .ok(),
                         _ => None,
                     };
                     sans.extend(ip.map(|i| i.to_string()));
@@ -229,8 +231,8 @@ mod tests {
         assert!(left > time::Duration::days(29) && left <= time::Duration::days(30));
 
         // Verify the chain with rustls' own verifier, as a client would.
-        use rustls_pki_types::pem::PemObject;
         use rustls::client::danger::ServerCertVerifier;
+        use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
         let mut roots = rustls::RootCertStore::empty();
         roots

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "privreg", version, about = "A private, TLS-secured image registry for Kubernetes")]
+#[command(
+    name = "privreg",
+    version,
+    about = "A private, TLS-secured image registry for Kubernetes"
+)]
 pub struct Cli {
     /// Log format on standard error.
     #[arg(long, env = "PRIVREG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain, global = true)]
@@ -112,7 +116,13 @@ mod tests {
     #[test]
     fn plain_http_and_a_certificate_exclude_each_other() {
         let r = Cli::try_parse_from([
-            "privreg", "serve", "--insecure-http", "--tls-cert", "c", "--tls-key", "k",
+            "privreg",
+            "serve",
+            "--insecure-http",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
         ]);
         assert!(r.is_err());
     }

@@ -18,7 +18,9 @@ pub fn init(format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Plain => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()?,
+        LogFormat::Plain => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()?,
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .try_init()?,

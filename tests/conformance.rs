@@ -15,12 +15,16 @@ use privreg::certs::{KeyAlgorithm, generate_ca, issue_server_cert};
 const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
 }
 
 /// Where junit.xml and report.html of one run are kept.
 fn report_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("conformance")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -36,7 +40,11 @@ fn write_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         KeyAlgorithm::EcdsaP256,
     )
     .unwrap();
-    let paths = (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"));
+    let paths = (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
     std::fs::write(&paths.0, ca.cert_pem).unwrap();
     std::fs::write(&paths.1, leaf.cert_pem).unwrap();
     std::fs::write(&paths.2, leaf.key_pem).unwrap();
@@ -78,12 +86,26 @@ fn privreg_passes_the_conformance_suite() {
     let data = dir.path().join("data");
     let reg = Privreg::start(
         &data,
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     );
     let out = report_dir("privreg");
-    let (ok, summary, text) = run_suite(&reg.url(), &ca, &out, &[("OCI_AUTOMATIC_CROSSMOUNT", "true")]);
+    let (ok, summary, text) = run_suite(
+        &reg.url(),
+        &ca,
+        &out,
+        &[("OCI_AUTOMATIC_CROSSMOUNT", "true")],
+    );
     println!("privreg {summary} (report: {})", out.display());
-    assert!(ok, "conformance failures against privreg:\n{text}\nserver log:\n{}", reg.log());
+    assert!(
+        ok,
+        "conformance failures against privreg:\n{text}\nserver log:\n{}",
+        reg.log()
+    );
     assert!(summary.contains(" 0 failed"), "{summary}");
 }
 
@@ -121,7 +143,10 @@ fn privreg_passes_the_conformance_suite_with_authentication() {
         ],
     );
     println!("privreg (htpasswd) {summary}");
-    assert!(ok, "conformance failures against privreg with auth:\n{text}");
+    assert!(
+        ok,
+        "conformance failures against privreg with auth:\n{text}"
+    );
     assert!(
         !reg.log().contains("conformance-password"),
         "the password must never reach the log"
@@ -147,7 +172,11 @@ fn reference_registry_baseline_is_reported() {
         .arg(&key)
         .output()
         .unwrap();
-    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     let _stop = StopReference(data.clone());
     let out = report_dir("reference");
     let (_ok, summary, _text) = run_suite(
@@ -157,7 +186,10 @@ fn reference_registry_baseline_is_reported() {
         &[("OCI_AUTOMATIC_CROSSMOUNT", "false")],
     );
     println!("reference docker-registry {summary} (not gating)");
-    assert!(out.join("junit.xml").is_file(), "the suite ran against the reference");
+    assert!(
+        out.join("junit.xml").is_file(),
+        "the suite ran against the reference"
+    );
 }
 
 /// Runs the redesigned suite (conformance v2, OCI 1.1 profile: sha512, anonymous
@@ -181,7 +213,10 @@ fn run_suite_v2(suite: &Path, host: &str, ca: &Path, out: &Path) -> (bool, Strin
     );
     let summary = junit_totals(&out.join("junit.xml"))
         .map(|(tests, failures, skipped)| {
-            format!("{} passed, {failures} failed, {skipped} skipped", tests - failures - skipped)
+            format!(
+                "{} passed, {failures} failed, {skipped} skipped",
+                tests - failures - skipped
+            )
         })
         .unwrap_or_else(|| "no junit.xml".to_owned());
     (output.status.success(), summary, text)
@@ -209,11 +244,19 @@ fn privreg_passes_the_conformance_v2_suite() {
     let (ca, cert, key) = write_pki(dir.path());
     let reg = Privreg::start(
         &dir.path().join("data"),
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     );
     let out = report_dir("privreg-v2");
     let (ok, summary, text) = run_suite_v2(&suite, &reg.host(), &ca, &out);
-    println!("privreg conformance v2: {summary} (report: {})", out.display());
+    println!(
+        "privreg conformance v2: {summary} (report: {})",
+        out.display()
+    );
     assert!(ok, "conformance v2 failures against privreg:\n{text}");
     assert!(summary.contains(" 0 failed"), "{summary}");
 }
@@ -238,12 +281,19 @@ fn reference_registry_v2_baseline_is_reported() {
         .arg(&key)
         .output()
         .unwrap();
-    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     let _stop = StopReference(data.clone());
     let out = report_dir("reference-v2");
     let (_ok, summary, text) = run_suite_v2(&suite, &format!("127.0.0.1:{port}"), &ca, &out);
     println!("reference docker-registry conformance v2: {summary} (not gating)");
-    assert!(text.contains("OCI Conformance Test"), "the suite ran:\n{text}");
+    assert!(
+        text.contains("OCI Conformance Test"),
+        "the suite ran:\n{text}"
+    );
 }
 
 struct StopReference(PathBuf);

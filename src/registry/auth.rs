@@ -18,7 +18,9 @@ pub enum HtpasswdError {
     },
     #[error("htpasswd line {line}: expected `user:bcrypt-hash`")]
     Malformed { line: usize },
-    #[error("htpasswd line {line}: user {user:?} has a non-bcrypt hash; create entries with `htpasswd -B`")]
+    #[error(
+        "htpasswd line {line}: user {user:?} has a non-bcrypt hash; create entries with `htpasswd -B`"
+    )]
     NotBcrypt { line: usize, user: String },
 }
 
@@ -134,9 +136,13 @@ mod tests {
     #[test]
     fn bcrypt_entries_authenticate() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let auth = Authenticator::from_htpasswd(&format!("# users\nalice:{hash}\n"), false).unwrap();
+        let auth =
+            Authenticator::from_htpasswd(&format!("# users\nalice:{hash}\n"), false).unwrap();
         assert!(auth.allows(&headers("alice", "s3cret"), false));
-        assert!(auth.allows(&headers("alice", "s3cret"), true), "cached path");
+        assert!(
+            auth.allows(&headers("alice", "s3cret"), true),
+            "cached path"
+        );
         assert!(!auth.allows(&headers("alice", "wrong"), true));
         assert!(!auth.allows(&headers("bob", "s3cret"), true));
         assert!(!auth.allows(&HeaderMap::new(), true));
@@ -148,7 +154,10 @@ mod tests {
         let auth = Authenticator::from_htpasswd(&format!("u:{hash}"), true).unwrap();
         assert!(auth.allows(&HeaderMap::new(), true));
         assert!(!auth.allows(&HeaderMap::new(), false));
-        assert!(!auth.allows(&headers("u", "bad"), true), "wrong credentials are never anonymous");
+        assert!(
+            !auth.allows(&headers("u", "bad"), true),
+            "wrong credentials are never anonymous"
+        );
     }
 
     #[test]

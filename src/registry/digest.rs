@@ -85,16 +85,18 @@ impl FromStr for Digest {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
             _ if !alg.is_empty()
-                && alg
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) =>
+                && alg.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
+                }) =>
             {
                 return Err(DigestError::UnsupportedAlgorithm(alg.to_owned()));
             }
             _ => return Err(DigestError::Malformed(s.to_owned())),
         };
         let well_formed = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !well_formed {
             return Err(DigestError::BadEncoding(s.to_owned()));
         }

@@ -120,7 +120,11 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
         OCI_INDEX | DOCKER_MANIFEST_LIST => {
             let i: ImageIndex = serde_json::from_slice(body)
                 .map_err(|e| ManifestError::Structure(e.to_string()))?;
-            let children = i.manifests().iter().map(digest_of).collect::<Result<_, _>>()?;
+            let children = i
+                .manifests()
+                .iter()
+                .map(digest_of)
+                .collect::<Result<_, _>>()?;
             Ok(ParsedManifest {
                 media_type,
                 blobs: Vec::new(),
@@ -135,7 +139,13 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
 }
 
 pub fn is_manifest_media_type(t: &str) -> bool {
-    [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST].contains(&t)
+    [
+        OCI_MANIFEST,
+        OCI_INDEX,
+        DOCKER_MANIFEST,
+        DOCKER_MANIFEST_LIST,
+    ]
+    .contains(&t)
 }
 
 fn digest_of(d: &Descriptor) -> Result<Digest, ManifestError> {
@@ -182,7 +192,10 @@ mod tests {
         let m = parse(Some(OCI_MANIFEST), image("").as_bytes()).unwrap();
         assert_eq!(m.media_type, OCI_MANIFEST);
         assert_eq!(m.blobs, vec![CFG.parse().unwrap(), L1.parse().unwrap()]);
-        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         assert!(!m.is_index());
     }
 
@@ -193,7 +206,10 @@ mod tests {
         ));
         let m = parse(None, body.as_bytes()).unwrap();
         assert_eq!(m.subject, Some(L1.parse().unwrap()));
-        assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.example.sig"));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.example.sig")
+        );
     }
 
     #[test]
@@ -227,7 +243,10 @@ mod tests {
 
     #[test]
     fn invalid_manifests_are_rejected() {
-        assert!(matches!(parse(None, b"not json"), Err(ManifestError::NotJson(_))));
+        assert!(matches!(
+            parse(None, b"not json"),
+            Err(ManifestError::NotJson(_))
+        ));
         assert_eq!(
             parse(None, br#"{"schemaVersion":1}"#),
             Err(ManifestError::SchemaVersion)
@@ -243,7 +262,8 @@ mod tests {
         ));
         let bad_digest = image("").replace(L1, "sha256:xyz");
         assert!(parse(None, bad_digest.as_bytes()).is_err());
-        let missing_config = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#);
+        let missing_config =
+            format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]}}"#);
         assert!(matches!(
             parse(None, missing_config.as_bytes()),
             Err(ManifestError::Structure(_))
@@ -254,7 +274,10 @@ mod tests {
     fn accept_negotiation() {
         assert!(accepts(&[], OCI_MANIFEST));
         assert!(accepts(&["*/*"], OCI_MANIFEST));
-        assert!(accepts(&[&format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.9")], OCI_MANIFEST));
+        assert!(accepts(
+            &[&format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.9")],
+            OCI_MANIFEST
+        ));
         assert!(!accepts(&[DOCKER_MANIFEST], OCI_INDEX));
         assert!(accepts(&["application/json"], OCI_INDEX));
     }

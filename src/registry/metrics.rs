@@ -44,7 +44,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("privreg");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by endpoint, method and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by endpoint, method and status",
+            requests.clone(),
+        );
         let request_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 18))
         });
@@ -54,9 +58,17 @@ impl Metrics {
             request_seconds.clone(),
         );
         let bytes_received = Counter::default();
-        registry.register("http_received_bytes", "Request body bytes received", bytes_received.clone());
+        registry.register(
+            "http_received_bytes",
+            "Request body bytes received",
+            bytes_received.clone(),
+        );
         let bytes_sent = Counter::default();
-        registry.register("http_sent_bytes", "Response body bytes sent", bytes_sent.clone());
+        registry.register(
+            "http_sent_bytes",
+            "Response body bytes sent",
+            bytes_sent.clone(),
+        );
         let upload_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         registry.register(
             "blob_upload_duration_seconds",
@@ -64,7 +76,11 @@ impl Metrics {
             upload_seconds.clone(),
         );
         let storage_errors = Family::<StorageLabels, Counter>::default();
-        registry.register("storage_errors", "Storage failures by operation", storage_errors.clone());
+        registry.register(
+            "storage_errors",
+            "Storage failures by operation",
+            storage_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -93,10 +109,22 @@ mod tests {
     fn encodes_with_prefix() {
         let m = Metrics::new();
         m.requests
-            .get_or_create(&RequestLabels { endpoint: "blob", method: "GET", status: 200 })
+            .get_or_create(&RequestLabels {
+                endpoint: "blob",
+                method: "GET",
+                status: 200,
+            })
             .inc();
         let text = m.encode();
-        assert!(text.contains(r#"privreg_http_requests_total{endpoint="blob",method="GET",status="200"} 1"#), "{text}");
-        assert!(text.contains("privreg_http_received_bytes_total 0"), "{text}");
+        assert!(
+            text.contains(
+                r#"privreg_http_requests_total{endpoint="blob",method="GET",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("privreg_http_received_bytes_total 0"),
+            "{text}"
+        );
     }
 }

@@ -57,7 +57,9 @@ impl Tag {
     /// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`
     pub fn parse(s: &str) -> Option<Tag> {
         let b = s.as_bytes();
-        let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let first_ok = b
+            .first()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
         let rest_ok = b
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));

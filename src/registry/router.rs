@@ -75,7 +75,9 @@ async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
         // A tag that breaks the grammar cannot be pushed; reading one finds nothing.
         RouteError::InvalidTag if req.method() == Method::PUT => RegistryError::TagInvalid,
         RouteError::InvalidTag => RegistryError::ManifestUnknown("no such tag".into()),
-        RouteError::InvalidDigest => RegistryError::DigestInvalid("malformed digest in path".into()),
+        RouteError::InvalidDigest => {
+            RegistryError::DigestInvalid("malformed digest in path".into())
+        }
         RouteError::InvalidUploadId => RegistryError::BlobUploadUnknown,
     })?;
     let method = req.method().clone();
@@ -98,19 +100,33 @@ async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
         (Method::GET | Method::HEAD, E::Manifest(repo, r)) => {
             handlers::manifests::get(state, &repo, &r, req.headers(), head).await
         }
-        (Method::PUT, E::Manifest(repo, r)) => handlers::manifests::put(state, &repo, &r, req).await,
-        (Method::DELETE, E::Manifest(repo, r)) => handlers::manifests::delete(state, &repo, &r).await,
+        (Method::PUT, E::Manifest(repo, r)) => {
+            handlers::manifests::put(state, &repo, &r, req).await
+        }
+        (Method::DELETE, E::Manifest(repo, r)) => {
+            handlers::manifests::delete(state, &repo, &r).await
+        }
         (Method::GET | Method::HEAD, E::Blob(repo, d)) => {
             handlers::blobs::get(state, &repo, &d, req.headers(), head).await
         }
         (Method::DELETE, E::Blob(repo, d)) => handlers::blobs::delete(state, &repo, &d).await,
-        (Method::POST, E::UploadStart(repo)) => handlers::uploads::start(state, &repo, &query, req).await,
-        (Method::PATCH, E::Upload(repo, id)) => handlers::uploads::patch(state, &repo, &id, req).await,
-        (Method::PUT, E::Upload(repo, id)) => handlers::uploads::put(state, &repo, &id, &query, req).await,
+        (Method::POST, E::UploadStart(repo)) => {
+            handlers::uploads::start(state, &repo, &query, req).await
+        }
+        (Method::PATCH, E::Upload(repo, id)) => {
+            handlers::uploads::patch(state, &repo, &id, req).await
+        }
+        (Method::PUT, E::Upload(repo, id)) => {
+            handlers::uploads::put(state, &repo, &id, &query, req).await
+        }
         (Method::GET, E::Upload(repo, id)) => handlers::uploads::status(state, &repo, &id).await,
         (Method::DELETE, E::Upload(repo, id)) => handlers::uploads::cancel(state, &repo, &id).await,
-        (Method::GET, E::Referrers(repo, d)) => handlers::referrers::list(state, &repo, &d, &query).await,
-        _ => Err(RegistryError::Unsupported("method not allowed on this endpoint")),
+        (Method::GET, E::Referrers(repo, d)) => {
+            handlers::referrers::list(state, &repo, &d, &query).await
+        }
+        _ => Err(RegistryError::Unsupported(
+            "method not allowed on this endpoint",
+        )),
     }
 }
 
@@ -118,13 +134,14 @@ async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
 /// `Docker-Distribution-API-Version` header clients look for.
 async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let endpoint = routes::parse(req.uri().path())
-        .map(|e| e.kind())
-        .unwrap_or(match req.uri().path() {
-            "/healthz" => "healthz",
-            "/readyz" => "readyz",
-            _ => "other",
-        });
+    let endpoint =
+        routes::parse(req.uri().path())
+            .map(|e| e.kind())
+            .unwrap_or(match req.uri().path() {
+                "/healthz" => "healthz",
+                "/readyz" => "readyz",
+                _ => "other",
+            });
     let method = method_label(req.method());
     let metrics = state.metrics.clone();
     let received = metrics.bytes_received.clone();
@@ -154,13 +171,20 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         .request_seconds
         .get_or_create(&EndpointLabels { endpoint })
         .observe(started.elapsed().as_secs_f64());
-    if let Some(StorageFailure(operation)) = response.extensions().get::<StorageFailure>().copied() {
+    if let Some(StorageFailure(operation)) = response.extensions().get::<StorageFailure>().copied()
+    {
         metrics
             .storage_errors
             .get_or_create(&StorageLabels { operation })
             .inc();
     }
-    tracing::debug!(endpoint, method, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    tracing::debug!(
+        endpoint,
+        method,
+        status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
     let sent = metrics.bytes_sent.clone();
     response.map(|body| {
         Body::new(body.map_frame(move |frame| {

@@ -151,7 +151,10 @@ mod tests {
             Ok(Endpoint::Tags(name("a/b/c")))
         );
         let ep = parse(&format!("/v2/org/blobs/uploads/blobs/{D}")).unwrap();
-        assert_eq!(ep, Endpoint::Blob(name("org/blobs/uploads"), D.parse().unwrap()));
+        assert_eq!(
+            ep,
+            Endpoint::Blob(name("org/blobs/uploads"), D.parse().unwrap())
+        );
         assert_eq!(
             parse("/v2/org/manifests/manifests/latest"),
             Ok(Endpoint::Manifest(
@@ -165,16 +168,28 @@ mod tests {
     fn manifests_by_tag_and_digest() {
         assert_eq!(
             parse(&format!("/v2/x/manifests/{D}")),
-            Ok(Endpoint::Manifest(name("x"), Reference::Digest(D.parse().unwrap())))
+            Ok(Endpoint::Manifest(
+                name("x"),
+                Reference::Digest(D.parse().unwrap())
+            ))
         );
         assert_eq!(parse("/v2/x/manifests/.bad"), Err(RouteError::InvalidTag));
-        assert_eq!(parse("/v2/x/manifests/sha256:zz"), Err(RouteError::InvalidDigest));
+        assert_eq!(
+            parse("/v2/x/manifests/sha256:zz"),
+            Err(RouteError::InvalidDigest)
+        );
     }
 
     #[test]
     fn uploads() {
-        assert_eq!(parse("/v2/x/y/blobs/uploads/"), Ok(Endpoint::UploadStart(name("x/y"))));
-        assert_eq!(parse("/v2/x/blobs/uploads"), Ok(Endpoint::UploadStart(name("x"))));
+        assert_eq!(
+            parse("/v2/x/y/blobs/uploads/"),
+            Ok(Endpoint::UploadStart(name("x/y")))
+        );
+        assert_eq!(
+            parse("/v2/x/blobs/uploads"),
+            Ok(Endpoint::UploadStart(name("x")))
+        );
         let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
         assert_eq!(
             parse(&format!("/v2/x/blobs/uploads/{id}")),

@@ -86,8 +86,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (pki.server_cert, pki.server_key)
         }
     };
-    let resolver = Arc::new(ReloadingResolver::load(&cert, &key).context("loading the TLS certificate")?);
-    resolver.clone().watch(Duration::from_secs(args.tls_reload_seconds.max(1)));
+    let resolver =
+        Arc::new(ReloadingResolver::load(&cert, &key).context("loading the TLS certificate")?);
+    resolver
+        .clone()
+        .watch(Duration::from_secs(args.tls_reload_seconds.max(1)));
     let rustls_config = RustlsConfig::from_config(Arc::new(tls::server_config(resolver)));
     tracing::info!(addr = %args.listen, data = %args.data.display(), cert = %cert.display(),
         auth = auth_mode, read_only = args.read_only, "privreg registry listening (HTTPS)");
@@ -113,7 +116,11 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 fn explain_local_ca(pki: &LocalPki, created: bool, listen: &SocketAddr, sans: &[String]) {
     let ca = pki.ca_cert.display();
     let port = listen.port();
-    let host = sans.iter().find(|s| s.as_str() != "localhost").map(String::as_str).unwrap_or("localhost");
+    let host = sans
+        .iter()
+        .find(|s| s.as_str() != "localhost")
+        .map(String::as_str)
+        .unwrap_or("localhost");
     let verb = if created { "created" } else { "using" };
     tracing::info!(
         ca = %ca,
@@ -141,6 +148,9 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, grace: Duration) {
         _ = ctrl_c => {},
         _ = term.recv() => {},
     }
-    tracing::info!(grace_seconds = grace.as_secs(), "shutting down; letting requests finish");
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down; letting requests finish"
+    );
     handle.graceful_shutdown(Some(grace));
 }

@@ -53,7 +53,8 @@ pub fn certified_key(
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert_path.to_owned()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey(key_path.to_owned()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NoKey(key_path.to_owned()))?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, key, &provider).map_err(TlsError::KeyMismatch)
 }
@@ -195,8 +196,12 @@ impl LocalPki {
         let ca = match existing_ca {
             Some(ca) => ca,
             None => {
-                let ca = certs::generate_ca("privreg local CA", LOCAL_CA_VALIDITY, KeyAlgorithm::EcdsaP256)
-                    .map_err(TlsError::Generate)?;
+                let ca = certs::generate_ca(
+                    "privreg local CA",
+                    LOCAL_CA_VALIDITY,
+                    KeyAlgorithm::EcdsaP256,
+                )
+                .map_err(TlsError::Generate)?;
                 write_private(&self.ca_key, ca.key_pem.as_bytes())?;
                 write_public(&self.ca_cert, ca.cert_pem.as_bytes())?;
                 ca
@@ -211,8 +216,9 @@ impl LocalPki {
                 && sans.iter().all(|s| info.sans.contains(s))
         });
         if !fresh {
-            let leaf = certs::issue_server_cert(&ca, sans, LOCAL_SERVER_VALIDITY, KeyAlgorithm::EcdsaP256)
-                .map_err(TlsError::Generate)?;
+            let leaf =
+                certs::issue_server_cert(&ca, sans, LOCAL_SERVER_VALIDITY, KeyAlgorithm::EcdsaP256)
+                    .map_err(TlsError::Generate)?;
             write_private(&self.server_key, leaf.key_pem.as_bytes())?;
             write_public(&self.server_cert, leaf.cert_pem.as_bytes())?;
         }
@@ -222,7 +228,11 @@ impl LocalPki {
 
 /// The names a locally generated certificate covers: loopback, this host, extras.
 pub fn local_sans(extra: &[String]) -> Vec<String> {
-    let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(host) = gethostname::gethostname().into_string()
         && certs::is_dns_name(&host)
     {
@@ -253,7 +263,9 @@ fn write_with_mode(path: &Path, content: &[u8], mode: u32) -> Result<(), TlsErro
         .mode(mode)
         .open(&tmp)
         .map_err(err)?;
-    f.write_all(content).and_then(|_| f.sync_all()).map_err(err)?;
+    f.write_all(content)
+        .and_then(|_| f.sync_all())
+        .map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
@@ -314,9 +326,18 @@ mod tests {
             cert_pem: std::fs::read_to_string(&pki.ca_cert).unwrap(),
             key_pem: std::fs::read_to_string(&pki.ca_key).unwrap(),
         };
-        let next = certs::issue_server_cert(&ca, &["localhost".to_owned()], LOCAL_SERVER_VALIDITY, KeyAlgorithm::EcdsaP256).unwrap();
+        let next = certs::issue_server_cert(
+            &ca,
+            &["localhost".to_owned()],
+            LOCAL_SERVER_VALIDITY,
+            KeyAlgorithm::EcdsaP256,
+        )
+        .unwrap();
         std::fs::write(&pki.server_cert, &next.cert_pem).unwrap();
-        assert!(matches!(resolver.reload_if_changed(), Err(TlsError::KeyMismatch(_))));
+        assert!(matches!(
+            resolver.reload_if_changed(),
+            Err(TlsError::KeyMismatch(_))
+        ));
         assert!(Arc::ptr_eq(&first, &resolver.current.load_full()));
 
         std::fs::write(&pki.server_key, &next.key_pem).unwrap();

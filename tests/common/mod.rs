@@ -38,7 +38,10 @@ pub fn tools_required() -> bool {
 /// Finds a real tool: `$env_var`, else `name` on PATH. In CI a missing tool fails
 /// the test; elsewhere the test says it is skipped and returns early.
 pub fn tool(name: &str, env_var: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env_var).map(PathBuf::from).filter(|p| p.is_file()) {
+    if let Some(p) = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
         return Some(p);
     }
     let found = std::env::var_os("PATH").and_then(|paths| {
@@ -181,7 +184,10 @@ impl Privreg {
     /// SIGTERM, then wait (bounded) for a graceful exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(40);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -227,12 +233,12 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
-pub mod oci;
-pub mod rawtls;
-pub mod store;
 pub mod containerd;
 pub mod daemons;
 pub mod images;
+pub mod oci;
 pub mod pki;
+pub mod rawtls;
 pub mod skopeo;
+pub mod store;
 pub mod view;

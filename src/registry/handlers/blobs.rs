@@ -17,9 +17,16 @@ use crate::registry::names::RepoName;
 
 const READ_CHUNK: usize = 256 * 1024;
 
+/// A `Range` header this blob cannot satisfy.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// A single byte range `bytes=a-b`, `bytes=a-` or `bytes=-n`, resolved against
 /// `size`. `Ok(None)` means no (or an ignorable) Range header.
-pub fn parse_range(header: Option<&str>, size: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
+pub fn parse_range(
+    header: Option<&str>,
+    size: u64,
+) -> std::result::Result<Option<(u64, u64)>, Unsatisfiable> {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
@@ -27,23 +34,21 @@ pub fn parse_range(header: Option<&str>, size: u64) -> std::result::Result<Optio
         // Multipart ranges are optional; serve the whole blob.
         return Ok(None);
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let number = |s: &str| s.parse::<u64>().map_err(|_| Unsatisfiable);
+    let (a, b) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (start, end) = match (a.trim(), b.trim()) {
         ("", n) => {
-            let n: u64 = n.parse().map_err(|_| ())?;
+            let n = number(n)?;
             if n == 0 || size == 0 {
-                return Err(());
+                return Err(Unsatisfiable);
             }
             (size.saturating_sub(n), size - 1)
         }
-        (a, "") => (a.parse().map_err(|_| ())?, size.saturating_sub(1)),
-        (a, b) => {
-            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
-            (a, b.min(size.saturating_sub(1)))
-        }
+        (a, "") => (number(a)?, size.saturating_sub(1)),
+        (a, b) => (number(a)?, number(b)?.min(size.saturating_sub(1))),
     };
     if start > end || start >= size {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
 }
@@ -68,7 +73,7 @@ pub async fn get(
     .await?;
     let (size, file) = found.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
     let range = parse_range(header_str(headers, header::RANGE), size)
-        .map_err(|()| RegistryError::BlobRangeInvalid { size })?;
+        .map_err(|Unsatisfiable| RegistryError::BlobRangeInvalid { size })?;
     let (status, start, len) = match range {
         Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
         None => (StatusCode::OK, 0, size),
@@ -121,7 +126,7 @@ pub async fn delete(state: &Arc<AppState>, repo: &RepoName, digest: &Digest) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{Unsatisfiable, parse_range};
 
     #[test]
     fn ranges() {
@@ -130,9 +135,9 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=5-"), 10), Ok(Some((5, 9))));
         assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(Some((7, 9))));
         assert_eq!(parse_range(Some("bytes=8-100"), 10), Ok(Some((8, 9))));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), Err(()));
-        assert_eq!(parse_range(Some("bytes=5-2"), 10), Err(()));
-        assert_eq!(parse_range(Some("bytes=x-2"), 10), Err(()));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Err(Unsatisfiable));
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), Err(Unsatisfiable));
+        assert_eq!(parse_range(Some("bytes=x-2"), 10), Err(Unsatisfiable));
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Ok(None));
         assert_eq!(parse_range(Some("items=0-1"), 10), Ok(None));
     }

@@ -32,25 +32,41 @@ pub fn paginate(sorted: Vec<String>, query: &Query) -> Result<(Vec<String>, bool
 }
 
 /// A JSON page, with a `Link` to the next one when more entries follow.
-fn page(path: &str, body: serde_json::Value, more: bool, last: Option<&String>, query: &Query) -> Response {
+fn page(
+    path: &str,
+    body: serde_json::Value,
+    more: bool,
+    last: Option<&String>,
+    query: &Query,
+) -> Response {
     let mut response = (StatusCode::OK, axum::Json(body)).into_response();
     if let (true, Some(last), Some(n)) = (more, last, query.get("n")) {
         let link = format!(
             "<{path}?n={n}&last={}>; rel=\"next\"",
             form_urlencoded::byte_serialize(last.as_bytes()).collect::<String>()
         );
-        response.headers_mut().insert(header::LINK, header_value(&link));
+        response
+            .headers_mut()
+            .insert(header::LINK, header_value(&link));
     }
     response
 }
 
 pub async fn tags(state: &Arc<AppState>, repo: &RepoName, query: &Query) -> Result<Response> {
     let (store, r) = (state.store.clone(), repo.clone());
-    let tags = run(move || store.tags(&r)).await?.ok_or(RegistryError::NameUnknown)?;
+    let tags = run(move || store.tags(&r))
+        .await?
+        .ok_or(RegistryError::NameUnknown)?;
     let (items, more) = paginate(tags, query)?;
     let last = items.last().cloned();
     let body = serde_json::json!({ "name": repo.as_str(), "tags": items });
-    Ok(page(&format!("/v2/{repo}/tags/list"), body, more, last.as_ref(), query))
+    Ok(page(
+        &format!("/v2/{repo}/tags/list"),
+        body,
+        more,
+        last.as_ref(),
+        query,
+    ))
 }
 
 pub async fn catalog(state: &Arc<AppState>, query: &Query) -> Result<Response> {
@@ -78,9 +94,18 @@ mod tests {
     fn pagination() {
         let all = list(&["a", "b", "c", "d"]);
         assert_eq!(paginate(all.clone(), &q("")).unwrap(), (all.clone(), false));
-        assert_eq!(paginate(all.clone(), &q("n=2")).unwrap(), (list(&["a", "b"]), true));
-        assert_eq!(paginate(all.clone(), &q("n=2&last=b")).unwrap(), (list(&["c", "d"]), false));
-        assert_eq!(paginate(all.clone(), &q("last=c")).unwrap(), (list(&["d"]), false));
+        assert_eq!(
+            paginate(all.clone(), &q("n=2")).unwrap(),
+            (list(&["a", "b"]), true)
+        );
+        assert_eq!(
+            paginate(all.clone(), &q("n=2&last=b")).unwrap(),
+            (list(&["c", "d"]), false)
+        );
+        assert_eq!(
+            paginate(all.clone(), &q("last=c")).unwrap(),
+            (list(&["d"]), false)
+        );
         assert_eq!(paginate(all.clone(), &q("n=0")).unwrap(), (vec![], true));
         assert!(paginate(all, &q("n=x")).is_err());
     }

@@ -17,7 +17,11 @@ use crate::registry::names::RepoName;
 use crate::registry::routes::Reference;
 
 /// Finds the digest a reference names in `repo`, and the manifest's bytes.
-async fn load(state: &Arc<AppState>, repo: &RepoName, reference: &Reference) -> Result<(Digest, Vec<u8>)> {
+async fn load(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    reference: &Reference,
+) -> Result<(Digest, Vec<u8>)> {
     let (store, r, reference_owned) = (state.store.clone(), repo.clone(), reference.clone());
     let found = run(move || {
         let digest = match &reference_owned {
@@ -73,7 +77,11 @@ pub async fn get(
         )));
     }
     let len = bytes.len();
-    let body = if head { Body::empty() } else { Body::from(bytes) };
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(bytes)
+    };
     Ok((
         StatusCode::OK,
         [
@@ -87,7 +95,12 @@ pub async fn get(
         .into_response())
 }
 
-pub async fn put(state: &Arc<AppState>, repo: &RepoName, reference: &Reference, req: Request) -> Result<Response> {
+pub async fn put(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    reference: &Reference,
+    req: Request,
+) -> Result<Response> {
     let limit = state.max_manifest_bytes;
     if header_str(req.headers(), header::CONTENT_LENGTH)
         .and_then(|l| l.parse::<u64>().ok())
@@ -96,17 +109,20 @@ pub async fn put(state: &Arc<AppState>, repo: &RepoName, reference: &Reference, 
         return Err(RegistryError::TooLarge("manifest"));
     }
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
-    let body = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                RegistryError::TooLarge("manifest")
-            } else {
-                RegistryError::ManifestRejected(format!("reading the body failed: {e}"))
-            }
-        })?
-        .to_bytes();
+    let body = Limited::new(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .collect()
+    .await
+    .map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            RegistryError::TooLarge("manifest")
+        } else {
+            RegistryError::ManifestRejected(format!("reading the body failed: {e}"))
+        }
+    })?
+    .to_bytes();
     let algorithm = match reference {
         Reference::Digest(d) => d.algorithm(),
         Reference::Tag(_) => Algorithm::Sha256,
@@ -126,13 +142,21 @@ pub async fn put(state: &Arc<AppState>, repo: &RepoName, reference: &Reference, 
         Reference::Tag(t) => Some(t.clone()),
         Reference::Digest(_) => None,
     };
-    let (store, r, d, subject) = (state.store.clone(), repo.clone(), digest.clone(), parsed.subject.clone());
+    let (store, r, d, subject) = (
+        state.store.clone(),
+        repo.clone(),
+        digest.clone(),
+        parsed.subject.clone(),
+    );
     run(move || store.put_manifest(&r, &d, &body, tag.as_ref(), subject.as_ref())).await?;
 
     let mut response = (
         StatusCode::CREATED,
         [
-            (header::LOCATION, header_value(&format!("/v2/{repo}/manifests/{digest}"))),
+            (
+                header::LOCATION,
+                header_value(&format!("/v2/{repo}/manifests/{digest}")),
+            ),
             (header::CONTENT_LENGTH, header_value("0")),
         ],
         [digest_header(&digest)],
@@ -147,7 +171,11 @@ pub async fn put(state: &Arc<AppState>, repo: &RepoName, reference: &Reference, 
 }
 
 /// Every blob and child manifest a manifest names must already be in the repository.
-async fn check_references(state: &Arc<AppState>, repo: &RepoName, parsed: &ParsedManifest) -> Result<()> {
+async fn check_references(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    parsed: &ParsedManifest,
+) -> Result<()> {
     let (store, r) = (state.store.clone(), repo.clone());
     let (blobs, children) = (parsed.blobs.clone(), parsed.children.clone());
     let missing = run(move || {
@@ -170,7 +198,11 @@ async fn check_references(state: &Arc<AppState>, repo: &RepoName, parsed: &Parse
     }
 }
 
-pub async fn delete(state: &Arc<AppState>, repo: &RepoName, reference: &Reference) -> Result<Response> {
+pub async fn delete(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    reference: &Reference,
+) -> Result<Response> {
     let (store, r) = (state.store.clone(), repo.clone());
     let deleted = match reference {
         Reference::Tag(t) => {

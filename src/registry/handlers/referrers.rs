@@ -25,15 +25,26 @@ pub struct ReferrerDescriptor {
     pub annotations: Option<std::collections::HashMap<String, String>>,
 }
 
-pub async fn list(state: &Arc<AppState>, repo: &RepoName, subject: &Digest, query: &Query) -> Result<Response> {
+pub async fn list(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    subject: &Digest,
+    query: &Query,
+) -> Result<Response> {
     let (store, r, s) = (state.store.clone(), repo.clone(), subject.clone());
     let mut referrers = run(move || {
         if !store.referrers_indexed(&r)? {
             // Manifests written before privreg served this directory (registry:2
             // keeps no referrers index): index every revision with a subject once.
             for d in store.manifest_revisions(&r)? {
-                let Ok(bytes) = store.read_blob(&d) else { continue };
-                if let Ok(ParsedManifest { subject: Some(subject), .. }) = manifest::parse(None, &bytes) {
+                let Ok(bytes) = store.read_blob(&d) else {
+                    continue;
+                };
+                if let Ok(ParsedManifest {
+                    subject: Some(subject),
+                    ..
+                }) = manifest::parse(None, &bytes)
+                {
                     store.index_referrer(&r, &subject, &d)?;
                 }
             }
@@ -73,9 +84,10 @@ pub async fn list(state: &Arc<AppState>, repo: &RepoName, subject: &Digest, quer
     )
         .into_response();
     if filter.is_some() {
-        response
-            .headers_mut()
-            .insert("oci-filters-applied", header::HeaderValue::from_static("artifactType"));
+        response.headers_mut().insert(
+            "oci-filters-applied",
+            header::HeaderValue::from_static("artifactType"),
+        );
     }
     Ok(response)
 }

@@ -14,11 +14,13 @@ use crate::registry::error::{RegistryError, Result, range_header};
 use crate::registry::names::RepoName;
 
 fn parse_digest(query: &Query) -> Result<Digest> {
-    let raw = query
-        .get("digest")
-        .ok_or_else(|| RegistryError::DigestInvalid("the digest query parameter is required".into()))?;
+    let raw = query.get("digest").ok_or_else(|| {
+        RegistryError::DigestInvalid("the digest query parameter is required".into())
+    })?;
     raw.parse()
-        .map_err(|e: crate::registry::digest::DigestError| RegistryError::DigestInvalid(e.to_string()))
+        .map_err(|e: crate::registry::digest::DigestError| {
+            RegistryError::DigestInvalid(e.to_string())
+        })
 }
 
 /// 201 for a committed blob.
@@ -26,7 +28,10 @@ fn created(repo: &RepoName, digest: &Digest) -> Response {
     (
         StatusCode::CREATED,
         [
-            (header::LOCATION, header_value(&format!("/v2/{repo}/blobs/{digest}"))),
+            (
+                header::LOCATION,
+                header_value(&format!("/v2/{repo}/blobs/{digest}")),
+            ),
             (header::CONTENT_LENGTH, header_value("0")),
         ],
         [digest_header(digest)],
@@ -52,7 +57,12 @@ fn session(status: StatusCode, repo: &RepoName, id: &str, size: u64) -> Response
 }
 
 /// `POST /v2/<name>/blobs/uploads/`
-pub async fn start(state: &Arc<AppState>, repo: &RepoName, query: &Query, req: Request) -> Result<Response> {
+pub async fn start(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    query: &Query,
+    req: Request,
+) -> Result<Response> {
     if let Some(mounted) = try_mount(state, repo, query).await? {
         return Ok(created(repo, &mounted));
     }
@@ -75,7 +85,11 @@ pub async fn start(state: &Arc<AppState>, repo: &RepoName, query: &Query, req: R
 /// Cross-repository mount (`?mount=<digest>&from=<repo>`). Without `from`, any
 /// repository's copy will do (the spec's automatic content discovery). `None`
 /// means: fall back to an ordinary upload session, as the spec asks.
-async fn try_mount(state: &Arc<AppState>, repo: &RepoName, query: &Query) -> Result<Option<Digest>> {
+async fn try_mount(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    query: &Query,
+) -> Result<Option<Digest>> {
     let Some(digest) = query.get("mount").and_then(|m| m.parse::<Digest>().ok()) else {
         return Ok(None);
     };
@@ -106,15 +120,22 @@ fn chunk_start(headers: &HeaderMap, size: u64) -> Result<Option<u64>> {
     let Some(raw) = header_str(headers, header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let raw = raw.trim().trim_start_matches("bytes").trim_start_matches([' ', '=']);
+    let raw = raw
+        .trim()
+        .trim_start_matches("bytes")
+        .trim_start_matches([' ', '=']);
     let raw = raw.split('/').next().unwrap_or(raw);
     let bad = || RegistryError::RangeInvalid { size };
     let (a, b) = raw.split_once('-').ok_or_else(bad)?;
-    let (start, end): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    let (start, end): (u64, u64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
     if end < start {
         return Err(bad());
     }
-    if let Some(len) = header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
+    if let Some(len) =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
         && len != end - start + 1
     {
         return Err(bad());
@@ -123,7 +144,12 @@ fn chunk_start(headers: &HeaderMap, size: u64) -> Result<Option<u64>> {
 }
 
 /// `PATCH /v2/<name>/blobs/uploads/<id>`: a chunk (with Content-Range) or a stream.
-pub async fn patch(state: &Arc<AppState>, repo: &RepoName, id: &str, req: Request) -> Result<Response> {
+pub async fn patch(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    id: &str,
+    req: Request,
+) -> Result<Response> {
     let current = state.uploads.size(repo, id).await?;
     let start = chunk_start(req.headers(), current)?;
     let body = req.into_body().into_data_stream();
@@ -132,7 +158,13 @@ pub async fn patch(state: &Arc<AppState>, repo: &RepoName, id: &str, req: Reques
 }
 
 /// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: optional last chunk, then commit.
-pub async fn put(state: &Arc<AppState>, repo: &RepoName, id: &str, query: &Query, req: Request) -> Result<Response> {
+pub async fn put(
+    state: &Arc<AppState>,
+    repo: &RepoName,
+    id: &str,
+    query: &Query,
+    req: Request,
+) -> Result<Response> {
     let digest = parse_digest(query)?;
     let current = state.uploads.size(repo, id).await?;
     let start = chunk_start(req.headers(), current)?;
@@ -175,8 +207,14 @@ mod tests {
     #[test]
     fn content_range_forms() {
         assert_eq!(chunk_start(&HeaderMap::new(), 0).unwrap(), None);
-        assert_eq!(chunk_start(&headers("0-9", Some("10")), 0).unwrap(), Some(0));
-        assert_eq!(chunk_start(&headers("bytes 10-19/*", None), 10).unwrap(), Some(10));
+        assert_eq!(
+            chunk_start(&headers("0-9", Some("10")), 0).unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            chunk_start(&headers("bytes 10-19/*", None), 10).unwrap(),
+            Some(10)
+        );
         assert!(chunk_start(&headers("0-9", Some("5")), 0).is_err());
         assert!(chunk_start(&headers("9-0", None), 0).is_err());
         assert!(chunk_start(&headers("junk", None), 0).is_err());

@@ -29,7 +29,9 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
 
 /// fsync a directory so a rename or create inside it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir).and_then(|d| d.sync_all()).ctx("sync directory", dir)
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("sync directory", dir)
 }
 
 /// Creates `dir` and its parents; fsyncs the parents of what it created.
@@ -75,7 +77,9 @@ pub(crate) fn write_link(dir: &Path, d: &Digest) -> Result<(), StorageError> {
 pub(crate) fn read_link(path: &Path) -> Result<Option<Digest>, StorageError> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(s.trim().parse().ok()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
             Ok(None)
         }
         Err(e) => Err(e).ctx("read link", path),

@@ -133,8 +133,14 @@ impl FsStore {
             self.index_referrer(repo, subject, d)?;
         }
         if let Some(tag) = tag {
-            write_atomic(&self.layout.tag_index_link(repo, tag, d), d.to_string().as_bytes())?;
-            write_atomic(&self.layout.tag_current_link(repo, tag), d.to_string().as_bytes())?;
+            write_atomic(
+                &self.layout.tag_index_link(repo, tag, d),
+                d.to_string().as_bytes(),
+            )?;
+            write_atomic(
+                &self.layout.tag_current_link(repo, tag),
+                d.to_string().as_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -164,7 +170,9 @@ impl FsStore {
             return Ok(false);
         }
         for tag in list_dirs(&self.layout.tags(repo))? {
-            let Some(tag) = Tag::parse(&tag) else { continue };
+            let Some(tag) = Tag::parse(&tag) else {
+                continue;
+            };
             if read_link(&self.layout.tag_current_link(repo, &tag))?.as_ref() == Some(d) {
                 remove_tree(&self.layout.tag_dir(repo, &tag))?;
             }
@@ -315,7 +323,8 @@ mod tests {
         let subject = Digest::sha256_of(b"subject");
         let sig = br#"{"sig":1}"#;
         let sd = Digest::sha256_of(sig);
-        s.put_manifest(&repo, &sd, sig, None, Some(&subject)).unwrap();
+        s.put_manifest(&repo, &sd, sig, None, Some(&subject))
+            .unwrap();
         assert_eq!(s.referrers(&repo, &subject).unwrap(), vec![sd.clone()]);
         s.delete_manifest(&repo, &sd, Some(&subject)).unwrap();
         assert!(s.referrers(&repo, &subject).unwrap().is_empty());

@@ -144,7 +144,10 @@ mod tests {
         );
         assert_eq!(
             l.layer_link_dir(&r, &d).join("link"),
-            PathBuf::from(format!("{v2}/repositories/library/alpine/_layers/sha256/{}/link", d.hex()))
+            PathBuf::from(format!(
+                "{v2}/repositories/library/alpine/_layers/sha256/{}/link",
+                d.hex()
+            ))
         );
         assert_eq!(
             l.revision_link_dir(&r, &d).join("link"),
@@ -155,7 +158,9 @@ mod tests {
         );
         assert_eq!(
             l.tag_current_link(&r, &t),
-            PathBuf::from(format!("{v2}/repositories/library/alpine/_manifests/tags/3.20/current/link"))
+            PathBuf::from(format!(
+                "{v2}/repositories/library/alpine/_manifests/tags/3.20/current/link"
+            ))
         );
         assert_eq!(
             l.tag_index_link(&r, &t, &d),

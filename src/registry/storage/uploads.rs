@@ -78,8 +78,10 @@ impl Uploads {
             sha256: Algorithm::Sha256.hasher(),
             closed: false,
         };
-        self.lock_map()
-            .insert(session_key(repo, &id), Arc::new(tokio::sync::Mutex::new(session)));
+        self.lock_map().insert(
+            session_key(repo, &id),
+            Arc::new(tokio::sync::Mutex::new(session)),
+        );
         Ok(id)
     }
 
@@ -149,7 +151,9 @@ impl Uploads {
             return Err(RegistryError::RangeInvalid { size: s.size });
         }
         let path = self.data_path(repo, id);
-        let (size, hasher) = self.write_body(&path, s.size, s.sha256.clone(), body).await?;
+        let (size, hasher) = self
+            .write_body(&path, s.size, s.sha256.clone(), body)
+            .await?;
         s.size = size;
         s.sha256 = hasher;
         Ok(size)
@@ -171,7 +175,8 @@ impl Uploads {
     {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
         let writer_path = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || write_chunks(&writer_path, start, hasher, rx));
+        let writer =
+            tokio::task::spawn_blocking(move || write_chunks(&writer_path, start, hasher, rx));
         let mut size = start;
         let received: Result<()> = async {
             while let Some(chunk) = body.next().await {
@@ -252,7 +257,9 @@ impl Uploads {
         drop(s);
         self.forget(repo, id);
         committed?;
-        self.metrics.upload_seconds.observe(seen.elapsed().as_secs_f64());
+        self.metrics
+            .upload_seconds
+            .observe(seen.elapsed().as_secs_f64());
         Ok(size)
     }
 
@@ -289,7 +296,8 @@ fn write_chunks(
         .write(true)
         .open(path)
         .ctx("open upload", path)?;
-    file.seek(std::io::SeekFrom::Start(start)).ctx("seek upload", path)?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .ctx("seek upload", path)?;
     let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut size = start;
     let mut unsynced = 0u64;
