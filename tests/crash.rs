@@ -581,3 +581,31 @@ async fn upload_session_survives_restarts() {
     assert!(store::upload_dirs(&data).is_empty());
     reg.stop();
 }
+
+/// The checker above has teeth: a torn blob file or a dangling link fails it.
+#[test]
+fn consistency_check_catches_torn_blobs_and_dangling_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let blob = random_bytes(1000);
+    let digest = sha256(&blob);
+    let path = store::blob_path(&data, &digest);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &blob).unwrap();
+    assert_eq!(store::assert_consistent(&data), 1);
+
+    std::fs::write(&path, &blob[..500]).unwrap();
+    let torn = std::panic::catch_unwind(|| store::assert_consistent(&data));
+    assert!(torn.is_err(), "a torn blob file must be caught");
+    std::fs::write(&path, &blob).unwrap();
+
+    let (_, hex) = digest.split_once(':').unwrap();
+    let other = sha256(b"never stored");
+    let link = store::v2(&data)
+        .join("repositories/r/_layers/sha256")
+        .join(hex);
+    std::fs::create_dir_all(&link).unwrap();
+    std::fs::write(link.join("link"), &other).unwrap();
+    let dangling = std::panic::catch_unwind(|| store::assert_consistent(&data));
+    assert!(dangling.is_err(), "a link to a missing blob must be caught");
+}
