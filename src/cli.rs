@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the registry: the OCI Distribution API over HTTPS.
     Serve(Box<ServeArgs>),
+    /// Print the CustomResourceDefinitions (YAML) generated from the Rust types.
+    Crds,
 }
 
 /// Options of `privreg serve`.
@@ -99,7 +101,9 @@ mod tests {
     #[test]
     fn serve_defaults_match_registry_2() {
         let cli = Cli::try_parse_from(["privreg", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("serve parses as Serve")
+        };
         assert_eq!(args.listen, "0.0.0.0:5000".parse().unwrap());
         assert_eq!(args.data, PathBuf::from("./data"));
         assert!(!args.insecure_http);

@@ -4,6 +4,7 @@
 //! and, as they arrive, the operator and the node trust agent.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod certs;
 pub mod cli;
 pub mod registry;

@@ -1,0 +1,364 @@
+//! The `PrivateRegistry` custom resource (`privreg.dev/v1alpha1`): what a user asks
+//! for in `spec`, what the operator reports in `status`. Every field carries a doc
+//! comment, which becomes its description in the CRD (`kubectl explain`); patterns
+//! and ranges become admission-time validation.
+
+pub mod duration;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// RFC 1123 DNS name (lowercase labels of letters, digits and '-').
+pub const HOSTNAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// A DNS name (optionally `*.` wildcard) or an IPv4/IPv6 address.
+pub const SAN_PATTERN: &str = r"^((\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|[0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$";
+/// Go-style durations as Kubernetes users write them: `87600h`, `720h30m`, `90s`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(h|m|s))+$";
+/// Kubernetes resource quantities such as `20Gi`, `500M`.
+pub const QUANTITY_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+
+/// A private, TLS-secured image registry in this namespace, trusted by every node.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "privreg.dev",
+    version = "v1alpha1",
+    kind = "PrivateRegistry",
+    plural = "privateregistries",
+    shortname = "preg",
+    namespaced,
+    status = "PrivateRegistryStatus",
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "host:port clients push to"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Ready condition"),
+    printcolumn(name = "Trusted", type_ = "integer", json_path = ".status.trustedNodes", description = "nodes that trust the registry CA"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateRegistrySpec {
+    /// The name clients type in image references (`<hostname>:<port>/repo:tag`).
+    /// Defaults to `<name>.<namespace>.svc`. Always included in the server
+    /// certificate, with the Service's in-cluster names and ClusterIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = HOSTNAME_PATTERN), length(max = 253))]
+    pub hostname: Option<String>,
+
+    /// The port the registry Service listens on. Default 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+
+    /// Where images are stored.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// The registry's certificate authority and server certificate.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// Who may push and pull. Without it the registry is open to every pod and node
+    /// that can reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// How nodes come to trust the registry's CA.
+    #[serde(default)]
+    pub trust: TrustSpec,
+
+    /// The registry's Service.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// The container image that runs `privreg serve`. Defaults to the operator's own image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// CPU and memory requests and limits of the registry container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the registry pod must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Taints the registry pod tolerates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+}
+
+/// Storage of the registry: one PersistentVolumeClaim.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size of the volume, as a Kubernetes quantity. Default `20Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    pub size: Option<String>,
+
+    /// StorageClass of the volume; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Keep the volume (and every image in it) when the PrivateRegistry is deleted.
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_on_delete: Option<bool>,
+}
+
+/// Certificates of the registry.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// The certificate authority that signs the server certificate and that nodes trust.
+    #[serde(default)]
+    pub ca: CaSpec,
+    /// The server certificate.
+    #[serde(default)]
+    pub cert: CertSpec,
+}
+
+/// The registry's CA: generated once by the operator, or brought by the user.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSpec {
+    /// Lifetime of a generated CA, e.g. `87600h` (ten years, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub validity: Option<String>,
+
+    /// Key algorithm of a generated CA and of server certificates. Default ECDSA-P256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_algorithm: Option<KeyAlgorithm>,
+
+    /// Use this Secret's `tls.crt` and `tls.key` (a CA certificate and its key) instead
+    /// of generating a CA. The Secret must be in the PrivateRegistry's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+}
+
+/// Key algorithms for generated keys.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum KeyAlgorithm {
+    #[serde(rename = "ECDSA-P256")]
+    EcdsaP256,
+    #[serde(rename = "ECDSA-P384")]
+    EcdsaP384,
+    #[serde(rename = "Ed25519")]
+    Ed25519,
+}
+
+/// The server certificate, signed by the CA.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSpec {
+    /// Lifetime of the server certificate, e.g. `2160h` (90 days, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub validity: Option<String>,
+
+    /// Renew the server certificate this long before it expires. Default `720h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub renew_before: Option<String>,
+
+    /// More DNS names or IP addresses for the server certificate (a NodePort's node
+    /// address, an ingress name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = SAN_PATTERN)))]
+    pub extra_sans: Vec<String>,
+}
+
+/// A Secret in the PrivateRegistry's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// HTTP Basic authentication.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Secret with an `htpasswd` key holding bcrypt entries (`htpasswd -B`).
+    pub htpasswd_secret_ref: SecretReference,
+    /// Let clients pull without logging in; pushing still needs a login.
+    #[serde(default)]
+    pub anonymous_pull: bool,
+}
+
+/// Trust distribution to nodes.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustSpec {
+    /// Install the CA on every node. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Container runtimes to configure on each node. Default all three.
+    #[serde(default = "all_runtimes")]
+    pub runtimes: Vec<Runtime>,
+    /// Add a marked `<ClusterIP> <hostname>` line to each node's /etc/hosts, so the
+    /// node can resolve the registry's hostname. Default false.
+    #[serde(default)]
+    pub hosts_entry: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn all_runtimes() -> Vec<Runtime> {
+    vec![Runtime::Containerd, Runtime::Docker, Runtime::CriO]
+}
+
+impl Default for TrustSpec {
+    fn default() -> Self {
+        TrustSpec {
+            enabled: true,
+            runtimes: all_runtimes(),
+            hosts_entry: false,
+        }
+    }
+}
+
+/// Container runtimes whose trust directories the node agent writes.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Runtime {
+    #[serde(rename = "containerd")]
+    Containerd,
+    #[serde(rename = "docker")]
+    Docker,
+    #[serde(rename = "cri-o")]
+    CriO,
+}
+
+/// The registry's Service.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type. Default ClusterIP.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<ServiceType>,
+}
+
+/// Kubernetes Service types the registry can use.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateRegistryStatus {
+    /// `Ready`, `CertificateReady`, `StorageReady`, `Available`, `TrustDistributed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `host:port` clients push to and pull from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The registry Service's ClusterIP (nodes dial it; it is in the certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
+    /// SHA-256 fingerprint of the CA certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    /// When the current server certificate expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<String>,
+    /// Nodes whose trust files match the current bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_nodes: Option<i32>,
+    /// Nodes that should trust the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_nodes: Option<i32>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CustomResourceDefinitions privreg installs.
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![PrivateRegistry::crd()]
+}
+
+/// The CRDs as one YAML stream, as `privreg crds` prints them and `crds/` holds them.
+pub fn crds_yaml() -> Result<String, serde_norway::Error> {
+    let mut out = String::from("# Generated by `privreg crds` from src/api; do not edit.\n");
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_norway::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_resource_parses_with_defaults() {
+        let r: PrivateRegistry = serde_json::from_value(serde_json::json!({
+            "apiVersion": "privreg.dev/v1alpha1",
+            "kind": "PrivateRegistry",
+            "metadata": {"name": "reg", "namespace": "tools"},
+            "spec": {}
+        }))
+        .unwrap();
+        assert!(r.spec.trust.enabled);
+        assert_eq!(r.spec.trust.runtimes.len(), 3);
+        assert_eq!(r.spec.port, None);
+    }
+
+    #[test]
+    fn crd_has_names_columns_status_and_validation() {
+        let crd = serde_json::to_value(&crds()[0]).unwrap();
+        assert_eq!(crd["metadata"]["name"], "privateregistries.privreg.dev");
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "preg");
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object());
+        let columns: Vec<_> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(columns, ["Endpoint", "Ready", "Trusted", "Age"]);
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["port"]["maximum"].as_f64(), Some(65535.0));
+        assert!(spec["hostname"]["pattern"].is_string());
+        assert!(spec["tls"]["properties"]["cert"]["properties"]["renewBefore"]["pattern"].is_string());
+    }
+
+    /// Every property in the schema has a description, so `kubectl explain` documents it.
+    #[test]
+    fn every_field_is_described() {
+        fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+            if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+                for (name, prop) in props {
+                    let here = format!("{path}.{name}");
+                    if prop.get("description").is_none() {
+                        missing.push(here.clone());
+                    }
+                    walk(&here, prop, missing);
+                }
+            }
+            if let Some(items) = schema.get("items") {
+                walk(&format!("{path}[]"), items, missing);
+            }
+        }
+        let crd = serde_json::to_value(&crds()[0]).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        walk("", &root["properties"]["spec"], &mut missing);
+        walk("", &root["properties"]["status"], &mut missing);
+        assert!(missing.is_empty(), "fields without description: {missing:?}");
+    }
+}
