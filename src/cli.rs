@@ -27,8 +27,35 @@ pub struct Cli {
 pub enum Command {
     /// Run the registry: the OCI Distribution API over HTTPS.
     Serve(Box<ServeArgs>),
+    /// Run the operator: reconcile PrivateRegistry objects.
+    Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions (YAML) generated from the Rust types.
     Crds,
+}
+
+/// Options of `privreg operator`. The Kubernetes connection comes from the
+/// in-cluster service account or KUBECONFIG.
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    /// The operator's own namespace (its leader Lease and the trust DaemonSet live here).
+    #[arg(long, env = "PRIVREG_NAMESPACE", default_value = "privreg-system")]
+    pub namespace: String,
+
+    /// The privreg image that registry pods run, unless a PrivateRegistry names one.
+    #[arg(long, env = "PRIVREG_IMAGE", default_value = concat!("ghcr.io/privreg/privreg:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+
+    /// Address for `/healthz`, `/readyz` and `/metrics` (plain HTTP).
+    #[arg(long, env = "PRIVREG_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+
+    /// Take a Lease before reconciling, so several replicas are safe.
+    #[arg(long, env = "PRIVREG_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// This replica's name (the Lease holder and the Events' reporter).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 /// Options of `privreg serve`.

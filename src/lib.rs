@@ -7,8 +7,21 @@
 pub mod api;
 pub mod certs;
 pub mod cli;
+pub mod operator;
 pub mod registry;
 pub mod telemetry;
 
 /// The API group of privreg's custom resources.
 pub const API_GROUP: &str = "privreg.dev";
+
+/// The one field manager the operator applies with (server-side apply).
+pub const FIELD_MANAGER: &str = "privreg-operator";
+
+/// Recommended labels on every object privreg creates.
+pub mod labels {
+    pub const NAME: &str = "app.kubernetes.io/name";
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+}

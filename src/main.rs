@@ -13,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(privreg::registry::serve(*args)),
+        Command::Operator(args) => runtime.block_on(privreg::operator::run(args)),
         Command::Crds => {
             print!("{}", privreg::api::crds_yaml()?);
             Ok(())

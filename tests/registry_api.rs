@@ -2015,6 +2015,18 @@ async fn read_only_mode_serves_reads_and_refuses_writes() {
     let reg = Reg::new();
     let (d, m) = reg.push_image("r", "t", OCI_MANIFEST).await;
     let blob = reg.push_blob("r", b"payload").await;
+    // A referrer of the image, whose index the read-only registry must not write.
+    let subject = reg.get(&format!("/v2/r/manifests/{d}")).await.body;
+    let sig = image_manifest(
+        OCI_MANIFEST,
+        b"payload",
+        &[],
+        json!({"artifactType": "application/vnd.example.sig",
+               "subject": descriptor(OCI_MANIFEST, &subject)}),
+    );
+    reg.put_manifest("r", &sha256(&sig), OCI_MANIFEST, &sig)
+        .await
+        .status(201);
     let location = reg.start_upload("r").await;
     let reg = reg.reopen(
         RegistryConfig {
@@ -2039,7 +2051,17 @@ async fn read_only_mode_serves_reads_and_refuses_writes() {
         reg.get("/v2/_catalog").await.json()["repositories"],
         json!(["r"])
     );
-    reg.get(&format!("/v2/r/referrers/{d}")).await.status(200);
+    for query in ["", "?artifactType=application/vnd.example.sig"] {
+        let r = reg.get(&format!("/v2/r/referrers/{d}{query}")).await;
+        r.status(200);
+        let listed = r.json()["manifests"].clone();
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{query}: {listed}");
+        assert_eq!(listed[0]["digest"], json!(sha256(&sig)));
+    }
+    let r = reg
+        .get(&format!("/v2/r/referrers/{d}?artifactType=other/type"))
+        .await;
+    assert_eq!(r.json()["manifests"], json!([]));
     reg.get("/v2/").await.status(200);
 
     let writes: Vec<(&str, String, Vec<u8>)> = vec![

@@ -3,6 +3,10 @@
 //! comment, which becomes its description in the CRD (`kubectl explain`); patterns
 //! and ranges become admission-time validation.
 
+// Several `printcolumn(...)` entries repeat `type_ = "string"`; clippy reads the
+// macro's attribute list as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod duration;
 
 use std::collections::BTreeMap;
@@ -14,7 +18,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// RFC 1123 DNS name (lowercase labels of letters, digits and '-').
-pub const HOSTNAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+pub const HOSTNAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
 /// A DNS name (optionally `*.` wildcard) or an IPv4/IPv6 address.
 pub const SAN_PATTERN: &str = r"^((\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|[0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$";
 /// Go-style durations as Kubernetes users write them: `87600h`, `720h30m`, `90s`.
@@ -32,10 +37,29 @@ pub const QUANTITY_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|
     shortname = "preg",
     namespaced,
     status = "PrivateRegistryStatus",
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "host:port clients push to"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Ready condition"),
-    printcolumn(name = "Trusted", type_ = "integer", json_path = ".status.trustedNodes", description = "nodes that trust the registry CA"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "host:port clients push to"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Ready condition"
+    ),
+    printcolumn(
+        name = "Trusted",
+        type_ = "integer",
+        json_path = ".status.trustedNodes",
+        description = "nodes that trust the registry CA"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PrivateRegistrySpec {
@@ -166,7 +190,7 @@ pub struct CertSpec {
 
     /// More DNS names or IP addresses for the server certificate (a NodePort's node
     /// address, an ingress name).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, rename = "extraSANs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(regex(pattern = SAN_PATTERN)))]
     pub extra_sans: Vec<String>,
 }
@@ -283,7 +307,9 @@ pub struct PrivateRegistryStatus {
 }
 
 /// The CustomResourceDefinitions privreg installs.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     use kube::CustomResourceExt;
     vec![PrivateRegistry::crd()]
 }
@@ -334,7 +360,9 @@ mod tests {
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         assert_eq!(spec["port"]["maximum"].as_f64(), Some(65535.0));
         assert!(spec["hostname"]["pattern"].is_string());
-        assert!(spec["tls"]["properties"]["cert"]["properties"]["renewBefore"]["pattern"].is_string());
+        assert!(
+            spec["tls"]["properties"]["cert"]["properties"]["renewBefore"]["pattern"].is_string()
+        );
     }
 
     /// Every property in the schema has a description, so `kubectl explain` documents it.
@@ -359,6 +387,9 @@ mod tests {
         let mut missing = Vec::new();
         walk("", &root["properties"]["spec"], &mut missing);
         walk("", &root["properties"]["status"], &mut missing);
-        assert!(missing.is_empty(), "fields without description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without description: {missing:?}"
+        );
     }
 }

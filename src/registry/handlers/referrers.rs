@@ -32,8 +32,12 @@ pub async fn list(
     query: &Query,
 ) -> Result<Response> {
     let (store, r, s) = (state.store.clone(), repo.clone(), subject.clone());
+    let read_only = state.read_only;
     let mut referrers = run(move || {
-        if !store.referrers_indexed(&r)? {
+        let indexed = store.referrers_indexed(&r)?;
+        // Read-only mode writes nothing: the referrers of `s` found by the scan.
+        let mut scanned = Vec::new();
+        if !indexed {
             // Manifests written before privreg served this directory (registry:2
             // keeps no referrers index): index every revision with a subject once.
             for d in store.manifest_revisions(&r)? {
@@ -45,13 +49,24 @@ pub async fn list(
                     ..
                 }) = manifest::parse(None, &bytes)
                 {
-                    store.index_referrer(&r, &subject, &d)?;
+                    if !read_only {
+                        store.index_referrer(&r, &subject, &d)?;
+                    } else if subject == s && store.has_manifest(&r, &d)? {
+                        scanned.push(d);
+                    }
                 }
             }
-            store.mark_referrers_indexed(&r)?;
+            if !read_only {
+                store.mark_referrers_indexed(&r)?;
+            }
         }
+        let digests = if !indexed && read_only {
+            scanned
+        } else {
+            store.referrers(&r, &s)?
+        };
         let mut out = Vec::new();
-        for d in store.referrers(&r, &s)? {
+        for d in digests {
             let bytes = store.read_blob(&d)?;
             // Only manifests that parsed on upload were indexed; skip any that no longer do.
             if let Ok(m) = manifest::parse(None, &bytes) {

@@ -4,9 +4,8 @@
 // v0.0.0 and replaces them with ./staging/..., which a dependent module cannot
 // use; v0.N.M of each staging module is the one released with v1.N.M, so this
 // wrapper replaces every staging module listed in that version's go.mod.
-// To move to another version, regenerate with the loop in
-// scripts/k8s-tools.sh (regen_control_plane_mod) and keep k8s-openapi's
-// v1_NN feature equal to the minor.
+// To move to another version: scripts/k8s-tools.sh --regen-control-plane-mod
+// v1.N.M, and keep k8s-openapi's v1_NN feature equal to the minor.
 module privreg.local/k8s/control-plane
 
 go 1.26

@@ -1,0 +1,150 @@
+//! Certificate decisions: whether the server certificate in the TLS Secret can stay,
+//! or must be issued again, and when the next renewal is due. Pure: the caller
+//! passes what it read and the time.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::certs;
+
+/// What is in the TLS Secret now.
+#[derive(Debug, Clone, Default)]
+pub struct CurrentLeaf<'a> {
+    pub cert_pem: Option<&'a str>,
+    pub key_pem: Option<&'a str>,
+    /// The CA certificate that was current when the leaf was issued.
+    pub ca_pem: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeafDecision {
+    /// The present certificate serves until `renew_at`.
+    Keep {
+        not_after: OffsetDateTime,
+        renew_at: OffsetDateTime,
+    },
+    /// Issue a new certificate, for this reason.
+    Issue(IssueReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueReason {
+    Missing,
+    Unreadable,
+    NamesChanged,
+    CaChanged,
+    RenewalDue,
+}
+
+impl IssueReason {
+    /// Whether this is a routine renewal (an Event says "renewed", not "issued").
+    pub fn is_renewal(self) -> bool {
+        self == IssueReason::RenewalDue
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            IssueReason::Missing => "no server certificate yet",
+            IssueReason::Unreadable => "the stored certificate could not be read",
+            IssueReason::NamesChanged => "the certificate's names changed",
+            IssueReason::CaChanged => "the CA changed",
+            IssueReason::RenewalDue => "the certificate is due for renewal",
+        }
+    }
+}
+
+pub fn decide(
+    current: &CurrentLeaf<'_>,
+    ca_pem: &str,
+    wanted_sans: &[String],
+    renew_before: Duration,
+    now: OffsetDateTime,
+) -> LeafDecision {
+    let (Some(cert), Some(_key)) = (current.cert_pem, current.key_pem) else {
+        return LeafDecision::Issue(IssueReason::Missing);
+    };
+    let Ok(info) = certs::inspect(cert) else {
+        return LeafDecision::Issue(IssueReason::Unreadable);
+    };
+    if current.ca_pem.map(str::trim) != Some(ca_pem.trim()) {
+        return LeafDecision::Issue(IssueReason::CaChanged);
+    }
+    let mut have = info.sans.clone();
+    let mut want = wanted_sans.to_vec();
+    have.sort();
+    want.sort();
+    if have != want {
+        return LeafDecision::Issue(IssueReason::NamesChanged);
+    }
+    let renew_at = info.not_after - renew_before;
+    if now >= renew_at {
+        return LeafDecision::Issue(IssueReason::RenewalDue);
+    }
+    LeafDecision::Keep {
+        not_after: info.not_after,
+        renew_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{KeyAlgorithm, generate_ca, issue_server_cert};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn decisions() {
+        let ca = generate_ca("ca", 100 * HOUR, KeyAlgorithm::EcdsaP256).unwrap();
+        let sans = vec!["reg.ns.svc".to_owned(), "10.0.0.1".to_owned()];
+        let leaf = issue_server_cert(&ca, &sans, 10 * HOUR, KeyAlgorithm::EcdsaP256).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let current = CurrentLeaf {
+            cert_pem: Some(&leaf.cert_pem),
+            key_pem: Some(&leaf.key_pem),
+            ca_pem: Some(&ca.cert_pem),
+        };
+        match decide(&current, &ca.cert_pem, &sans, 2 * HOUR, now) {
+            LeafDecision::Keep {
+                renew_at,
+                not_after,
+            } => {
+                assert_eq!(not_after - renew_at, time::Duration::hours(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Order of names does not matter; a new name does.
+        let reversed: Vec<_> = sans.iter().rev().cloned().collect();
+        assert!(matches!(
+            decide(&current, &ca.cert_pem, &reversed, 2 * HOUR, now),
+            LeafDecision::Keep { .. }
+        ));
+        let more = [sans.clone(), vec!["extra.example".into()]].concat();
+        assert_eq!(
+            decide(&current, &ca.cert_pem, &more, 2 * HOUR, now),
+            LeafDecision::Issue(IssueReason::NamesChanged)
+        );
+        // Renewal time reached.
+        assert_eq!(
+            decide(
+                &current,
+                &ca.cert_pem,
+                &sans,
+                2 * HOUR,
+                now + time::Duration::hours(9)
+            ),
+            LeafDecision::Issue(IssueReason::RenewalDue)
+        );
+        // A different CA.
+        let other = generate_ca("other", HOUR, KeyAlgorithm::EcdsaP256).unwrap();
+        assert_eq!(
+            decide(&current, &other.cert_pem, &sans, HOUR, now),
+            LeafDecision::Issue(IssueReason::CaChanged)
+        );
+        assert_eq!(
+            decide(&CurrentLeaf::default(), &ca.cert_pem, &sans, HOUR, now),
+            LeafDecision::Issue(IssueReason::Missing)
+        );
+    }
+}

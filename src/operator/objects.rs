@@ -1,0 +1,440 @@
+//! Pure builders of every object a PrivateRegistry owns. Each returns the full
+//! desired object for server-side apply (or create, for the CA Secret).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::validate::{CONTAINER_PORT, Desired, METRICS_PORT};
+use crate::api::ServiceType;
+use crate::certs::CertAndKey;
+use crate::labels;
+
+pub const TLS_MOUNT: &str = "/etc/privreg/tls";
+pub const AUTH_MOUNT: &str = "/etc/privreg/auth";
+pub const DATA_MOUNT: &str = "/var/lib/privreg";
+/// The unprivileged user the registry runs as (distroless "nonroot").
+pub const RUN_AS: i64 = 65532;
+
+fn selector_labels(d: &Desired) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_owned(), "privreg".to_owned()),
+        (labels::INSTANCE.to_owned(), d.name.clone()),
+        (labels::COMPONENT.to_owned(), "registry".to_owned()),
+    ])
+}
+
+fn all_labels(d: &Desired) -> BTreeMap<String, String> {
+    let mut l = selector_labels(d);
+    l.insert(
+        labels::MANAGED_BY.to_owned(),
+        crate::FIELD_MANAGER.to_owned(),
+    );
+    l.insert(labels::PART_OF.to_owned(), "privreg".to_owned());
+    l
+}
+
+fn meta(d: &Desired, name: String, owner: Option<&OwnerReference>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(d.namespace.clone()),
+        labels: Some(all_labels(d)),
+        owner_references: owner.map(|o| vec![o.clone()]),
+        ..Default::default()
+    }
+}
+
+fn pem_data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+        .collect()
+}
+
+/// The generated CA: certificate and key, created once.
+pub fn ca_secret(d: &Desired, ca: &CertAndKey, owner: &OwnerReference) -> Secret {
+    Secret {
+        metadata: meta(d, d.ca_secret_name(), Some(owner)),
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(pem_data(&[
+            ("tls.crt", &ca.cert_pem),
+            ("tls.key", &ca.key_pem),
+            ("ca.crt", &ca.cert_pem),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The server certificate with its key, and the CA that signed it.
+pub fn tls_secret(d: &Desired, leaf: &CertAndKey, ca_pem: &str, owner: &OwnerReference) -> Secret {
+    Secret {
+        metadata: meta(d, d.tls_secret_name(), Some(owner)),
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(pem_data(&[
+            ("tls.crt", &leaf.cert_pem),
+            ("tls.key", &leaf.key_pem),
+            ("ca.crt", ca_pem),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The CA certificate alone (public), for users and pods that must trust it.
+pub fn ca_configmap(d: &Desired, ca_pem: &str, owner: &OwnerReference) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(d, d.ca_configmap_name(), Some(owner)),
+        data: Some(BTreeMap::from([("ca.crt".to_owned(), ca_pem.to_owned())])),
+        ..Default::default()
+    }
+}
+
+/// The registry's volume. Owned (so deleted with the registry) only when the
+/// user chose `retainOnDelete: false`.
+pub fn pvc(d: &Desired, owner: &OwnerReference) -> PersistentVolumeClaim {
+    let owner = (!d.retain_storage).then_some(owner);
+    let mut metadata = meta(d, d.pvc_name(), owner);
+    if d.retain_storage {
+        // An empty list, so an apply after `retainOnDelete: false -> true` drops the owner.
+        metadata.owner_references = Some(Vec::new());
+    }
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: d.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(d.storage_size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn service(d: &Desired, owner: &OwnerReference) -> Service {
+    let type_ = match d.service_type {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata: meta(d, d.workload_name(), Some(owner)),
+        spec: Some(ServiceSpec {
+            type_: Some(type_.to_owned()),
+            selector: Some(selector_labels(d)),
+            ports: Some(vec![ServicePort {
+                name: Some("registry".to_owned()),
+                port: i32::from(d.port),
+                target_port: Some(IntOrString::String("registry".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The arguments of `privreg serve` in the registry container. A test parses them
+/// with the real CLI.
+pub fn serve_args(d: &Desired) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_owned(),
+        "--listen".to_owned(),
+        format!("0.0.0.0:{CONTAINER_PORT}"),
+        "--data".to_owned(),
+        DATA_MOUNT.to_owned(),
+        "--tls-cert".to_owned(),
+        format!("{TLS_MOUNT}/tls.crt"),
+        "--tls-key".to_owned(),
+        format!("{TLS_MOUNT}/tls.key"),
+        "--metrics-listen".to_owned(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+    ];
+    if d.htpasswd_secret.is_some() {
+        args.extend(["--htpasswd".to_owned(), format!("{AUTH_MOUNT}/htpasswd")]);
+        if d.anonymous_pull {
+            args.push("--anonymous-pull".to_owned());
+        }
+    }
+    args
+}
+
+fn probe(path: &str, scheme: &str, port: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(port.to_owned()),
+            scheme: Some(scheme.to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
+    let mut volumes = vec![
+        Volume {
+            name: "tls".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(d.tls_secret_name()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "data".to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: d.pvc_name(),
+                read_only: Some(false),
+            }),
+            ..Default::default()
+        },
+    ];
+    // The Secret is mounted as a directory (no subPath), so kubelet swaps in a
+    // renewed certificate and `privreg serve` reloads it without a restart.
+    let mut mounts = vec![
+        VolumeMount {
+            name: "tls".to_owned(),
+            mount_path: TLS_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "data".to_owned(),
+            mount_path: DATA_MOUNT.to_owned(),
+            ..Default::default()
+        },
+    ];
+    if let Some(secret) = &d.htpasswd_secret {
+        volumes.push(Volume {
+            name: "auth".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "auth".to_owned(),
+            mount_path: AUTH_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let container = Container {
+        name: "registry".to_owned(),
+        image: Some(d.image.clone()),
+        args: Some(serve_args(d)),
+        env: Some(vec![EnvVar {
+            name: "PRIVREG_LOG_FORMAT".to_owned(),
+            value: Some("json".to_owned()),
+            ..Default::default()
+        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("registry".to_owned()),
+                container_port: i32::from(CONTAINER_PORT),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("metrics".to_owned()),
+                container_port: i32::from(METRICS_PORT),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/readyz", "HTTPS", "registry")),
+        liveness_probe: Some(probe("/healthz", "HTTPS", "registry")),
+        resources: d.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(d, d.workload_name(), Some(owner)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            // One writer on a ReadWriteOnce volume: stop the old pod before the new one.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".to_owned()),
+                ..Default::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(d)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(all_labels(d)),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    node_selector: d.node_selector.clone(),
+                    tolerations: d.tolerations.clone(),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::validate::{tests::registry, validate};
+    use clap::Parser;
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "privreg.dev/v1alpha1".into(),
+            kind: "PrivateRegistry".into(),
+            name: "reg".into(),
+            uid: "u-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn desired(spec: &str) -> Desired {
+        let yaml = format!(
+            "apiVersion: privreg.dev/v1alpha1\nkind: PrivateRegistry\nmetadata: {{name: reg, namespace: tools}}\nspec: {spec}\n"
+        );
+        validate(&registry(&yaml), "ghcr.io/example/privreg:1").unwrap()
+    }
+
+    /// The container arguments the operator renders parse with the real CLI.
+    #[test]
+    fn container_args_parse_with_the_real_cli() {
+        for spec in [
+            "{}",
+            "{auth: {htpasswdSecretRef: {name: users}, anonymousPull: true}}",
+        ] {
+            let d = desired(spec);
+            let dep = deployment(&d, &owner());
+            let c = &dep.spec.unwrap().template.spec.unwrap().containers[0];
+            let mut args = c.args.clone().unwrap();
+            // Each env var must be one the CLI declares; feed it as its flag so its
+            // value is parsed too.
+            let command = <crate::cli::Cli as clap::CommandFactory>::command();
+            let serve = command.find_subcommand("serve").unwrap();
+            for env in c.env.clone().unwrap() {
+                let arg = command
+                    .get_arguments()
+                    .chain(serve.get_arguments())
+                    .find(|a| a.get_env().and_then(|e| e.to_str()) == Some(env.name.as_str()))
+                    .unwrap_or_else(|| panic!("{} is no CLI env var", env.name));
+                args.push(format!("--{}", arg.get_long().unwrap()));
+                args.push(env.value.unwrap());
+            }
+            let cli =
+                crate::cli::Cli::try_parse_from(std::iter::once("privreg".to_owned()).chain(args))
+                    .unwrap_or_else(|e| panic!("{spec}: {e}"));
+            let crate::cli::Command::Serve(serve) = cli.command else {
+                panic!("not serve")
+            };
+            assert_eq!(
+                serve.tls_cert.unwrap().to_str(),
+                Some("/etc/privreg/tls/tls.crt")
+            );
+            assert_eq!(serve.htpasswd.is_some(), d.htpasswd_secret.is_some());
+            assert_eq!(serve.anonymous_pull, d.anonymous_pull);
+            assert_eq!(cli.log_format, crate::telemetry::LogFormat::Json);
+        }
+    }
+
+    #[test]
+    fn deployment_is_hardened_and_recreates() {
+        let d = desired("{}");
+        let dep = deployment(&d, &owner());
+        let spec = dep.spec.unwrap();
+        assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
+        let pod = spec.template.spec.unwrap();
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(dep.metadata.owner_references.unwrap()[0].uid, "u-1");
+    }
+
+    #[test]
+    fn pvc_owner_follows_retention() {
+        let kept = pvc(&desired("{}"), &owner());
+        assert_eq!(kept.metadata.owner_references, Some(vec![]));
+        let dropped = pvc(
+            &desired("{storage: {retainOnDelete: false, size: 1Gi}}"),
+            &owner(),
+        );
+        assert_eq!(dropped.metadata.owner_references.unwrap().len(), 1);
+        let size = &dropped.spec.unwrap().resources.unwrap().requests.unwrap()["storage"];
+        assert_eq!(size.0, "1Gi");
+    }
+
+    #[test]
+    fn service_targets_the_registry_port() {
+        let s = service(&desired("{port: 443}"), &owner());
+        let port = &s.spec.unwrap().ports.unwrap()[0];
+        assert_eq!(port.port, 443);
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::String("registry".into()))
+        );
+    }
+
+    #[test]
+    fn public_objects_hold_no_private_key() {
+        let ca = crate::certs::generate_ca(
+            "ca",
+            std::time::Duration::from_secs(3600),
+            crate::certs::KeyAlgorithm::EcdsaP256,
+        )
+        .unwrap();
+        let cm = ca_configmap(&desired("{}"), &ca.cert_pem, &owner());
+        assert!(!serde_json::to_string(&cm).unwrap().contains("PRIVATE KEY"));
+    }
+}

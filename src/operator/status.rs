@@ -1,0 +1,212 @@
+//! Status computation: conditions with `observedGeneration`, keeping each
+//! condition's `lastTransitionTime` while its status does not change. Pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::PrivateRegistryStatus;
+
+pub const READY: &str = "Ready";
+pub const CERTIFICATE_READY: &str = "CertificateReady";
+pub const STORAGE_READY: &str = "StorageReady";
+pub const AVAILABLE: &str = "Available";
+
+/// What the reconcile saw, for the status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub endpoint: String,
+    pub cluster_ip: Option<String>,
+    pub ca_fingerprint: Option<String>,
+    pub not_after: Option<time::OffsetDateTime>,
+    /// The PVC's phase (`Bound`, `Pending`, ...).
+    pub pvc_phase: Option<String>,
+    /// Available replicas of the registry Deployment.
+    pub available_replicas: i32,
+}
+
+/// One condition, carrying over the transition time of `previous` if unchanged.
+fn condition(
+    previous: Option<&PrivateRegistryStatus>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_owned();
+    let last = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last.unwrap_or_else(|| now.clone()),
+    }
+}
+
+pub fn compute(
+    previous: Option<&PrivateRegistryStatus>,
+    observed: &Observed,
+    generation: Option<i64>,
+    now: &Time,
+) -> PrivateRegistryStatus {
+    let cert_ok = observed.not_after.is_some();
+    let cert = condition(
+        previous,
+        CERTIFICATE_READY,
+        cert_ok,
+        if cert_ok { "Issued" } else { "Missing" },
+        match observed.not_after {
+            Some(t) => format!("server certificate valid until {}", rfc3339(t)),
+            None => "no server certificate yet".to_owned(),
+        },
+        generation,
+        now,
+    );
+    let phase = observed
+        .pvc_phase
+        .clone()
+        .unwrap_or_else(|| "Unknown".to_owned());
+    let storage_ok = phase == "Bound";
+    let storage = condition(
+        previous,
+        STORAGE_READY,
+        storage_ok,
+        if storage_ok { "Bound" } else { "NotBound" },
+        format!("volume claim is {phase}"),
+        generation,
+        now,
+    );
+    let available_ok = observed.available_replicas > 0;
+    let available = condition(
+        previous,
+        AVAILABLE,
+        available_ok,
+        if available_ok {
+            "MinimumReplicasAvailable"
+        } else {
+            "NotAvailable"
+        },
+        format!("{} registry pod(s) available", observed.available_replicas),
+        generation,
+        now,
+    );
+    let ready_ok = cert_ok && storage_ok && available_ok;
+    let waiting: Vec<&str> = [
+        (cert_ok, "certificate"),
+        (storage_ok, "storage"),
+        (available_ok, "registry pod"),
+    ]
+    .iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, what)| *what)
+    .collect();
+    let ready = condition(
+        previous,
+        READY,
+        ready_ok,
+        if ready_ok { "Ready" } else { "Waiting" },
+        if ready_ok {
+            format!("serving at {}", observed.endpoint)
+        } else {
+            format!("waiting for {}", waiting.join(", "))
+        },
+        generation,
+        now,
+    );
+    PrivateRegistryStatus {
+        conditions: vec![ready, cert, storage, available],
+        endpoint: Some(observed.endpoint.clone()),
+        cluster_ip: observed.cluster_ip.clone(),
+        ca_fingerprint: observed.ca_fingerprint.clone(),
+        certificate_not_after: observed.not_after.map(rfc3339),
+        trusted_nodes: previous.and_then(|p| p.trusted_nodes),
+        desired_nodes: previous.and_then(|p| p.desired_nodes),
+        observed_generation: generation,
+    }
+}
+
+/// The status of a spec that failed validation: `Ready=False, InvalidSpec`, every
+/// other field as it was (nothing that runs was changed).
+pub fn invalid(
+    previous: Option<&PrivateRegistryStatus>,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> PrivateRegistryStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let ready = condition(
+        previous,
+        READY,
+        false,
+        "InvalidSpec",
+        message,
+        generation,
+        now,
+    );
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.insert(0, ready);
+    status.observed_generation = generation;
+    status
+}
+
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn ready_needs_everything_and_transition_times_stick() {
+        let mut obs = Observed {
+            endpoint: "reg.ns.svc:5000".into(),
+            not_after: Some(time::OffsetDateTime::now_utc()),
+            pvc_phase: Some("Pending".into()),
+            ..Default::default()
+        };
+        let first = compute(None, &obs, Some(1), &now(100));
+        assert_eq!(first.conditions[0].type_, READY);
+        assert_eq!(first.conditions[0].status, "False");
+        assert!(first.conditions[0].message.contains("storage"));
+        let again = compute(Some(&first), &obs, Some(1), &now(200));
+        assert_eq!(again, first, "nothing changed, so nothing to write");
+
+        obs.pvc_phase = Some("Bound".into());
+        obs.available_replicas = 1;
+        let ready = compute(Some(&first), &obs, Some(2), &now(300));
+        assert_eq!(ready.conditions[0].status, "True");
+        assert_eq!(ready.conditions[0].last_transition_time, now(300));
+        let cert = ready
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CERTIFICATE_READY)
+            .unwrap();
+        assert_eq!(cert.last_transition_time, now(100));
+        assert_eq!(ready.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn invalid_spec_only_touches_ready() {
+        let obs = Observed {
+            endpoint: "e:1".into(),
+            not_after: Some(time::OffsetDateTime::now_utc()),
+            ..Default::default()
+        };
+        let before = compute(None, &obs, Some(1), &now(1));
+        let after = invalid(Some(&before), "bad port".into(), Some(2), &now(2));
+        assert_eq!(after.conditions[0].reason, "InvalidSpec");
+        assert_eq!(after.endpoint, before.endpoint);
+        assert_eq!(after.conditions.len(), before.conditions.len());
+    }
+}
