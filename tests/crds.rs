@@ -20,6 +20,11 @@ fn crds_directory_is_current() {
         generated == committed,
         "crds/ is stale: run `cargo run -- crds > crds/privreg.dev_privateregistries.yaml`"
     );
+    let deploy_copy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/00-crds.yaml");
+    assert!(
+        std::fs::read_to_string(deploy_copy).unwrap_or_default() == generated,
+        "deploy/00-crds.yaml is stale: cp crds/privreg.dev_privateregistries.yaml deploy/00-crds.yaml"
+    );
     // The Helm chart carries its own copy once it exists.
     let chart_copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("charts/privreg/crds/privreg.dev_privateregistries.yaml");
