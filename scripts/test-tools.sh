@@ -55,6 +55,9 @@ CONFORMANCE_VERSION="${PRIVREG_CONFORMANCE_VERSION:-v0.0.0-20231101194043-f21823
 # non-distributable layers and more. Both generations run in the tests.
 CONFORMANCE2_VERSION="${PRIVREG_CONFORMANCE2_VERSION:-v0.0.0-20260831232431-97274622c111}"
 
+# Helm, for the chart checks (lint, template, server-side dry run).
+HELM_VERSION="${PRIVREG_HELM_VERSION:-v3.21.4}"
+
 CACHE_ROOT="${PRIVREG_CACHE:-$HOME/.cache/privreg}"
 TOOLS_DIR="$CACHE_ROOT/tools"
 
@@ -62,6 +65,7 @@ CRANE_BIN="$TOOLS_DIR/crane-$CRANE_VERSION/crane"
 ORAS_BIN="$TOOLS_DIR/oras-$ORAS_VERSION/oras"
 CONFORMANCE_BIN="$TOOLS_DIR/conformance-$CONFORMANCE_VERSION/conformance.test"
 CONFORMANCE2_BIN="$TOOLS_DIR/conformance2-$CONFORMANCE2_VERSION/conformance"
+HELM_BIN="$TOOLS_DIR/helm-$HELM_VERSION/helm"
 
 log() { printf 'test-tools: %s\n' "$*" >&2; }
 
@@ -134,7 +138,13 @@ build_conformance2() {
     install_module_cmd conformance2 "$CONFORMANCE_MODULE" "$CONFORMANCE2_VERSION" "$CONFORMANCE2_BIN"
 }
 
+build_helm() {
+    install_module_cmd helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$HELM_BIN" \
+        "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+
 build_all() {
+    build_helm
     build_crane
     build_oras
     build_conformance
@@ -147,6 +157,7 @@ print_env() {
     printf 'export PRIVREG_CONFORMANCE=%q\n' "$CONFORMANCE_BIN"
     printf 'export PRIVREG_CONFORMANCE_VERSION=%q\n' "$CONFORMANCE_VERSION"
     printf 'export PRIVREG_CONFORMANCE2=%q\n' "$CONFORMANCE2_BIN"
+    printf 'export PRIVREG_HELM=%q\n' "$HELM_BIN"
 }
 
 case "${1:-}" in
@@ -156,7 +167,7 @@ case "${1:-}" in
         ;;
     --check)
         missing=0
-        for b in "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN"; do
+        for b in "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN" "$HELM_BIN"; do
             [[ -x "$b" ]] || { log "missing: $b"; missing=1; }
         done
         exit "$missing"
