@@ -11,6 +11,7 @@ pub mod leader;
 pub mod objects;
 pub mod reconcile;
 pub mod status;
+pub mod trust_bundle;
 pub mod validate;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub default_image: String,
     pub metrics: OperatorMetrics,
+    /// Wakes the trust-bundle task after a reconcile.
+    pub bundle_nudge: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,6 +95,7 @@ async fn reconcile_measured(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Resu
     let start = Instant::now();
     let result = reconcile::reconcile(pr, ctx.clone()).await;
     ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
+    ctx.bundle_nudge.notify_one();
     result
 }
 
@@ -149,6 +153,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         ),
         default_image: args.image.clone(),
         metrics: OperatorMetrics::new(),
+        bundle_nudge: Arc::new(tokio::sync::Notify::new()),
     });
 
     let health = ctx.clone();
@@ -200,6 +205,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             }
         });
     }
+
+    tokio::spawn(trust_bundle::run(
+        client.clone(),
+        args.namespace.clone(),
+        ctx.bundle_nudge.clone(),
+        Duration::from_secs(30),
+    ));
 
     let registries: Api<PrivateRegistry> = Api::all(client.clone());
     let owned = watcher::Config::default().labels(&format!(

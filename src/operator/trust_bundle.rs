@@ -1,0 +1,204 @@
+//! The trust bundle: one ConfigMap in the operator's namespace listing every
+//! registry's endpoints and CA, which the node agent (`privreg trust`) reads from a
+//! read-only mount. Level-based: rebuilt from the list of PrivateRegistries, so a
+//! deleted registry drops out and the agent removes its node files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{PrivateRegistry, Runtime};
+
+pub const BUNDLE_NAME: &str = "privreg-trust-bundle";
+pub const BUNDLE_KEY: &str = "bundle.json";
+
+/// One registry, as the node agent needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleEntry {
+    /// `<namespace>/<name>` of the PrivateRegistry.
+    pub registry: String,
+    /// `host:port` forms clients use: the hostname and the ClusterIP.
+    pub endpoints: Vec<String>,
+    /// Where nodes connect: `https://<ClusterIP>:<port>`, so they need no DNS.
+    pub server: String,
+    /// The CA certificate (PEM) to trust.
+    pub ca_pem: String,
+    pub runtimes: Vec<Runtime>,
+    /// `<ClusterIP> <hostname>` for the node's /etc/hosts, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts_entry: Option<(String, String)>,
+}
+
+/// Everything the agent reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub registries: Vec<BundleEntry>,
+}
+
+/// The bundle entry of a registry, if it trusts nodes and is far enough along.
+pub fn entry(pr: &PrivateRegistry, ca_pem: &str) -> Option<BundleEntry> {
+    if !pr.spec.trust.enabled {
+        return None;
+    }
+    let status = pr.status.as_ref()?;
+    let endpoint = status.endpoint.clone()?;
+    let ip = status.cluster_ip.clone()?;
+    let (host, port) = endpoint.rsplit_once(':')?;
+    Some(BundleEntry {
+        registry: format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any()),
+        endpoints: vec![endpoint.clone(), format!("{ip}:{port}")],
+        server: format!("https://{ip}:{port}"),
+        ca_pem: ca_pem.to_owned(),
+        runtimes: pr.spec.trust.runtimes.clone(),
+        hosts_entry: pr
+            .spec
+            .trust
+            .hosts_entry
+            .then(|| (ip.clone(), host.to_owned())),
+    })
+}
+
+/// The ConfigMap for a bundle; entries sorted so equal bundles are equal bytes.
+pub fn configmap(namespace: &str, mut bundle: Bundle) -> ConfigMap {
+    bundle
+        .registries
+        .sort_by(|a, b| a.registry.cmp(&b.registry));
+    let json = serde_json::to_string_pretty(&bundle).expect("bundle serializes");
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(BUNDLE_NAME.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (crate::labels::NAME.to_owned(), "privreg".to_owned()),
+                (
+                    crate::labels::COMPONENT.to_owned(),
+                    "trust-bundle".to_owned(),
+                ),
+                (
+                    crate::labels::MANAGED_BY.to_owned(),
+                    crate::FIELD_MANAGER.to_owned(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(BUNDLE_KEY.to_owned(), json)])),
+        ..Default::default()
+    }
+}
+
+/// Rebuilds and applies the bundle once.
+pub async fn refresh(client: &kube::Client, namespace: &str) -> Result<usize, kube::Error> {
+    let registries: Api<PrivateRegistry> = Api::all(client.clone());
+    let mut bundle = Bundle::default();
+    for pr in registries.list(&ListParams::default()).await? {
+        let Some(ns) = pr.namespace() else { continue };
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let Some(cm) = cms.get_opt(&format!("{}-ca", pr.name_any())).await? else {
+            continue;
+        };
+        let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) else {
+            continue;
+        };
+        bundle.registries.extend(entry(&pr, ca));
+    }
+    let count = bundle.registries.len();
+    let cm = configmap(namespace, bundle);
+    let mut value = serde_json::to_value(&cm).expect("ConfigMap serializes");
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "ConfigMap".into();
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .patch(
+            BUNDLE_NAME,
+            &PatchParams::apply(crate::FIELD_MANAGER).force(),
+            &Patch::Apply(value),
+        )
+        .await?;
+    Ok(count)
+}
+
+/// Keeps the bundle current: after each nudge (a reconcile finished) and at least
+/// every `every` (which catches deletions).
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    nudge: Arc<tokio::sync::Notify>,
+    every: Duration,
+) {
+    loop {
+        match refresh(&client, &namespace).await {
+            Ok(n) => tracing::debug!(registries = n, "trust bundle applied"),
+            Err(e) => tracing::warn!(error = %e, "updating the trust bundle failed"),
+        }
+        tokio::select! {
+            _ = nudge.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::PrivateRegistryStatus;
+
+    fn registry(trust: bool, hosts: bool) -> PrivateRegistry {
+        let mut pr: PrivateRegistry = serde_norway::from_str(&format!(
+            "apiVersion: privreg.dev/v1alpha1\nkind: PrivateRegistry\nmetadata: {{name: reg, namespace: tools}}\nspec: {{trust: {{enabled: {trust}, hostsEntry: {hosts}}}}}\n"
+        ))
+        .unwrap();
+        pr.status = Some(PrivateRegistryStatus {
+            endpoint: Some("registry.internal:5000".into()),
+            cluster_ip: Some("10.96.0.20".into()),
+            ..Default::default()
+        });
+        pr
+    }
+
+    #[test]
+    fn entries_name_both_endpoints_and_the_ip_server() {
+        let e = entry(&registry(true, true), "PEM").unwrap();
+        assert_eq!(e.endpoints, ["registry.internal:5000", "10.96.0.20:5000"]);
+        assert_eq!(e.server, "https://10.96.0.20:5000");
+        assert_eq!(
+            e.hosts_entry,
+            Some(("10.96.0.20".into(), "registry.internal".into()))
+        );
+        assert_eq!(
+            entry(&registry(true, false), "PEM").unwrap().hosts_entry,
+            None
+        );
+        assert!(entry(&registry(false, false), "PEM").is_none());
+        let mut pending = registry(true, false);
+        pending.status = None;
+        assert!(entry(&pending, "PEM").is_none());
+    }
+
+    #[test]
+    fn configmap_is_deterministic() {
+        let mut a = entry(&registry(true, false), "A").unwrap();
+        let mut b = a.clone();
+        a.registry = "z/last".into();
+        b.registry = "a/first".into();
+        let one = configmap(
+            "privreg-system",
+            Bundle {
+                registries: vec![a.clone(), b.clone()],
+            },
+        );
+        let two = configmap(
+            "privreg-system",
+            Bundle {
+                registries: vec![b, a],
+            },
+        );
+        assert_eq!(one, two);
+        assert!(!one.data.unwrap()[BUNDLE_KEY].contains("PRIVATE KEY"));
+    }
+}
