@@ -12,6 +12,7 @@ use crate::registry::digest::Digest;
 use crate::registry::error::Result;
 use crate::registry::manifest::{self, OCI_INDEX, ParsedManifest};
 use crate::registry::names::RepoName;
+use crate::registry::storage::{FsStore, StorageError};
 
 #[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -34,36 +35,24 @@ pub async fn list(
     let (store, r, s) = (state.store.clone(), repo.clone(), subject.clone());
     let read_only = state.read_only;
     let mut referrers = run(move || {
-        let indexed = store.referrers_indexed(&r)?;
-        // Read-only mode writes nothing: the referrers of `s` found by the scan.
-        let mut scanned = Vec::new();
-        if !indexed {
+        let digests = if store.referrers_indexed(&r)? {
+            store.referrers(&r, &s)?
+        } else {
             // Manifests written before privreg served this directory (registry:2
-            // keeps no referrers index): index every revision with a subject once.
-            for d in store.manifest_revisions(&r)? {
-                let Ok(bytes) = store.read_blob(&d) else {
-                    continue;
-                };
-                if let Ok(ParsedManifest {
-                    subject: Some(subject),
-                    ..
-                }) = manifest::parse(None, &bytes)
-                {
-                    if !read_only {
-                        store.index_referrer(&r, &subject, &d)?;
-                    } else if subject == s && store.has_manifest(&r, &d)? {
-                        scanned.push(d);
-                    }
-                }
-            }
+            // keeps no referrers index): scan every revision once and keep the
+            // index, unless read-only, where nothing is written.
+            let found = subjects_of_revisions(&store, &r)?;
             if !read_only {
+                for (subject, d) in &found {
+                    store.index_referrer(&r, subject, d)?;
+                }
                 store.mark_referrers_indexed(&r)?;
             }
-        }
-        let digests = if !indexed && read_only {
-            scanned
-        } else {
-            store.referrers(&r, &s)?
+            found
+                .into_iter()
+                .filter(|(subject, _)| *subject == s)
+                .map(|(_, d)| d)
+                .collect()
         };
         let mut out = Vec::new();
         for d in digests {
@@ -105,4 +94,28 @@ pub async fn list(
         );
     }
     Ok(response)
+}
+
+/// (subject, manifest) for every manifest of `repo` that has a subject.
+fn subjects_of_revisions(
+    store: &FsStore,
+    repo: &RepoName,
+) -> Result<Vec<(Digest, Digest)>, StorageError> {
+    let mut found = Vec::new();
+    for d in store.manifest_revisions(repo)? {
+        if !store.has_manifest(repo, &d)? {
+            continue;
+        }
+        let Ok(bytes) = store.read_blob(&d) else {
+            continue;
+        };
+        if let Ok(ParsedManifest {
+            subject: Some(subject),
+            ..
+        }) = manifest::parse(None, &bytes)
+        {
+            found.push((subject, d));
+        }
+    }
+    Ok(found)
 }
