@@ -34,6 +34,8 @@ fn chart_renders_the_operator_with_least_privilege() {
         "--namespace",
         "privreg-system",
         "--include-crds",
+        "--kube-version",
+        "1.34.0",
         "--set",
         "image.tag=test",
     ]));
