@@ -12,6 +12,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "test tools (crane, oras, OCI conformance suite)"
 eval "$(scripts/test-tools.sh --env)"
+eval "$(scripts/k8s-tools.sh --env)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -22,4 +23,5 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 # Missing tools fail tests instead of skipping them.
 export PRIVREG_REQUIRE_TOOLS=1
-cargo test --all-targets --locked -- --nocapture 2>&1 | tee target/test-output.log
+# Plain `cargo test`: lib, bins and tests/ (the benchmark is `cargo bench`, not a test).
+cargo test --locked -- --nocapture 2>&1 | tee target/test-output.log

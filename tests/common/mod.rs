@@ -233,6 +233,7 @@ pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
+pub mod cluster;
 pub mod containerd;
 pub mod daemons;
 pub mod images;

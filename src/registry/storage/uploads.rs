@@ -19,9 +19,9 @@ use crate::registry::error::{RegistryError, Result};
 use crate::registry::metrics::Metrics;
 use crate::registry::names::RepoName;
 
-const WRITE_BUFFER: usize = 1 << 20;
+const WRITE_BUFFER: usize = 256 << 10;
 /// Chunks in flight between the receiving task and the writer.
-const CHANNEL_CHUNKS: usize = 16;
+const CHANNEL_CHUNKS: usize = 8;
 /// Start writeback of what was written every this many bytes, so the fsync at
 /// commit has little left to flush.
 const WRITEBACK_EVERY: u64 = 32 << 20;
