@@ -15,6 +15,14 @@ pub struct CurrentLeaf<'a> {
     pub key_pem: Option<&'a str>,
     /// The CA certificate that was current when the leaf was issued.
     pub ca_pem: Option<&'a str>,
+    /// The issuance policy (validity, key algorithm) it was issued under.
+    pub policy: Option<&'a str>,
+}
+
+/// The issuance policy recorded on the TLS Secret: a changed validity or key
+/// algorithm re-issues at once rather than at the next renewal.
+pub fn policy(validity: Duration, algorithm: crate::certs::KeyAlgorithm) -> String {
+    format!("validity={}s,key={algorithm:?}", validity.as_secs())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +42,7 @@ pub enum IssueReason {
     Unreadable,
     NamesChanged,
     CaChanged,
+    PolicyChanged,
     RenewalDue,
 }
 
@@ -49,6 +58,7 @@ impl IssueReason {
             IssueReason::Unreadable => "the stored certificate could not be read",
             IssueReason::NamesChanged => "the certificate's names changed",
             IssueReason::CaChanged => "the CA changed",
+            IssueReason::PolicyChanged => "the validity or key algorithm changed",
             IssueReason::RenewalDue => "the certificate is due for renewal",
         }
     }
@@ -58,6 +68,7 @@ pub fn decide(
     current: &CurrentLeaf<'_>,
     ca_pem: &str,
     wanted_sans: &[String],
+    wanted_policy: &str,
     renew_before: Duration,
     now: OffsetDateTime,
 ) -> LeafDecision {
@@ -69,6 +80,9 @@ pub fn decide(
     };
     if current.ca_pem.map(str::trim) != Some(ca_pem.trim()) {
         return LeafDecision::Issue(IssueReason::CaChanged);
+    }
+    if current.policy != Some(wanted_policy) {
+        return LeafDecision::Issue(IssueReason::PolicyChanged);
     }
     let mut have = info.sans.clone();
     let mut want = wanted_sans.to_vec();
@@ -93,6 +107,7 @@ mod tests {
     use crate::certs::{KeyAlgorithm, generate_ca, issue_server_cert};
 
     const HOUR: Duration = Duration::from_secs(3600);
+    const P: &str = "validity=36000s,key=EcdsaP256";
 
     #[test]
     fn decisions() {
@@ -104,8 +119,9 @@ mod tests {
             cert_pem: Some(&leaf.cert_pem),
             key_pem: Some(&leaf.key_pem),
             ca_pem: Some(&ca.cert_pem),
+            policy: Some(P),
         };
-        match decide(&current, &ca.cert_pem, &sans, 2 * HOUR, now) {
+        match decide(&current, &ca.cert_pem, &sans, P, 2 * HOUR, now) {
             LeafDecision::Keep {
                 renew_at,
                 not_after,
@@ -117,12 +133,12 @@ mod tests {
         // Order of names does not matter; a new name does.
         let reversed: Vec<_> = sans.iter().rev().cloned().collect();
         assert!(matches!(
-            decide(&current, &ca.cert_pem, &reversed, 2 * HOUR, now),
+            decide(&current, &ca.cert_pem, &reversed, P, 2 * HOUR, now),
             LeafDecision::Keep { .. }
         ));
         let more = [sans.clone(), vec!["extra.example".into()]].concat();
         assert_eq!(
-            decide(&current, &ca.cert_pem, &more, 2 * HOUR, now),
+            decide(&current, &ca.cert_pem, &more, P, 2 * HOUR, now),
             LeafDecision::Issue(IssueReason::NamesChanged)
         );
         // Renewal time reached.
@@ -131,19 +147,32 @@ mod tests {
                 &current,
                 &ca.cert_pem,
                 &sans,
+                P,
                 2 * HOUR,
                 now + time::Duration::hours(9)
             ),
             LeafDecision::Issue(IssueReason::RenewalDue)
         );
+        // A new validity policy.
+        assert_eq!(
+            decide(
+                &current,
+                &ca.cert_pem,
+                &sans,
+                "validity=60s,key=EcdsaP256",
+                HOUR,
+                now
+            ),
+            LeafDecision::Issue(IssueReason::PolicyChanged)
+        );
         // A different CA.
         let other = generate_ca("other", HOUR, KeyAlgorithm::EcdsaP256).unwrap();
         assert_eq!(
-            decide(&current, &other.cert_pem, &sans, HOUR, now),
+            decide(&current, &other.cert_pem, &sans, P, HOUR, now),
             LeafDecision::Issue(IssueReason::CaChanged)
         );
         assert_eq!(
-            decide(&CurrentLeaf::default(), &ca.cert_pem, &sans, HOUR, now),
+            decide(&CurrentLeaf::default(), &ca.cert_pem, &sans, P, HOUR, now),
             LeafDecision::Issue(IssueReason::Missing)
         );
     }

@@ -76,10 +76,24 @@ pub fn ca_secret(d: &Desired, ca: &CertAndKey, owner: &OwnerReference) -> Secret
     }
 }
 
+/// Records on the TLS Secret the policy its certificate was issued under.
+pub const POLICY_ANNOTATION: &str = "privreg.dev/issuance-policy";
+
 /// The server certificate with its key, and the CA that signed it.
-pub fn tls_secret(d: &Desired, leaf: &CertAndKey, ca_pem: &str, owner: &OwnerReference) -> Secret {
+pub fn tls_secret(
+    d: &Desired,
+    leaf: &CertAndKey,
+    ca_pem: &str,
+    policy: &str,
+    owner: &OwnerReference,
+) -> Secret {
+    let mut metadata = meta(d, d.tls_secret_name(), Some(owner));
+    metadata.annotations = Some(BTreeMap::from([(
+        POLICY_ANNOTATION.to_owned(),
+        policy.to_owned(),
+    )]));
     Secret {
-        metadata: meta(d, d.tls_secret_name(), Some(owner)),
+        metadata,
         type_: Some("kubernetes.io/tls".to_owned()),
         data: Some(pem_data(&[
             ("tls.crt", &leaf.cert_pem),

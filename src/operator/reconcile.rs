@@ -242,18 +242,21 @@ async fn ensure_leaf(
             secret_text(s, "tls.crt"),
             secret_text(s, "tls.key"),
             secret_text(s, "ca.crt"),
+            s.annotations().get(objects::POLICY_ANNOTATION).cloned(),
         )
     });
     let current = match &texts {
-        Some((c, k, a)) => CurrentLeaf {
+        Some((c, k, a, p)) => CurrentLeaf {
             cert_pem: c.as_deref(),
             key_pem: k.as_deref(),
             ca_pem: a.as_deref(),
+            policy: p.as_deref(),
         },
         None => CurrentLeaf::default(),
     };
+    let policy = certificates::policy(d.cert_validity, d.key_algorithm);
     let now = time::OffsetDateTime::now_utc();
-    match certificates::decide(&current, &ca.cert_pem, sans, d.renew_before, now) {
+    match certificates::decide(&current, &ca.cert_pem, sans, &policy, d.renew_before, now) {
         LeafDecision::Keep {
             not_after,
             renew_at,
@@ -268,7 +271,7 @@ async fn ensure_leaf(
             apply(
                 ctx,
                 &d.namespace,
-                objects::tls_secret(d, &leaf, &ca.cert_pem, owner),
+                objects::tls_secret(d, &leaf, &ca.cert_pem, &policy, owner),
             )
             .await?;
             let info = certs::inspect(&leaf.cert_pem).map_err(Error::Certificate)?;
