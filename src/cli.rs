@@ -53,6 +53,15 @@ pub struct OperatorArgs {
     #[arg(long, env = "PRIVREG_LEADER_ELECT")]
     pub leader_elect: bool,
 
+    /// Seconds between full rebuilds of the trust bundle (it is also rebuilt after
+    /// every reconcile; the rebuild catches deleted registries).
+    #[arg(
+        long,
+        env = "PRIVREG_TRUST_BUNDLE_RESYNC_SECONDS",
+        default_value_t = 30
+    )]
+    pub trust_bundle_resync_seconds: u64,
+
     /// This replica's name (the Lease holder and the Events' reporter).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,

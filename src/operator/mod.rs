@@ -23,6 +23,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -92,6 +93,7 @@ impl OperatorMetrics {
 
 async fn reconcile_measured(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
+    tracing::debug!(registry = %pr.name_any(), "reconciling");
     let start = Instant::now();
     let result = reconcile::reconcile(pr, ctx.clone()).await;
     ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
@@ -210,22 +212,37 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         client.clone(),
         args.namespace.clone(),
         ctx.bundle_nudge.clone(),
-        Duration::from_secs(30),
+        Duration::from_secs(args.trust_bundle_resync_seconds.max(1)),
     ));
 
     let registries: Api<PrivateRegistry> = Api::all(client.clone());
-    let owned = watcher::Config::default().labels(&format!(
-        "{}={}",
-        crate::labels::MANAGED_BY,
-        crate::FIELD_MANAGER
-    ));
+    // Consistent lists: after an apiserver restart, a list served from a fresh
+    // watch cache can carry a resourceVersion older than the cache's window, and
+    // every watch resumed from it fails with 410 Expired, again and again.
+    let registries_config =
+        watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
+    let owned = watcher::Config::default()
+        .labels(&format!(
+            "{}={}",
+            crate::labels::MANAGED_BY,
+            crate::FIELD_MANAGER
+        ))
+        .list_semantic(watcher::ListSemantic::MostRecent);
     tracing::info!(image = %args.image, "privreg operator starting");
-    Controller::new(registries, watcher::Config::default())
+    Controller::new(registries, registries_config)
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned)
+        // A retained volume has no owner reference, so map it back by label.
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            owned,
+            |pvc| {
+                let name = pvc.labels().get(crate::labels::INSTANCE)?.clone();
+                Some(ObjectRef::<PrivateRegistry>::new(&name).within(&pvc.namespace()?))
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile_measured, error_policy, ctx)
         .for_each(|result| async move {
