@@ -635,7 +635,8 @@ spec:
     provide_volume(&admin, "reg").await;
     let pod_dir = work.path().join("pod");
     let kubelet = run_registry_pod(&admin, "reg", &pod_dir).await;
-    let ready = eventually("Ready=True", Duration::from_secs(90), || async {
+    // kcm binds the volume on its own schedule; bounded, generously.
+    let ready = eventually("Ready=True", Duration::from_secs(180), || async {
         let pr = registries.get("reg").await.ok()?;
         if condition(&pr, "Ready")?.0 != "True" {
             eprintln!(

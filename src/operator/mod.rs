@@ -44,6 +44,31 @@ pub struct Context {
     pub metrics: OperatorMetrics,
     /// Wakes the trust-bundle task after a reconcile.
     pub bundle_nudge: Arc<tokio::sync::Notify>,
+    /// Consecutive failures per registry, for the retry backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// Retry delay after `failures` consecutive failures: 5 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(300))
+}
+
+fn object_key(pr: &PrivateRegistry) -> String {
+    format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn retries_back_off_to_five_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(0), Duration::from_secs(5));
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,8 +120,15 @@ async fn reconcile_measured(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Resu
     ctx.metrics.reconciles.inc();
     tracing::debug!(registry = %pr.name_any(), "reconciling");
     let start = Instant::now();
+    let key = object_key(&pr);
     let result = reconcile::reconcile(pr, ctx.clone()).await;
     ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
     ctx.bundle_nudge.notify_one();
     result
 }
@@ -104,6 +136,13 @@ async fn reconcile_measured(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Resu
 /// Errors: counted by category, logged with their cause, an Event on the object,
 /// and a retry that backs off.
 fn error_policy(pr: Arc<PrivateRegistry>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(object_key(&pr)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+
     ctx.metrics
         .failures
         .get_or_create(&ErrorLabels {
@@ -132,7 +171,7 @@ fn error_policy(pr: Arc<PrivateRegistry>, error: &Error, ctx: Arc<Context>) -> A
         )
         .await;
     });
-    Action::requeue(Duration::from_secs(10))
+    Action::requeue(backoff(failures))
 }
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
@@ -156,6 +195,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         default_image: args.image.clone(),
         metrics: OperatorMetrics::new(),
         bundle_nudge: Arc::new(tokio::sync::Notify::new()),
+        failures: Default::default(),
     });
 
     let health = ctx.clone();
