@@ -23,6 +23,8 @@ pub enum CertError {
     NoCertificate,
     #[error("the certificate could not be parsed")]
     Parse,
+    #[error("generating an RSA key failed: {0}")]
+    GenerateRsa(String),
 }
 
 /// Key algorithms for generated keys.
@@ -32,6 +34,8 @@ pub enum KeyAlgorithm {
     EcdsaP256,
     EcdsaP384,
     Ed25519,
+    Rsa2048,
+    Rsa4096,
 }
 
 impl KeyAlgorithm {
@@ -40,9 +44,24 @@ impl KeyAlgorithm {
             KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyAlgorithm::Rsa2048 => return rsa_key(2048),
+            KeyAlgorithm::Rsa4096 => return rsa_key(4096),
         };
         KeyPair::generate_for(alg).map_err(CertError::GenerateKey)
     }
+}
+
+/// ring signs with RSA keys but cannot make them; the RustCrypto `rsa` crate
+/// generates the key, ring (through rcgen) signs with it.
+fn rsa_key(bits: usize) -> Result<KeyPair, CertError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
+        .map_err(|e| CertError::GenerateRsa(e.to_string()))?;
+    let pem = key
+        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .map_err(|e| CertError::GenerateRsa(e.to_string()))?;
+    KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
+        .map_err(CertError::GenerateKey)
 }
 
 /// A certificate and its private key, both PEM. `Debug` never shows the key.
@@ -268,6 +287,15 @@ mod tests {
                 )
                 .is_err()
         );
+    }
+
+    #[test]
+    fn rsa_keys_sign_certificates() {
+        let ca = generate_ca("rsa ca", DAY, KeyAlgorithm::Rsa2048).unwrap();
+        let leaf =
+            issue_server_cert(&ca, &["reg.test".to_owned()], DAY, KeyAlgorithm::Rsa2048).unwrap();
+        assert_eq!(inspect(&leaf.cert_pem).unwrap().sans, ["reg.test"]);
+        assert!(leaf.key_pem.contains("BEGIN PRIVATE KEY"));
     }
 
     #[test]

@@ -18,9 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
+use common::cluster::eventually;
 use common::cluster::{self, ControlPlane};
 
-const POLL: Duration = Duration::from_millis(250);
 const KCM_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn meta(name: &str) -> ObjectMeta {
@@ -41,22 +41,6 @@ async fn create_namespace(client: &Client, name: &str) {
     )
     .await
     .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
-}
-
-/// Polls `check` until it returns Some, or panics after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 fn status_code(e: &kube::Error) -> Option<u16> {

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
@@ -22,26 +22,11 @@ use kube::{Client, ResourceExt};
 use privreg::api::PrivateRegistry;
 
 use common::cluster::ControlPlane;
+use common::cluster::eventually;
 use common::{free_port, https_client};
 
-const POLL: Duration = Duration::from_millis(250);
 const TIMEOUT: Duration = Duration::from_secs(60);
 const NS: &str = "apps";
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 fn docs(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

@@ -172,6 +172,10 @@ pub enum KeyAlgorithm {
     EcdsaP384,
     #[serde(rename = "Ed25519")]
     Ed25519,
+    #[serde(rename = "RSA-2048")]
+    Rsa2048,
+    #[serde(rename = "RSA-4096")]
+    Rsa4096,
 }
 
 /// The server certificate, signed by the CA.

@@ -142,6 +142,8 @@ fn key_algorithm(a: Option<api::KeyAlgorithm>) -> KeyAlgorithm {
         None | Some(api::KeyAlgorithm::EcdsaP256) => KeyAlgorithm::EcdsaP256,
         Some(api::KeyAlgorithm::EcdsaP384) => KeyAlgorithm::EcdsaP384,
         Some(api::KeyAlgorithm::Ed25519) => KeyAlgorithm::Ed25519,
+        Some(api::KeyAlgorithm::Rsa2048) => KeyAlgorithm::Rsa2048,
+        Some(api::KeyAlgorithm::Rsa4096) => KeyAlgorithm::Rsa4096,
     }
 }
 
