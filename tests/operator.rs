@@ -99,20 +99,23 @@ async fn install(admin: &Client) {
 /// `privreg operator` as a process, killed on drop.
 struct Operator {
     child: Option<Child>,
+    identity: String,
     kubeconfig: PathBuf,
     metrics_port: u16,
     log: PathBuf,
 }
 
 impl Operator {
-    fn start(kubeconfig: &Path) -> Operator {
-        let _ = std::fs::remove_file(Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator.log"));
+    fn start(kubeconfig: &Path, identity: &str) -> Operator {
+        // Kept after the run (target/tmp), for whoever debugs a failure.
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{identity}.log"));
+        let _ = std::fs::remove_file(&log);
         let mut op = Operator {
             child: None,
+            identity: identity.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
             metrics_port: free_port(),
-            // Kept after the run (target/tmp), for whoever debugs a failure.
-            log: Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator.log"),
+            log,
         };
         op.spawn();
         op
@@ -133,7 +136,7 @@ impl Operator {
                 "privreg:test",
                 "--leader-elect",
                 "--pod-name",
-                "operator-test-0",
+                &self.identity,
                 "--trust-bundle-resync-seconds",
                 "2",
                 "--metrics-listen",
@@ -475,7 +478,7 @@ async fn operator_reconciles_registries_against_a_real_apiserver() {
         .client_for_service_account("privreg-system", "privreg-operator")
         .await;
     let work = tempfile::tempdir().unwrap();
-    let mut operator = Operator::start(&op_kubeconfig);
+    let mut operator = Operator::start(&op_kubeconfig, "operator-0");
     let registries: Api<PrivateRegistry> = Api::namespaced(admin.clone(), NS);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
 
@@ -774,7 +777,37 @@ spec:
     .await;
 
     // --- restarts: the operator (killed mid-flight) and the apiserver -----------
+    // A second replica waits for the Lease; when the leader dies it takes over.
+    let mut standby = Operator::start(&op_kubeconfig, "operator-1");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin.clone(), "privreg-system");
+    eventually("the standby waits", TIMEOUT, || async {
+        standby
+            .log()
+            .contains("another replica leads")
+            .then_some(())
+    })
+    .await;
+    let holder = |l: k8s_openapi::api::coordination::v1::Lease| l.spec?.holder_identity;
+    assert_eq!(
+        holder(leases.get("privreg-operator").await.unwrap()).as_deref(),
+        Some("operator-0")
+    );
     operator.kill9();
+    eventually("the standby takes the Lease", TIMEOUT, || async {
+        (holder(leases.get("privreg-operator").await.ok()?)? == "operator-1").then_some(())
+    })
+    .await;
+    secrets
+        .delete("reg-tls", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the new leader reconciles", TIMEOUT, || async {
+        secrets.get_opt("reg-tls").await.ok()?.map(|_| ())
+    })
+    .await;
+    standby.kill9();
+    // The first replica, restarted, takes the Lease back once it expires.
     secrets
         .delete("reg-tls", &DeleteParams::default())
         .await

@@ -12,6 +12,7 @@ use crate::registry::AppState;
 use crate::registry::digest::Digest;
 use crate::registry::error::{RegistryError, Result, range_header};
 use crate::registry::names::RepoName;
+use crate::registry::storage::uploads::discard;
 
 fn parse_digest(query: &Query) -> Result<Digest> {
     let raw = query.get("digest").ok_or_else(|| {
@@ -143,6 +144,18 @@ fn chunk_start(headers: &HeaderMap, size: u64) -> Result<Option<u64>> {
     Ok(Some(start))
 }
 
+/// The chunk's start; a refused chunk's body is drained first, so the client
+/// reads the 416 rather than a broken pipe.
+async fn checked_start(req: Request, current: u64) -> Result<(Option<u64>, Request)> {
+    match chunk_start(req.headers(), current) {
+        Ok(start) => Ok((start, req)),
+        Err(e) => {
+            discard(req.into_body().into_data_stream()).await;
+            Err(e)
+        }
+    }
+}
+
 /// `PATCH /v2/<name>/blobs/uploads/<id>`: a chunk (with Content-Range) or a stream.
 pub async fn patch(
     state: &Arc<AppState>,
@@ -151,7 +164,7 @@ pub async fn patch(
     req: Request,
 ) -> Result<Response> {
     let current = state.uploads.size(repo, id).await?;
-    let start = chunk_start(req.headers(), current)?;
+    let (start, req) = checked_start(req, current).await?;
     let body = req.into_body().into_data_stream();
     let size = state.uploads.append(repo, id, start, body).await?;
     Ok(session(StatusCode::ACCEPTED, repo, id, size))
@@ -167,7 +180,7 @@ pub async fn put(
 ) -> Result<Response> {
     let digest = parse_digest(query)?;
     let current = state.uploads.size(repo, id).await?;
-    let start = chunk_start(req.headers(), current)?;
+    let (start, req) = checked_start(req, current).await?;
     let has_body = start.is_some()
         || header_str(req.headers(), header::CONTENT_LENGTH).is_none_or(|l| l.trim() != "0");
     if has_body {

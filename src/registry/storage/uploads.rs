@@ -148,6 +148,7 @@ impl Uploads {
         if let Some(start) = start
             && start != s.size
         {
+            discard(body).await;
             return Err(RegistryError::RangeInvalid { size: s.size });
         }
         let path = self.data_path(repo, id);
@@ -334,6 +335,25 @@ fn write_chunks(
 async fn truncate(path: &std::path::Path, len: u64) -> std::io::Result<()> {
     let f = tokio::fs::OpenOptions::new().write(true).open(path).await?;
     f.set_len(len).await
+}
+
+/// Reads and drops a refused request body (bounded in bytes and time), so the
+/// client, still sending, can read the error instead of a broken pipe.
+pub(crate) async fn discard<S, E>(mut body: S)
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    const LIMIT: usize = 16 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len();
+            if seen > LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Sessions are keyed by repository and id: an id is only valid in its repository.
