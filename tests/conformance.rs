@@ -161,23 +161,7 @@ fn reference_registry_baseline_is_reported() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_pki(dir.path());
-    let data = dir.path().join("reference").join("data");
-    let port = free_port();
-    let start = Command::new("bash")
-        .arg(script("reference-registry.sh"))
-        .arg(&data)
-        .arg(port.to_string())
-        .arg(&cert)
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        start.status.success(),
-        "{}",
-        String::from_utf8_lossy(&start.stderr)
-    );
-    let _stop = StopReference(data.clone());
+    let (ca, port, _stop) = start_reference(dir.path());
     let out = report_dir("reference");
     let (_ok, summary, _text) = run_suite(
         &format!("https://127.0.0.1:{port}"),
@@ -270,8 +254,21 @@ fn reference_registry_v2_baseline_is_reported() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_pki(dir.path());
-    let data = dir.path().join("reference").join("data");
+    let (ca, port, _stop) = start_reference(dir.path());
+    let out = report_dir("reference-v2");
+    let (_ok, summary, text) = run_suite_v2(&suite, &format!("127.0.0.1:{port}"), &ca, &out);
+    println!("reference docker-registry conformance v2: {summary} (not gating)");
+    assert!(
+        text.contains("OCI Conformance Test"),
+        "the suite ran:\n{text}"
+    );
+}
+
+/// Starts Debian's docker-registry over TLS in `dir`; returns its CA, its port
+/// and a guard that stops it.
+fn start_reference(dir: &Path) -> (PathBuf, u16, StopReference) {
+    let (ca, cert, key) = write_pki(dir);
+    let data = dir.join("reference").join("data");
     let port = free_port();
     let start = Command::new("bash")
         .arg(script("reference-registry.sh"))
@@ -286,14 +283,7 @@ fn reference_registry_v2_baseline_is_reported() {
         "{}",
         String::from_utf8_lossy(&start.stderr)
     );
-    let _stop = StopReference(data.clone());
-    let out = report_dir("reference-v2");
-    let (_ok, summary, text) = run_suite_v2(&suite, &format!("127.0.0.1:{port}"), &ca, &out);
-    println!("reference docker-registry conformance v2: {summary} (not gating)");
-    assert!(
-        text.contains("OCI Conformance Test"),
-        "the suite ran:\n{text}"
-    );
+    (ca, port, StopReference(data))
 }
 
 struct StopReference(PathBuf);
