@@ -261,8 +261,7 @@ async fn ensure_leaf(
             not_after,
             renew_at,
         } => {
-            // Re-apply the same content: a no-op for the apiserver, but it restores
-            // our labels and owner if someone edited them.
+            // Nothing is written: a settled registry costs no API writes.
             Ok((not_after, renew_at))
         }
         LeafDecision::Issue(reason) => {

@@ -10,8 +10,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::digest::Digest;
-use super::storage::StorageError;
-use super::storage::uploads::blocking;
 
 /// Query parameters. Unknown ones (containerd's `ns=`) are ignored.
 #[derive(Debug, Default)]
@@ -59,11 +57,5 @@ pub(crate) fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Runs a blocking store call.
-pub(crate) async fn run<T, F>(f: F) -> Result<T, StorageError>
-where
-    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
-    T: Send + 'static,
-{
-    blocking(f).await
-}
+/// Runs a blocking store call off the async threads.
+pub(crate) use super::storage::uploads::blocking as run;
