@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -25,6 +26,10 @@ pub enum CertError {
     Parse,
     #[error("generating an RSA key failed: {0}")]
     GenerateRsa(String),
+    #[error("a validity of {0:?} is out of range")]
+    Validity(Duration),
+    #[error("the CA expires at {0}; it cannot sign a certificate that would outlive it")]
+    CaExpiring(OffsetDateTime),
 }
 
 /// Key algorithms for generated keys.
@@ -81,12 +86,26 @@ impl std::fmt::Debug for CertAndKey {
 }
 
 /// Starts a little before now, so a clock a few minutes behind still accepts it.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+const BACKDATE: time::Duration = time::Duration::minutes(5);
+/// The shortest life a server certificate is issued with when the CA's end caps it:
+/// anything shorter would be renewed again at once.
+pub const MIN_CAPPED_LIFETIME: Duration = Duration::from_secs(3600);
 
-fn validity(params: &mut CertificateParams, valid_for: Duration) {
-    let now = OffsetDateTime::now_utc();
+/// `now + valid_for`, or an error where that is not a date (never a panic: the
+/// duration comes from a user's spec).
+pub fn expiry(now: OffsetDateTime, valid_for: Duration) -> Result<OffsetDateTime, CertError> {
+    time::Duration::try_from(valid_for)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        // X.509 GeneralizedTime ends at year 9999.
+        .filter(|t| t.year() <= 9999)
+        .ok_or(CertError::Validity(valid_for))
+}
+
+/// Sets the validity window `[now - 5 min, not_after]` and a random serial.
+fn validity(params: &mut CertificateParams, now: OffsetDateTime, not_after: OffsetDateTime) {
     params.not_before = now - BACKDATE;
-    params.not_after = now + valid_for;
+    params.not_after = not_after;
     params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
 }
 
@@ -96,6 +115,20 @@ pub fn generate_ca(
     valid_for: Duration,
     algorithm: KeyAlgorithm,
 ) -> Result<CertAndKey, CertError> {
+    generate_constrained_ca(common_name, valid_for, algorithm, None)
+}
+
+/// A CA as [`generate_ca`]; with `permitted` names (DNS names and IP addresses) it
+/// carries X.509 name constraints and can vouch for nothing else: a DNS name
+/// permits itself and its subdomains, an IP address only itself.
+pub fn generate_constrained_ca(
+    common_name: &str,
+    valid_for: Duration,
+    algorithm: KeyAlgorithm,
+    permitted: Option<&[String]>,
+) -> Result<CertAndKey, CertError> {
+    let now = OffsetDateTime::now_utc();
+    let not_after = expiry(now, valid_for)?;
     let key = algorithm.generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -108,7 +141,28 @@ pub fn generate_ca(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params, valid_for);
+    if let Some(names) = permitted {
+        let permitted_subtrees = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    let bits = if ip.is_ipv4() { 32 } else { 128 };
+                    Ok(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                        ip, bits,
+                    )))
+                }
+                Err(_) if is_dns_name(n) && !n.starts_with("*.") => {
+                    Ok(GeneralSubtree::DnsName(n.clone()))
+                }
+                Err(_) => Err(CertError::InvalidSan(n.clone())),
+            })
+            .collect::<Result<_, _>>()?;
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees,
+            excluded_subtrees: Vec::new(),
+        });
+    }
+    validity(&mut params, now, not_after);
     let cert = params.self_signed(&key).map_err(CertError::Sign)?;
     Ok(CertAndKey {
         cert_pem: cert.pem(),
@@ -117,12 +171,20 @@ pub fn generate_ca(
 }
 
 /// A TLS server certificate for `sans` (DNS names and IP addresses), signed by `ca`.
+/// It never outlives the CA: its end is capped at the CA's notAfter, and a CA with
+/// less than [`MIN_CAPPED_LIFETIME`] left signs nothing.
 pub fn issue_server_cert(
     ca: &CertAndKey,
     sans: &[String],
     valid_for: Duration,
     algorithm: KeyAlgorithm,
 ) -> Result<CertAndKey, CertError> {
+    let now = OffsetDateTime::now_utc();
+    let ca_end = inspect(&ca.cert_pem)?.not_after;
+    let not_after = expiry(now, valid_for)?.min(ca_end);
+    if not_after - now < MIN_CAPPED_LIFETIME {
+        return Err(CertError::CaExpiring(ca_end));
+    }
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(CertError::LoadCa)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(CertError::LoadCa)?;
     let mut params = CertificateParams::default();
@@ -140,7 +202,7 @@ pub fn issue_server_cert(
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, valid_for);
+    validity(&mut params, now, not_after);
     let key = algorithm.generate()?;
     let cert = params.signed_by(&key, &issuer).map_err(CertError::Sign)?;
     Ok(CertAndKey {
@@ -160,6 +222,25 @@ fn san_of(s: &str) -> Result<SanType, CertError> {
         .try_into()
         .map(SanType::DnsName)
         .map_err(|_| CertError::InvalidSan(s.to_owned()))
+}
+
+/// The name-constraint subtree that covers a SAN: a wildcard `*.a.b` needs `a.b`.
+pub fn constraint_for(san: &str) -> String {
+    san.strip_prefix("*.").unwrap_or(san).to_owned()
+}
+
+/// Whether name constraints permitting `permitted` (as [`generate_constrained_ca`]
+/// writes them) allow a certificate for `san`.
+pub fn permits(permitted: &[String], san: &str) -> bool {
+    if let Ok(ip) = san.parse::<std::net::IpAddr>() {
+        return permitted
+            .iter()
+            .any(|p| p.parse::<std::net::IpAddr>() == Ok(ip));
+    }
+    let name = constraint_for(san);
+    permitted.iter().any(|p| {
+        p.parse::<std::net::IpAddr>().is_err() && (name == *p || name.ends_with(&format!(".{p}")))
+    })
 }
 
 /// RFC 1123 host names, optionally with a leading `*.` wildcard label.
@@ -303,6 +384,75 @@ mod tests {
         let ca = generate_ca("ca", DAY, KeyAlgorithm::Ed25519).unwrap();
         let r = issue_server_cert(&ca, &["bad name!".to_owned()], DAY, KeyAlgorithm::Ed25519);
         assert!(matches!(r, Err(CertError::InvalidSan(_))));
+    }
+
+    #[test]
+    fn a_leaf_never_outlives_its_ca() {
+        let ca = generate_ca("short ca", 2 * DAY, KeyAlgorithm::EcdsaP256).unwrap();
+        let ca_end = inspect(&ca.cert_pem).unwrap().not_after;
+        let leaf =
+            issue_server_cert(&ca, &["r.test".into()], 90 * DAY, KeyAlgorithm::EcdsaP256).unwrap();
+        assert_eq!(inspect(&leaf.cert_pem).unwrap().not_after, ca_end);
+        // Absurd lifetimes are errors, not panics.
+        assert!(matches!(
+            generate_ca("ca", Duration::from_secs(u64::MAX), KeyAlgorithm::EcdsaP256),
+            Err(CertError::Validity(_))
+        ));
+        assert!(matches!(
+            generate_ca(
+                "ca",
+                Duration::from_secs(5_000_000_000_000 * 3600),
+                KeyAlgorithm::EcdsaP256
+            ),
+            Err(CertError::Validity(_))
+        ));
+    }
+
+    #[test]
+    fn name_constraints_limit_what_the_ca_vouches_for() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+        let permitted = vec!["reg.tools.svc".to_owned(), "10.96.0.7".to_owned()];
+        let ca =
+            generate_constrained_ca("ca", DAY, KeyAlgorithm::EcdsaP256, Some(&permitted)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let verify = |sans: &[&str], name: &str| {
+            let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+            let leaf = issue_server_cert(&ca, &sans, DAY / 2, KeyAlgorithm::EcdsaP256).unwrap();
+            let end = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap();
+            verifier
+                .verify_server_cert(
+                    &end,
+                    &[],
+                    &ServerName::try_from(name).unwrap().to_owned(),
+                    &[],
+                    UnixTime::now(),
+                )
+                .is_ok()
+        };
+        assert!(verify(&["reg.tools.svc", "10.96.0.7"], "reg.tools.svc"));
+        assert!(verify(&["reg.tools.svc", "10.96.0.7"], "10.96.0.7"));
+        // A leaf the key could still sign for another site is refused by clients.
+        assert!(!verify(&["registry.k8s.io"], "registry.k8s.io"));
+        assert!(!verify(&["10.96.0.8"], "10.96.0.8"));
+        // The operator's own check agrees with the verifier.
+        assert!(permits(&permitted, "reg.tools.svc"));
+        assert!(permits(&permitted, "a.reg.tools.svc"));
+        assert!(permits(&permitted, "*.reg.tools.svc"));
+        assert!(permits(&permitted, "10.96.0.7"));
+        assert!(!permits(&permitted, "xreg.tools.svc"));
+        assert!(!permits(&permitted, "10.96.0.8"));
+        assert!(!permits(&permitted, "registry.k8s.io"));
     }
 
     #[test]

@@ -65,6 +65,18 @@ pub struct OperatorArgs {
     /// This replica's name (the Lease holder and the Events' reporter).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// Watch only these namespaces (comma-separated); the operator then needs a
+    /// Role in each of them instead of a ClusterRole. Empty: every namespace.
+    #[arg(long, env = "PRIVREG_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+
+    /// Images a PrivateRegistry's `spec.image` may name (comma-separated patterns,
+    /// `*` matches any run of characters). The operator's own `--image` is always
+    /// allowed; by default nothing else is, because the image runs with the
+    /// registry's Secrets mounted.
+    #[arg(long, env = "PRIVREG_ALLOWED_IMAGES", value_delimiter = ',')]
+    pub allowed_images: Vec<String>,
 }
 
 /// Options of `privreg serve`.

@@ -11,12 +11,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     privreg::telemetry::init(cli.log_format)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => runtime.block_on(privreg::registry::serve(*args)),
         Command::Operator(args) => runtime.block_on(privreg::operator::run(args)),
         Command::Crds => {
             print!("{}", privreg::api::crds_yaml()?);
             Ok(())
         }
-    }
+    };
+    // Whatever is still running (a dropped reconcile's blocking work) gets a
+    // moment, not a veto over the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }

@@ -1,15 +1,127 @@
 //! The Helm chart and the plain manifests: `helm lint --strict`, `helm template`,
-//! and what they render carries the operator with the same RBAC as deploy/.
+//! and what they render carries the operator with the same RBAC as deploy/, in
+//! both modes: cluster-wide (the default, a ClusterRole) and namespaced
+//! (`watchNamespaces`, a Role per watched namespace and nothing cluster-scoped),
+//! which is also what deploy/rbac-namespaced/team-a.yaml gives kubectl users.
 
 mod common;
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{run, tool};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
-fn chart() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/charts/privreg")
+use common::{run, run_failing, tool};
+
+const NAMESPACE: &str = "privreg-system";
+const WATCH: &str = "watchNamespaces={team-a,team-b}";
+const ALLOWED_IMAGES: &str = "allowedImages={ghcr.io/privreg/*,registry.internal/mirror/*:v*}";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    root().join("charts/privreg")
+}
+
+/// Every non-empty YAML document of `text`, as JSON values.
+fn yaml_docs(source: &str, text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .enumerate()
+        .map(|(i, de)| {
+            Value::deserialize(de)
+                .unwrap_or_else(|e| panic!("{source}: YAML document {i} does not parse: {e}"))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn file_docs(relative: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(root().join(relative))
+        .unwrap_or_else(|e| panic!("read {relative}: {e}"));
+    yaml_docs(relative, &text)
+}
+
+/// `helm template <release> charts/privreg -n <namespace>` with every `--set`.
+fn render(helm: &Path, release: &str, namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", release])
+        .arg(chart())
+        .args(["--namespace", namespace, "--include-crds"])
+        .args(["--kube-version", "1.34.0"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = run(&mut cmd);
+    let text = String::from_utf8(out.stdout).expect("helm template output is UTF-8");
+    yaml_docs(&format!("helm template {sets:?}"), &text)
+}
+
+fn str_of<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// (kind, namespace, name) of an object; the namespace is "" when unset.
+fn key(doc: &Value) -> (String, String, String) {
+    (
+        str_of(doc, "/kind").to_owned(),
+        str_of(doc, "/metadata/namespace").to_owned(),
+        str_of(doc, "/metadata/name").to_owned(),
+    )
+}
+
+fn keys(docs: &[Value]) -> BTreeSet<(String, String, String)> {
+    docs.iter().map(key).collect()
+}
+
+fn expected_keys(items: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
+    items
+        .iter()
+        .map(|(k, ns, n)| ((*k).to_owned(), (*ns).to_owned(), (*n).to_owned()))
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, namespace: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| key(d) == (kind.to_owned(), namespace.to_owned(), name.to_owned()))
+        .unwrap_or_else(|| panic!("no {kind} {namespace}/{name} among {:?}", keys(docs)))
+}
+
+/// The operator container's environment, by variable name.
+fn env(docs: &[Value]) -> BTreeMap<String, Value> {
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (str_of(e, "/name").to_owned(), e.clone()))
+        .collect()
+}
+
+/// The rules of deploy/02-rbac.yaml's ClusterRole: what the operator may do
+/// to PrivateRegistries and their children, in any mode.
+fn plain_cluster_rules() -> Value {
+    let plain = file_docs("deploy/02-rbac.yaml");
+    find(&plain, "ClusterRole", "", "privreg-operator")["rules"].clone()
+}
+
+/// `roleRef` names `kind` `name`, and the operator's ServiceAccount (and only
+/// it) is the subject.
+fn assert_binds(binding: &Value, kind: &str, name: &str, sa: &str, sa_namespace: &str) {
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}),
+        "{binding}"
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": sa, "namespace": sa_namespace}]),
+        "{binding}"
+    );
 }
 
 #[test]
@@ -17,9 +129,20 @@ fn chart_lints_strictly() {
     let Some(helm) = tool("helm", "PRIVREG_HELM") else {
         return;
     };
-    let out = run(Command::new(helm).args(["lint", "--strict", chart()]));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("0 chart(s) failed"), "{text}");
+    let namespaced = [WATCH, ALLOWED_IMAGES];
+    for sets in [&[][..], &namespaced[..]] {
+        let mut cmd = Command::new(&helm);
+        cmd.args(["lint", "--strict"]).arg(chart());
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = run(&mut cmd);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{sets:?}: {text}"
+        );
+    }
 }
 
 #[test]
@@ -27,52 +150,201 @@ fn chart_renders_the_operator_with_least_privilege() {
     let Some(helm) = tool("helm", "PRIVREG_HELM") else {
         return;
     };
-    let out = run(Command::new(helm).args([
-        "template",
-        "reg",
-        chart(),
-        "--namespace",
-        "privreg-system",
-        "--include-crds",
-        "--kube-version",
-        "1.34.0",
-        "--set",
-        "image.tag=test",
-    ]));
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<serde_json::Value> = rendered
-        .split("\n---")
-        .filter_map(|d| serde_norway::from_str::<serde_json::Value>(d).ok())
-        .filter(|v| v.is_object())
-        .collect();
-    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    for kind in [
-        "CustomResourceDefinition",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "Deployment",
-    ] {
-        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
-    }
+    let docs = render(&helm, "reg", NAMESPACE, &["image.tag=test"]);
+    // Cluster-wide mode, exactly these objects.
+    let ns = NAMESPACE;
+    assert_eq!(
+        keys(&docs),
+        expected_keys(&[
+            (
+                "CustomResourceDefinition",
+                "",
+                "privateregistries.privreg.dev"
+            ),
+            ("ServiceAccount", ns, "reg-operator"),
+            ("ClusterRole", "", "reg-operator"),
+            ("ClusterRoleBinding", "", "reg-operator"),
+            ("Role", ns, "reg-operator-leader"),
+            ("RoleBinding", ns, "reg-operator-leader"),
+            ("Deployment", ns, "reg-operator"),
+        ])
+    );
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], "ghcr.io/privreg/privreg:test");
     assert_eq!(container["args"][0], "operator");
+    // No namespace list and no image list: every namespace, the own image only.
+    let names: Vec<String> = env(&docs).into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            "POD_NAME",
+            "PRIVREG_IMAGE",
+            "PRIVREG_LOG_FORMAT",
+            "PRIVREG_NAMESPACE"
+        ]
+    );
 
     // The chart's ClusterRole grants exactly what deploy/02-rbac.yaml grants.
-    let plain =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/02-rbac.yaml"))
-            .unwrap();
-    let plain_role = plain
-        .split("\n---")
-        .filter_map(|d| serde_norway::from_str::<serde_json::Value>(d).ok())
-        .find(|d| d["kind"] == "ClusterRole")
-        .unwrap();
-    let chart_role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    assert_eq!(chart_role["rules"], plain_role["rules"]);
+    let chart_role = find(&docs, "ClusterRole", "", "reg-operator");
+    assert_eq!(chart_role["rules"], plain_cluster_rules());
     // No wildcard anywhere.
     assert!(!chart_role["rules"].to_string().contains('*'));
+    assert_binds(
+        find(&docs, "ClusterRoleBinding", "", "reg-operator"),
+        "ClusterRole",
+        "reg-operator",
+        "reg-operator",
+        ns,
+    );
+    // And the leader Role is deploy/02-rbac.yaml's.
+    let plain = file_docs("deploy/02-rbac.yaml");
+    assert_eq!(
+        find(&docs, "Role", ns, "reg-operator-leader")["rules"],
+        find(&plain, "Role", ns, "privreg-operator-leader")["rules"]
+    );
+}
+
+#[test]
+fn chart_namespaced_mode_grants_roles_in_the_watched_namespaces_only() {
+    let Some(helm) = tool("helm", "PRIVREG_HELM") else {
+        return;
+    };
+    let ns = "privreg-ops";
+    let docs = render(&helm, "reg", ns, &[WATCH, ALLOWED_IMAGES]);
+    // Nothing cluster-scoped but the CRD (from crds/, installed by Helm).
+    assert_eq!(
+        keys(&docs),
+        expected_keys(&[
+            (
+                "CustomResourceDefinition",
+                "",
+                "privateregistries.privreg.dev"
+            ),
+            ("ServiceAccount", ns, "reg-operator"),
+            ("Role", "team-a", "reg-operator"),
+            ("RoleBinding", "team-a", "reg-operator"),
+            ("Role", "team-b", "reg-operator"),
+            ("RoleBinding", "team-b", "reg-operator"),
+            ("Role", ns, "reg-operator-trust-bundle"),
+            ("RoleBinding", ns, "reg-operator-trust-bundle"),
+            ("Role", ns, "reg-operator-leader"),
+            ("RoleBinding", ns, "reg-operator-leader"),
+            ("Deployment", ns, "reg-operator"),
+        ])
+    );
+
+    // Each watched namespace: the cluster-wide rules, bound to the operator.
+    let cluster_wide = render(&helm, "reg", ns, &[]);
+    let cluster_rules = &find(&cluster_wide, "ClusterRole", "", "reg-operator")["rules"];
+    assert_eq!(*cluster_rules, plain_cluster_rules());
+    for watched in ["team-a", "team-b"] {
+        let role = find(&docs, "Role", watched, "reg-operator");
+        assert_eq!(role["rules"], *cluster_rules, "Role in {watched}");
+        let binding = find(&docs, "RoleBinding", watched, "reg-operator");
+        assert_binds(binding, "Role", "reg-operator", "reg-operator", ns);
+    }
+    // The operator's own namespace: its trust bundle ConfigMap and its Lease.
+    assert_eq!(
+        find(&docs, "Role", ns, "reg-operator-trust-bundle")["rules"],
+        json!([{
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "verbs": ["get", "list", "watch", "create", "patch"],
+        }])
+    );
+    assert_eq!(
+        find(&docs, "Role", ns, "reg-operator-leader")["rules"],
+        find(&cluster_wide, "Role", ns, "reg-operator-leader")["rules"]
+    );
+    for name in ["reg-operator-trust-bundle", "reg-operator-leader"] {
+        let binding = find(&docs, "RoleBinding", ns, name);
+        assert_binds(binding, "Role", name, "reg-operator", ns);
+    }
+
+    // The operator is told what it watches and which images it may run.
+    let vars = env(&docs);
+    assert_eq!(
+        vars["PRIVREG_WATCH_NAMESPACES"],
+        json!({"name": "PRIVREG_WATCH_NAMESPACES", "value": "team-a,team-b"})
+    );
+    assert_eq!(
+        vars["PRIVREG_ALLOWED_IMAGES"],
+        json!({
+            "name": "PRIVREG_ALLOWED_IMAGES",
+            "value": "ghcr.io/privreg/*,registry.internal/mirror/*:v*",
+        })
+    );
+    // Each value works without the other.
+    let images_only = render(&helm, "reg", ns, &[ALLOWED_IMAGES]);
+    assert!(images_only.iter().any(|d| d["kind"] == "ClusterRole"));
+    let vars = env(&images_only);
+    assert!(vars.contains_key("PRIVREG_ALLOWED_IMAGES"));
+    assert!(!vars.contains_key("PRIVREG_WATCH_NAMESPACES"));
+}
+
+#[test]
+fn chart_refuses_values_it_cannot_pass_on() {
+    let Some(helm) = tool("helm", "PRIVREG_HELM") else {
+        return;
+    };
+    for (set, why) in [
+        // A plain string is not a list (`--set 'watchNamespaces={team-a}'` is).
+        ("watchNamespaces=team-a", "got string, want array"),
+        ("watchNamespaces={Team_A}", "does not match pattern"),
+        ("watchNamespaces={team-a,team-a}", "are equal"),
+        // Patterns are passed comma-joined: a comma or a space would split one.
+        ("allowedImages={ghcr.io/a b}", "does not match pattern"),
+    ] {
+        let out = run_failing(
+            Command::new(&helm)
+                .args(["template", "reg"])
+                .arg(chart())
+                .args(["--kube-version", "1.34.0", "--set", set]),
+        );
+        assert!(out.contains(why), "--set {set}: {out}");
+    }
+}
+
+/// Without labels (the chart's carry its release), for comparing objects.
+fn unlabelled(docs: &[Value]) -> BTreeMap<(String, String, String), Value> {
+    docs.iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d["metadata"].as_object_mut().unwrap().remove("labels");
+            (key(&d), d)
+        })
+        .collect()
+}
+
+#[test]
+fn kubectl_namespaced_example_is_what_the_chart_renders() {
+    let Some(helm) = tool("helm", "PRIVREG_HELM") else {
+        return;
+    };
+    let example = unlabelled(&file_docs("deploy/rbac-namespaced/team-a.yaml"));
+    let chart: Vec<Value> = render(&helm, "privreg", NAMESPACE, &["watchNamespaces={team-a}"])
+        .into_iter()
+        .filter(|d| {
+            !matches!(
+                str_of(d, "/kind"),
+                "CustomResourceDefinition" | "Deployment"
+            )
+        })
+        .collect();
+    let chart = unlabelled(&chart);
+    assert_eq!(
+        example.keys().collect::<Vec<_>>(),
+        chart.keys().collect::<Vec<_>>()
+    );
+    for (k, doc) in &example {
+        assert_eq!(doc, &chart[k], "{k:?}");
+    }
+    // The objects it shares with the cluster-wide deploy/02-rbac.yaml are the same.
+    let plain = unlabelled(&file_docs("deploy/02-rbac.yaml"));
+    let shared: Vec<_> = plain.keys().filter(|k| example.contains_key(*k)).collect();
+    assert_eq!(shared.len(), 3, "{shared:?}");
+    for k in shared {
+        assert_eq!(plain[k], example[k], "{k:?}");
+    }
 }

@@ -6,9 +6,15 @@
 //! plugin, without being stored. The CRDs are applied for real first (and must
 //! become Established) and the namespaces created, so dependent objects have
 //! something to be validated against. Negative controls prove the dry run
-//! really validates. Finally deploy/02-rbac.yaml is applied for real and
-//! SubjectAccessReviews check what the operator's ServiceAccount may and may not
-//! do. One control plane for the whole file (starting one costs ~10 s).
+//! really validates. The chart is rendered twice: cluster-wide (the default)
+//! and namespaced (`watchNamespaces={team-a}`, in its own release namespace).
+//! Finally the RBAC of deploy/02-rbac.yaml and of both chart renders is
+//! applied for real, and SubjectAccessReviews check what each operator
+//! ServiceAccount may and may not do: everywhere in cluster-wide mode; in
+//! namespaced mode only in team-a (not team-b, not all namespaces at once),
+//! plus the Lease and the trust bundle ConfigMap in its own namespace, and
+//! nothing cluster-scoped. One control plane for the whole file (starting one
+//! costs ~10 s).
 
 mod common;
 
@@ -35,7 +41,13 @@ use common::{run, tool};
 
 const MANAGER: &str = "privreg-test";
 const OPERATOR_NAMESPACE: &str = "privreg-system";
-const OPERATOR_USER: &str = "system:serviceaccount:privreg-system:privreg-operator";
+/// The chart's release name in every render (its objects are `t-operator...`).
+const CHART_RELEASE: &str = "t";
+/// The release namespace of the chart rendered in namespaced mode.
+const SCOPED_NAMESPACE: &str = "privreg-scoped";
+/// The namespace that mode watches, and one it does not.
+const WATCHED: &str = "team-a";
+const UNWATCHED: &str = "team-b";
 const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(30);
 const RBAC_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
@@ -336,7 +348,13 @@ async fn manifests_are_accepted_by_a_real_apiserver() {
     // Parse before starting anything: a YAML error needs no cluster to report.
     let deploy = deploy_docs();
     let helm = tool("helm", "PRIVREG_HELM");
-    let chart = helm.as_deref().map(helm_template);
+    let charts: Vec<(&ChartRender, Vec<Doc>)> = match &helm {
+        Some(helm) => [&CHART_CLUSTER_WIDE, &CHART_NAMESPACED]
+            .into_iter()
+            .map(|render| (render, helm_template(helm, render)))
+            .collect(),
+        None => Vec::new(),
+    };
     let Some(cp) = ControlPlane::start().await else {
         return;
     };
@@ -345,11 +363,41 @@ async fn manifests_are_accepted_by_a_real_apiserver() {
     let mut resolver = Resolver::new(client.clone());
 
     deploy_manifests(&client, &mut resolver, &deploy).await;
-    match &chart {
-        Some(chart) => chart_manifests(&client, &mut resolver, chart).await,
-        None => eprintln!("SKIPPED: the Helm chart part (no helm)"),
+    if helm.is_none() {
+        eprintln!("SKIPPED: the Helm chart part (no helm)");
     }
-    operator_rbac(&client, &mut resolver, &deploy).await;
+    for (render, docs) in &charts {
+        chart_manifests(&client, &mut resolver, render, docs).await;
+    }
+
+    // team-b, which namespaced mode does not watch, exists as in a real cluster.
+    ensure_namespace(&client, UNWATCHED).await;
+    let deploy_rbac = rbac_docs(&deploy);
+    assert!(
+        deploy_rbac.len() >= 5
+            && deploy_rbac
+                .iter()
+                .all(|d| d.source == "deploy/02-rbac.yaml"),
+        "RBAC outside deploy/02-rbac.yaml, or too little: {:?}",
+        deploy_rbac.iter().map(|d| d.label()).collect::<Vec<_>>()
+    );
+    let mut cases = vec![(
+        "deploy/02-rbac.yaml",
+        deploy_rbac,
+        DEPLOY_OPERATOR,
+        cluster_wide(DEPLOY_OPERATOR.namespace),
+    )];
+    for (render, docs) in &charts {
+        cases.push((
+            render.what,
+            rbac_docs(docs),
+            render.operator,
+            render.expect(),
+        ));
+    }
+    for (what, rbac, sa, expect) in &cases {
+        operator_rbac(&client, &mut resolver, what, rbac, *sa, expect).await;
+    }
     eprintln!(
         "all checks took {:.1?} after the control plane started",
         t.elapsed()
@@ -515,19 +563,36 @@ async fn expect_rejected(resolver: &mut Resolver, base: &DynamicObject, case: &B
                 s.reason,
                 case.answers
             );
-            let causes: Vec<&str> = s
+            let causes: Vec<(&str, &str)> = s
                 .details
                 .as_ref()
-                .map(|d| d.causes.iter().map(|c| c.field.as_str()).collect())
+                .map(|d| {
+                    d.causes
+                        .iter()
+                        .map(|c| (c.field.as_str(), c.message.as_str()))
+                        .collect()
+                })
                 .unwrap_or_default();
             assert!(
-                causes.contains(&case.field) || s.message.contains(case.field),
+                causes.iter().any(|(f, _)| *f == case.field) || s.message.contains(case.field),
                 "{what}: rejected, but not for {}: {s:?}",
                 case.field
             );
-            // Nothing else about the object was wrong.
+            // Nothing else about the object was wrong. A CEL rule of an
+            // enclosing object that reads the bad field fails with it, and is
+            // reported at that object; rules skipped because of it are
+            // reported without a field.
+            let about_the_field = |(field, message): &(&str, &str)| {
+                field.is_empty()
+                    || *field == case.field
+                    || case
+                        .field
+                        .strip_prefix(field)
+                        .is_some_and(|rest| rest.starts_with('.'))
+                    || (*field == "<nil>" && message.contains("validation rules were not checked"))
+            };
             assert!(
-                causes.iter().all(|c| *c == case.field || c.is_empty()),
+                causes.iter().all(about_the_field),
                 "{what}: more fields rejected than {}: {causes:?}",
                 case.field
             );
@@ -538,45 +603,119 @@ async fn expect_rejected(resolver: &mut Resolver, base: &DynamicObject, case: &B
 
 // --- 2. the Helm chart --------------------------------------------------------
 
-fn helm_template(helm: &Path) -> Vec<Doc> {
-    let chart = root().join("charts/privreg");
-    let out = run(Command::new(helm).args([
-        "template".as_ref(),
-        "t".as_ref(),
-        chart.as_os_str(),
-        "--namespace".as_ref(),
-        OPERATOR_NAMESPACE.as_ref(),
-        "--include-crds".as_ref(),
-        "--kube-version".as_ref(),
-        "1.34.0".as_ref(),
-    ]));
-    let text = String::from_utf8(out.stdout).expect("helm template output is UTF-8");
-    parse_docs("helm template charts/privreg", &text)
+/// One way of rendering the chart, and whose RBAC it is.
+struct ChartRender {
+    what: &'static str,
+    sets: &'static [&'static str],
+    operator: ServiceAccount,
+    /// The default: a ClusterRole. Otherwise `watchNamespaces` is set and
+    /// nothing the chart renders may be cluster-scoped but the CRD.
+    cluster_wide: bool,
 }
 
-async fn chart_manifests(client: &Client, resolver: &mut Resolver, docs: &[Doc]) {
-    assert_has_kinds(
-        "helm template",
-        docs,
-        &[
-            "CustomResourceDefinition",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
-            "Deployment",
-        ],
-    );
-    let accepted = validate_set(client, resolver, docs, OPERATOR_NAMESPACE).await;
+const CHART_CLUSTER_WIDE: ChartRender = ChartRender {
+    what: "helm template charts/privreg",
+    sets: &[],
+    operator: ServiceAccount {
+        namespace: OPERATOR_NAMESPACE,
+        name: "t-operator",
+    },
+    cluster_wide: true,
+};
+
+/// Watching WATCHED, which `namespaced()` expects.
+const CHART_NAMESPACED: ChartRender = ChartRender {
+    what: "helm template charts/privreg --set watchNamespaces={team-a}",
+    sets: &["watchNamespaces={team-a}"],
+    operator: ServiceAccount {
+        namespace: SCOPED_NAMESPACE,
+        name: "t-operator",
+    },
+    cluster_wide: false,
+};
+
+impl ChartRender {
+    /// What its RBAC must and must not allow.
+    fn expect(&self) -> Expect {
+        if self.cluster_wide {
+            cluster_wide(self.operator.namespace)
+        } else {
+            namespaced(self.operator.namespace)
+        }
+    }
+}
+
+fn helm_template(helm: &Path, render: &ChartRender) -> Vec<Doc> {
+    let chart = root().join("charts/privreg");
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", CHART_RELEASE])
+        .arg(chart)
+        .args(["--namespace", render.operator.namespace, "--include-crds"])
+        .args(["--kube-version", "1.34.0"]);
+    for s in render.sets {
+        cmd.args(["--set", s]);
+    }
+    let text = String::from_utf8(run(&mut cmd).stdout).expect("helm template output is UTF-8");
+    parse_docs(render.what, &text)
+}
+
+async fn chart_manifests(
+    client: &Client,
+    resolver: &mut Resolver,
+    render: &ChartRender,
+    docs: &[Doc],
+) {
+    let mut expected = vec![
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    ];
+    if render.cluster_wide {
+        expected.extend(["ClusterRole", "ClusterRoleBinding"]);
+    }
+    assert_has_kinds(render.what, docs, &expected);
+    let accepted = validate_set(client, resolver, docs, render.operator.namespace).await;
     let rendered = docs
         .iter()
         .filter(|d| !matches!(d.kind(), "CustomResourceDefinition" | "Namespace"))
         .count();
     assert_eq!(accepted.len(), rendered);
+    if !render.cluster_wide {
+        // As the apiserver sees it: no cluster-scoped object but the CRD.
+        for d in docs
+            .iter()
+            .filter(|d| d.kind() != "CustomResourceDefinition")
+        {
+            assert!(
+                resolver.is_namespaced(&d.obj).await,
+                "{} is cluster-scoped",
+                d.label()
+            );
+        }
+    }
 }
 
 // --- 3. the operator's RBAC ---------------------------------------------------
+
+/// The operator's identity: a ServiceAccount.
+#[derive(Clone, Copy)]
+struct ServiceAccount {
+    namespace: &'static str,
+    name: &'static str,
+}
+
+impl ServiceAccount {
+    fn user(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+    }
+}
+
+const DEPLOY_OPERATOR: ServiceAccount = ServiceAccount {
+    namespace: OPERATOR_NAMESPACE,
+    name: "privreg-operator",
+};
 
 /// One SubjectAccessReview question.
 struct Access {
@@ -622,17 +761,158 @@ const fn access(
     }
 }
 
-/// Whether the operator's ServiceAccount (with the groups a pod's token
-/// carries) may do `a`, and the authorizer's reason.
-async fn allowed(client: &Client, a: &Access) -> (bool, String) {
+/// Every verb on every (group, resource) in every namespace ("" = all).
+fn grid(
+    verbs: &[&'static str],
+    resources: &[(&'static str, &'static str)],
+    namespaces: &[&'static str],
+) -> Vec<Access> {
+    let mut out = Vec::new();
+    for &namespace in namespaces {
+        for &(group, resource) in resources {
+            for &verb in verbs {
+                out.push(access(verb, group, resource, "", namespace));
+            }
+        }
+    }
+    out
+}
+
+/// What a PrivateRegistry's children are made of.
+const CHILDREN: &[(&str, &str)] = &[
+    ("", "secrets"),
+    ("", "services"),
+    ("", "persistentvolumeclaims"),
+    ("", "configmaps"),
+    ("apps", "deployments"),
+];
+/// The verbs the operator has on them: server-side apply (patch), create, reads.
+const CHILD_VERBS: &[&str] = &["get", "list", "watch", "create", "patch"];
+const REGISTRIES: (&str, &str) = ("privreg.dev", "privateregistries");
+const LEASES: (&str, &str) = ("coordination.k8s.io", "leases");
+const CONFIGMAPS: (&str, &str) = ("", "configmaps");
+
+/// What the operator's RBAC must allow, and must not.
+struct Expect {
+    may: Vec<Access>,
+    may_not: Vec<Access>,
+}
+
+/// What a registry in `ns` needs: its children, itself, its status, Events.
+fn registry_work(ns: &'static str) -> Vec<Access> {
+    let mut v = grid(CHILD_VERBS, CHILDREN, &[ns]);
+    v.extend(grid(&["get", "list", "watch"], &[REGISTRIES], &[ns]));
+    for verb in ["get", "patch", "update"] {
+        v.push(access(verb, REGISTRIES.0, REGISTRIES.1, "status", ns));
+    }
+    v.extend(grid(
+        &["create", "patch"],
+        &[("events.k8s.io", "events")],
+        &[ns],
+    ));
+    v
+}
+
+/// Never, in any mode: deleting (the garbage collector does it), pods, the
+/// spec of a PrivateRegistry, core Events, RBAC, cluster-scoped reads.
+fn never(namespaces: &[&'static str]) -> Vec<Access> {
+    let mut resources = CHILDREN.to_vec();
+    resources.extend([REGISTRIES, LEASES]);
+    let mut v = grid(&["delete", "deletecollection"], &resources, namespaces);
+    v.extend(grid(&["get", "list"], &[("", "pods")], namespaces));
+    v.extend(grid(&["patch", "update"], &[REGISTRIES], namespaces));
+    v.extend(grid(&["create"], &[("", "events")], namespaces));
+    v.extend([
+        access("list", "", "pods", "", ""),
+        access("list", "", "namespaces", "", ""),
+        access("get", "", "nodes", "", ""),
+        access(
+            "get",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "",
+            "",
+        ),
+        access(
+            "escalate",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "",
+            "",
+        ),
+        access(
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "",
+            "default",
+        ),
+    ]);
+    v
+}
+
+/// Cluster-wide mode (deploy/02-rbac.yaml, the chart's default): registries in
+/// every namespace; the Lease in the operator's namespace only.
+fn cluster_wide(own: &'static str) -> Expect {
+    let mut may = registry_work("default");
+    may.extend(registry_work(own));
+    // Every namespace at once: the controller's watches.
+    may.extend(grid(&["list", "watch"], CHILDREN, &[""]));
+    may.extend(grid(&["list", "watch"], &[REGISTRIES], &[""]));
+    may.extend(grid(&["get", "create", "update"], &[LEASES], &[own]));
+    let mut may_not = never(&["default", own]);
+    may_not.extend(grid(
+        &["create", "update"],
+        &[LEASES],
+        &["default", "kube-system"],
+    ));
+    Expect { may, may_not }
+}
+
+/// Namespaced mode (the chart with `watchNamespaces={team-a}`): registries in
+/// team-a only; the operator's namespace holds the Lease and the trust bundle
+/// ConfigMap, and nothing else of it is granted.
+fn namespaced(own: &'static str) -> Expect {
+    let mut may = registry_work(WATCHED);
+    may.extend(grid(&["get", "create", "update"], &[LEASES], &[own]));
+    may.extend(grid(CHILD_VERBS, &[CONFIGMAPS], &[own]));
+
+    let mut may_not = never(&[WATCHED, UNWATCHED, own]);
+    // Not a namespace it does not watch, nor all of them at once.
+    may_not.extend(registry_work(UNWATCHED));
+    may_not.extend(grid(&["list", "watch"], CHILDREN, &[""]));
+    may_not.extend(grid(&["list", "watch"], &[REGISTRIES], &[""]));
+    // In its own namespace, the trust bundle ConfigMap and the Lease only.
+    let mut children_but_configmaps = CHILDREN.to_vec();
+    children_but_configmaps.retain(|r| *r != CONFIGMAPS);
+    may_not.extend(grid(CHILD_VERBS, &children_but_configmaps, &[own]));
+    may_not.extend(grid(&["get", "list"], &[REGISTRIES], &[own]));
+    // The Lease and the trust bundle: nowhere but the operator's namespace
+    // (a watched namespace's ConfigMaps are the registries' CA ConfigMaps).
+    may_not.extend(grid(
+        &["get", "create", "update"],
+        &[LEASES],
+        &[WATCHED, UNWATCHED, "default", ""],
+    ));
+    may_not.extend(grid(
+        &["create", "patch"],
+        &[CONFIGMAPS],
+        &["default", "kube-system", ""],
+    ));
+    Expect { may, may_not }
+}
+
+/// Whether `sa` (with the groups a pod's token carries) may do `a`, and the
+/// authorizer's reason.
+async fn allowed(client: &Client, sa: ServiceAccount, a: &Access) -> (bool, String) {
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
-            user: Some(OPERATOR_USER.into()),
+            user: Some(sa.user()),
             groups: Some(vec![
                 "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{OPERATOR_NAMESPACE}"),
+                format!("system:serviceaccounts:{}", sa.namespace),
                 "system:authenticated".into(),
             ]),
             resource_attributes: Some(ResourceAttributes {
@@ -656,112 +936,102 @@ async fn allowed(client: &Client, a: &Access) -> (bool, String) {
     (status.allowed, status.reason.unwrap_or_default())
 }
 
-async fn operator_rbac(client: &Client, resolver: &mut Resolver, deploy: &[Doc]) {
-    let rbac: Vec<&Doc> = deploy
-        .iter()
-        .filter(|d| d.source == "deploy/02-rbac.yaml")
-        .collect();
+/// The questions of `list` whose answer is `answer`, with the reasons.
+async fn answered(
+    client: &Client,
+    sa: ServiceAccount,
+    list: &[Access],
+    answer: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in list {
+        let (ok, reason) = allowed(client, sa, a).await;
+        if ok == answer {
+            out.push(format!("{a} ({reason})"));
+        }
+    }
+    out
+}
+
+/// The RBAC objects among `docs`.
+fn rbac_docs(docs: &[Doc]) -> Vec<&Doc> {
+    docs.iter()
+        .filter(|d| {
+            matches!(
+                d.kind(),
+                "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+            )
+        })
+        .collect()
+}
+
+/// Applies `rbac` for real and proves with SubjectAccessReviews that `sa` may
+/// do exactly what `expect` says: nothing of `may` before, all of it after,
+/// none of `may_not`.
+async fn operator_rbac(
+    client: &Client,
+    resolver: &mut Resolver,
+    what: &str,
+    rbac: &[&Doc],
+    sa: ServiceAccount,
+    expect: &Expect,
+) {
+    let user = sa.user();
     assert!(
-        rbac.len() >= 5,
-        "deploy/02-rbac.yaml has {} objects",
-        rbac.len()
+        rbac.iter().any(|d| d.kind() == "ServiceAccount"
+            && d.obj.name_any() == sa.name
+            && d.obj.metadata.namespace.as_deref() == Some(sa.namespace)),
+        "{what} has no ServiceAccount {}/{}",
+        sa.namespace,
+        sa.name
     );
     // Control: the dry runs granted nothing, so whatever is allowed below is
-    // allowed by the manifest applied here.
-    let secrets = access("create", "", "secrets", "", "default");
-    let (before, reason) = allowed(client, &secrets).await;
+    // allowed by the objects applied here.
+    let before = answered(client, sa, &expect.may, true).await;
     assert!(
-        !before,
-        "{OPERATOR_USER} may {secrets} before the RBAC is applied: {reason}"
+        before.is_empty(),
+        "{user} may before {what} is applied:\n{}",
+        before.join("\n")
     );
-    for d in &rbac {
-        apply(resolver, &d.obj, OPERATOR_NAMESPACE, false)
+    for d in rbac {
+        apply(resolver, &d.obj, sa.namespace, false)
             .await
             .unwrap_or_else(|e| panic!("apply {} for real: {e}", d.label()));
     }
-
-    let ns = OPERATOR_NAMESPACE;
-    let may = [
-        access("create", "", "secrets", "", "default"),
-        access("patch", "", "secrets", "", "default"),
-        access("create", "", "secrets", "", ns),
-        access("patch", "", "secrets", "", ns),
-        access(
-            "patch",
-            "privreg.dev",
-            "privateregistries",
-            "status",
-            "default",
-        ),
-        access("list", "privreg.dev", "privateregistries", "", ""),
-        access("watch", "privreg.dev", "privateregistries", "", ""),
-        access("create", "events.k8s.io", "events", "", "default"),
-        access("get", "coordination.k8s.io", "leases", "", ns),
-        access("update", "coordination.k8s.io", "leases", "", ns),
-        access("create", "coordination.k8s.io", "leases", "", ns),
-    ];
-    let may_not = [
-        access("delete", "", "secrets", "", "default"),
-        access("delete", "", "secrets", "", ns),
-        access("list", "", "pods", "", "default"),
-        access("list", "", "pods", "", ""),
-        access("create", "coordination.k8s.io", "leases", "", "default"),
-        access("update", "coordination.k8s.io", "leases", "", "kube-system"),
-        access("patch", "privreg.dev", "privateregistries", "", "default"),
-        access("delete", "privreg.dev", "privateregistries", "", "default"),
-        access("create", "", "events", "", "default"),
-        access(
-            "escalate",
-            "rbac.authorization.k8s.io",
-            "clusterroles",
-            "",
-            "",
-        ),
-    ];
 
     // The RBAC authorizer sees new bindings through an informer: wait
     // (bounded) until every grant is in effect.
     let deadline = Instant::now() + RBAC_TIMEOUT;
     loop {
-        let mut missing = Vec::new();
-        for a in &may {
-            let (ok, reason) = allowed(client, a).await;
-            if !ok {
-                missing.push(format!("{a} ({reason})"));
-            }
-        }
+        let missing = answered(client, sa, &expect.may, false).await;
         if missing.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{OPERATOR_USER} is not allowed to:\n{}",
+            "{what}: {user} is not allowed to:\n{}",
             missing.join("\n")
         );
         tokio::time::sleep(POLL).await;
     }
-    let mut wrongly = Vec::new();
-    for a in &may_not {
-        let (ok, reason) = allowed(client, a).await;
-        if ok {
-            wrongly.push(format!("{a} ({reason})"));
-        }
-    }
+    let wrongly = answered(client, sa, &expect.may_not, true).await;
     assert!(
         wrongly.is_empty(),
-        "{OPERATOR_USER} is allowed to:\n{}",
+        "{what}: {user} is allowed to:\n{}",
         wrongly.join("\n")
     );
-    eprintln!(
-        "RBAC: {OPERATOR_USER} may {} and may not {}",
-        may.iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        may_not
-            .iter()
-            .map(|a| a.to_string())
+    let list = |v: &[Access]| {
+        v.iter()
+            .map(Access::to_string)
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    eprintln!(
+        "RBAC of {what} ({} objects applied): {user} may ({}) {}\n  and may not ({}) {}",
+        rbac.len(),
+        expect.may.len(),
+        list(&expect.may),
+        expect.may_not.len(),
+        list(&expect.may_not)
     );
 }

@@ -9,219 +9,23 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use privreg::api::PrivateRegistry;
 
 use common::cluster::ControlPlane;
 use common::cluster::eventually;
+use common::operator::{Operator, TIMEOUT, condition, install, secret_text, verifies};
 use common::{free_port, https_client};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
 const NS: &str = "apps";
-
-fn docs(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .split("\n---")
-        .filter_map(|d| serde_norway::from_str::<serde_json::Value>(d).ok())
-        .filter(|v| v.is_object())
-        .collect()
-}
-
-fn repo_path(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-/// Applies deploy/ objects of the kinds the test needs, as admin.
-async fn install(admin: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for crd in docs(&repo_path("crds/privreg.dev_privateregistries.yaml")) {
-        crds.patch(
-            crd["metadata"]["name"].as_str().unwrap(),
-            &PatchParams::apply("privreg-test").force(),
-            &Patch::Apply(crd.clone()),
-        )
-        .await
-        .unwrap();
-    }
-    eventually("CRD established", TIMEOUT, || async {
-        let crd = crds.get("privateregistries.privreg.dev").await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    for ns in ["privreg-system", NS] {
-        let n = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces.create(&PostParams::default(), &n).await.unwrap();
-    }
-    let discovery = kube::Discovery::new(admin.clone()).run().await.unwrap();
-    for doc in docs(&repo_path("deploy/02-rbac.yaml")) {
-        let obj: kube::api::DynamicObject = serde_json::from_value(doc.clone()).unwrap();
-        let gvk = kube::api::GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
-        let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap();
-        let api: Api<kube::api::DynamicObject> = match caps.scope {
-            kube::discovery::Scope::Namespaced => Api::namespaced_with(
-                admin.clone(),
-                obj.metadata.namespace.as_deref().unwrap(),
-                &ar,
-            ),
-            kube::discovery::Scope::Cluster => Api::all_with(admin.clone(), &ar),
-        };
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply("privreg-test").force(),
-            &Patch::Apply(doc),
-        )
-        .await
-        .unwrap();
-    }
-}
-
-/// `privreg operator` as a process, killed on drop.
-struct Operator {
-    child: Option<Child>,
-    identity: String,
-    kubeconfig: PathBuf,
-    metrics_port: u16,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(kubeconfig: &Path, identity: &str) -> Operator {
-        // Kept after the run (target/tmp), for whoever debugs a failure.
-        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{identity}.log"));
-        let _ = std::fs::remove_file(&log);
-        let mut op = Operator {
-            child: None,
-            identity: identity.to_owned(),
-            kubeconfig: kubeconfig.to_owned(),
-            metrics_port: free_port(),
-            log,
-        };
-        op.spawn();
-        op
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_privreg"))
-            .args([
-                "operator",
-                "--namespace",
-                "privreg-system",
-                "--image",
-                "privreg:test",
-                "--leader-elect",
-                "--pod-name",
-                &self.identity,
-                "--trust-bundle-resync-seconds",
-                "2",
-                "--metrics-listen",
-            ])
-            .arg(format!("127.0.0.1:{}", self.metrics_port))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,privreg=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start privreg operator");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn reconciles(&self) -> Option<u64> {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with("privreg_operator_reconciles_total"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn condition(pr: &PrivateRegistry, type_: &str) -> Option<(String, String)> {
-    pr.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-fn secret_text(s: &Secret, key: &str) -> String {
-    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
-}
-
-/// Verifies `leaf_pem` against `ca_pem` for `name`, as a TLS client would.
-fn verifies(ca_pem: &str, leaf_pem: &str, name: &str) -> bool {
-    use rustls::client::danger::ServerCertVerifier;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        std::sync::Arc::new(roots),
-        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
-    )
-    .build()
-    .unwrap();
-    let leaf = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).unwrap();
-    verifier
-        .verify_server_cert(
-            &leaf,
-            &[],
-            &ServerName::try_from(name.to_owned()).unwrap(),
-            &[],
-            UnixTime::now(),
-        )
-        .is_ok()
-}
 
 /// Resource versions of everything a registry owns.
 async fn child_versions(client: &Client, name: &str) -> BTreeMap<String, String> {
@@ -466,6 +270,11 @@ async fn run_registry_pod(admin: &Client, name: &str, dir: &Path) -> Kubelet {
     kubelet
 }
 
+fn base64_encode(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_reconciles_registries_against_a_real_apiserver() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -473,7 +282,7 @@ async fn operator_reconciles_registries_against_a_real_apiserver() {
         return;
     };
     let admin = cp.client().await;
-    install(&admin).await;
+    install(&admin, &[NS]).await;
     let (_op_client, op_kubeconfig) = cp
         .client_for_service_account("privreg-system", "privreg-operator")
         .await;
@@ -690,21 +499,54 @@ spec:
         "same CA"
     );
 
-    // --- a short validity: renewal happens on schedule --------------------------
+    // --- renewal happens on schedule -------------------------------------------
+    // The shortest lifetimes admission allows (validity 3h, renewBefore 1h) would
+    // make the test wait 2 h; instead the test, as admin, plants a certificate
+    // from the registry's own CA, with the same names and policy, that is due
+    // for renewal in 20 s. Nothing but the operator's scheduled requeue renews it.
     let short =
-        serde_json::json!({"spec": {"tls": {"cert": {"validity": "40s", "renewBefore": "30s"}}}});
+        serde_json::json!({"spec": {"tls": {"cert": {"validity": "3h", "renewBefore": "1h"}}}});
     registries
         .patch("reg", &PatchParams::default(), &Patch::Merge(&short))
         .await
         .unwrap();
-    let first = eventually("leaf issued with the short validity", TIMEOUT, || async {
-        let pem = secret_text(&secrets.get("reg-tls").await.ok()?, "tls.crt");
-        let info = privreg::certs::inspect(&pem).ok()?;
-        let left = info.not_after - time::OffsetDateTime::now_utc();
-        (left < time::Duration::seconds(41)).then_some(pem)
+    let issued = eventually("leaf issued with the 3h validity", TIMEOUT, || async {
+        let tls = secrets.get("reg-tls").await.ok()?;
+        let pem = secret_text(&tls, "tls.crt");
+        let left = privreg::certs::inspect(&pem).ok()?.not_after - time::OffsetDateTime::now_utc();
+        (left < time::Duration::hours(3) + time::Duration::minutes(1)).then_some(tls)
     })
     .await;
-    // Due 10 s after issue; nothing but the scheduled requeue triggers it.
+    let ca_secret = secrets.get("reg-ca").await.unwrap();
+    let ca = privreg::certs::CertAndKey {
+        cert_pem: secret_text(&ca_secret, "tls.crt"),
+        key_pem: secret_text(&ca_secret, "tls.key"),
+    };
+    let sans = privreg::certs::inspect(&secret_text(&issued, "tls.crt"))
+        .unwrap()
+        .sans;
+    let planted = privreg::certs::issue_server_cert(
+        &ca,
+        &sans,
+        Duration::from_secs(3600 + 20),
+        privreg::certs::KeyAlgorithm::EcdsaP256,
+    )
+    .unwrap();
+    let plant = serde_json::json!({"data": {
+        "tls.crt": base64_encode(&planted.cert_pem),
+        "tls.key": base64_encode(&planted.key_pem),
+    }});
+    secrets
+        .patch("reg-tls", &PatchParams::default(), &Patch::Merge(&plant))
+        .await
+        .unwrap();
+    let first = planted.cert_pem.clone();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        secret_text(&secrets.get("reg-tls").await.unwrap(), "tls.crt"),
+        first,
+        "a certificate not yet due is kept"
+    );
     let renewed = eventually("scheduled renewal", Duration::from_secs(45), || async {
         let pem = secret_text(&secrets.get("reg-tls").await.ok()?, "tls.crt");
         (pem != first).then_some(pem)
@@ -740,22 +582,36 @@ spec:
     })
     .await;
 
-    // --- an invalid spec is reported and changes nothing that runs --------------
+    // --- a spec the operator refuses is reported and changes nothing that runs ---
+    // (admission refuses most bad specs itself; an image the admin did not allow
+    // is the operator's to refuse, since the allow-list is the operator's flag)
     let settled = eventually("settled after the restore", TIMEOUT, || async {
         let a = child_versions(&admin, "reg").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         (child_versions(&admin, "reg").await == a).then_some(a)
     })
     .await;
-    let invalid =
-        serde_json::json!({"spec": {"tls": {"cert": {"validity": "1h", "renewBefore": "2h"}}}});
+    let admission = registries
+        .patch(
+            "reg",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &serde_json::json!({"spec": {"tls": {"cert": {"validity": "1h", "renewBefore": "2h"}}}}),
+            ),
+        )
+        .await;
+    assert!(
+        matches!(admission, Err(kube::Error::Api(ref e)) if e.code == 422),
+        "{admission:?}"
+    );
+    let invalid = serde_json::json!({"spec": {"image": "evil.example/reader:1"}});
     registries
         .patch("reg", &PatchParams::default(), &Patch::Merge(&invalid))
         .await
         .unwrap();
-    let refused = eventually("InvalidSpec reported", TIMEOUT, || async {
+    let refused = eventually("ImageNotAllowed reported", TIMEOUT, || async {
         let pr = registries.get("reg").await.ok()?;
-        (condition(&pr, "Ready")? == ("False".into(), "InvalidSpec".into())).then_some(pr)
+        (condition(&pr, "Ready")? == ("False".into(), "ImageNotAllowed".into())).then_some(pr)
     })
     .await;
     assert_eq!(
@@ -767,8 +623,9 @@ spec:
         settled,
         "an invalid spec changes nothing"
     );
+    let back = serde_json::json!({"spec": {"image": null}});
     registries
-        .patch("reg", &PatchParams::default(), &Patch::Merge(&relax))
+        .patch("reg", &PatchParams::default(), &Patch::Merge(&back))
         .await
         .unwrap();
     eventually("Ready again", TIMEOUT, || async {

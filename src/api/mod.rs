@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +23,35 @@ pub const HOSTNAME_PATTERN: &str =
 /// A DNS name (optionally `*.` wildcard) or an IPv4/IPv6 address.
 pub const SAN_PATTERN: &str = r"^((\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|[0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$";
 /// Go-style durations as Kubernetes users write them: `87600h`, `720h30m`, `90s`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(h|m|s))+$";
-/// Kubernetes resource quantities such as `20Gi`, `500M`.
-pub const QUANTITY_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+/// At most 7 digits a part and 16 characters in all, so no value overflows a
+/// 64-bit nanosecond count (Go's and CEL's duration) before the range rules run.
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,7}(h|m|s))+$";
+pub const DURATION_MAX_LENGTH: u32 = 16;
+/// Kubernetes resource quantities such as `20Gi`, `500M` (bounded digits).
+pub const QUANTITY_PATTERN: &str = r"^([0-9]{1,9}(\.[0-9]{1,6})?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$";
+/// A Kubernetes object name (DNS subdomain).
+pub const OBJECT_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// Bounds of every lifetime in the spec, enforced at admission (CEL rules below)
+/// and again by the operator's `validate`. Each floor keeps the operator from
+/// re-issuing in a loop; each ceiling keeps date arithmetic far from overflow.
+pub mod bounds {
+    use std::time::Duration;
+    const HOUR: u64 = 3600;
+    pub const CA_VALIDITY_MIN: Duration = Duration::from_secs(24 * HOUR);
+    pub const CA_VALIDITY_MAX: Duration = Duration::from_secs(876_000 * HOUR);
+    pub const CERT_VALIDITY_MIN: Duration = Duration::from_secs(HOUR);
+    pub const CERT_VALIDITY_MAX: Duration = Duration::from_secs(87_600 * HOUR);
+    pub const RENEW_BEFORE_MIN: Duration = Duration::from_secs(10 * 60);
+    /// Storage: 1 MiB to 1 PiB.
+    pub const STORAGE_MIN_BYTES: u128 = 1 << 20;
+    pub const STORAGE_MAX_BYTES: u128 = 1 << 50;
+    pub const MAX_EXTRA_SANS: usize = 64;
+    pub const MAX_TOLERATIONS: usize = 32;
+    pub const MAX_NODE_SELECTOR: usize = 32;
+    pub const MAX_IMAGE_LENGTH: usize = 512;
+}
 
 /// A private, TLS-secured image registry in this namespace, trusted by every node.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -96,34 +122,40 @@ pub struct PrivateRegistrySpec {
     #[serde(default)]
     pub service: ServiceSpec,
 
-    /// The container image that runs `privreg serve`. Defaults to the operator's own image.
+    /// The container image that runs `privreg serve`. Defaults to the operator's own
+    /// image; any other must be allowed by the cluster admin (`allowedImages`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
     /// CPU and memory requests and limits of the registry container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Node labels the registry pod must match.
+    /// Node labels the registry pod must match (at most 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
-    /// Taints the registry pod tolerates.
+    /// Taints the registry pod tolerates (at most 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub tolerations: Option<Vec<Toleration>>,
 }
 
 /// Storage of the registry: one PersistentVolumeClaim.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Requested size of the volume, as a Kubernetes quantity. Default `20Gi`.
+    /// Requested size of the volume, as a Kubernetes quantity, 1Mi to 1Pi. Default `20Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 20))]
+    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity('1Mi')) >= 0 && quantity(self).compareTo(quantity('1Pi')) <= 0").message("must be between 1Mi and 1Pi"))]
     pub size: Option<String>,
 
     /// StorageClass of the volume; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(max = 253))]
     pub storage_class_name: Option<String>,
 
     /// Keep the volume (and every image in it) when the PrivateRegistry is deleted.
@@ -145,12 +177,14 @@ pub struct TlsSpec {
 }
 
 /// The registry's CA: generated once by the operator, or brought by the user.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CaSpec {
-    /// Lifetime of a generated CA, e.g. `87600h` (ten years, the default).
+    /// Lifetime of a generated CA, `24h` to `876000h`; default `87600h` (ten years).
+    /// Server certificates never outlive it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('24h') && duration(self) <= duration('876000h')").message("must be between 24h and 876000h"))]
     pub validity: Option<String>,
 
     /// Key algorithm of a generated CA and of server certificates. Default ECDSA-P256.
@@ -158,9 +192,17 @@ pub struct CaSpec {
     pub key_algorithm: Option<KeyAlgorithm>,
 
     /// Use this Secret's `tls.crt` and `tls.key` (a CA certificate and its key) instead
-    /// of generating a CA. The Secret must be in the PrivateRegistry's namespace.
+    /// of generating a CA. The Secret must be in the PrivateRegistry's namespace and
+    /// carry the label `privreg.dev/use: ca`, its owner's consent to this use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretReference>,
+
+    /// Give a generated CA X.509 name constraints for exactly the names this
+    /// registry's certificates carry (hostname, Service names, ClusterIP, extra
+    /// SANs), so that a CA copied into a system-wide trust store cannot vouch for
+    /// any other site. Fixed when the CA is made. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub name_constraints: bool,
 }
 
 /// Key algorithms for generated keys.
@@ -179,23 +221,28 @@ pub enum KeyAlgorithm {
 }
 
 /// The server certificate, signed by the CA.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore).getSeconds() * 3 < (has(self.validity) ? duration(self.validity).getSeconds() : 7776000) * 2").message("renewBefore must be shorter than two thirds of validity (default validity 2160h)"))]
 pub struct CertSpec {
-    /// Lifetime of the server certificate, e.g. `2160h` (90 days, the default).
+    /// Lifetime of the server certificate, `1h` to `87600h`; default `2160h` (90 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h') && duration(self) <= duration('87600h')").message("must be between 1h and 87600h"))]
     pub validity: Option<String>,
 
-    /// Renew the server certificate this long before it expires. Default `720h`.
+    /// Renew the server certificate this long before it expires: at least `10m`,
+    /// less than two thirds of the validity. Default `720h`, or a third of the
+    /// validity when that is shorter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10m')").message("must be at least 10m"))]
     pub renew_before: Option<String>,
 
     /// More DNS names or IP addresses for the server certificate (a NodePort's node
-    /// address, an ingress name).
+    /// address, an ingress name). At most 64.
     #[serde(default, rename = "extraSANs", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(regex(pattern = SAN_PATTERN)))]
+    #[schemars(length(max = 64), inner(regex(pattern = SAN_PATTERN), length(max = 253)))]
     pub extra_sans: Vec<String>,
 }
 
@@ -203,7 +250,7 @@ pub struct CertSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct SecretReference {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub name: String,
 }
 
@@ -211,7 +258,9 @@ pub struct SecretReference {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    /// Secret with an `htpasswd` key holding bcrypt entries (`htpasswd -B`).
+    /// Secret with an `htpasswd` key holding bcrypt entries (`htpasswd -B`). It must
+    /// carry the label `privreg.dev/use: htpasswd`, its owner's consent to this use;
+    /// only that key is mounted into the registry pod.
     pub htpasswd_secret_ref: SecretReference,
     /// Let clients pull without logging in; pushing still needs a login.
     #[serde(default)]
@@ -227,6 +276,7 @@ pub struct TrustSpec {
     pub enabled: bool,
     /// Container runtimes to configure on each node. Default all three.
     #[serde(default = "all_runtimes")]
+    #[schemars(length(max = 3))]
     pub runtimes: Vec<Runtime>,
     /// Add a marked `<ClusterIP> <hostname>` line to each node's /etc/hosts, so the
     /// node can resolve the registry's hostname. Default false.

@@ -64,6 +64,10 @@ impl IssueReason {
     }
 }
 
+/// Whether the present server certificate can stay. A certificate whose end was
+/// capped at the CA's end is kept even when its renewal is due: a new one would
+/// end at the same moment, so re-issuing would only loop (CA rotation is what
+/// helps then).
 pub fn decide(
     current: &CurrentLeaf<'_>,
     ca_pem: &str,
@@ -72,6 +76,7 @@ pub fn decide(
     renew_before: Duration,
     now: OffsetDateTime,
 ) -> LeafDecision {
+    let ca_not_after = certs::inspect(ca_pem).ok().map(|i| i.not_after);
     let (Some(cert), Some(_key)) = (current.cert_pem, current.key_pem) else {
         return LeafDecision::Issue(IssueReason::Missing);
     };
@@ -91,8 +96,13 @@ pub fn decide(
     if have != want {
         return LeafDecision::Issue(IssueReason::NamesChanged);
     }
-    let renew_at = info.not_after - renew_before;
-    if now >= renew_at {
+    // Checked: renew_before comes from a spec (bounded, but never trusted).
+    let renew_at = time::Duration::try_from(renew_before)
+        .ok()
+        .and_then(|d| info.not_after.checked_sub(d))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let capped_by_ca = ca_not_after.is_some_and(|end| info.not_after >= end);
+    if now >= renew_at && !capped_by_ca {
         return LeafDecision::Issue(IssueReason::RenewalDue);
     }
     LeafDecision::Keep {
@@ -153,6 +163,20 @@ mod tests {
             ),
             LeafDecision::Issue(IssueReason::RenewalDue)
         );
+        // A leaf capped at the CA's end is not re-issued in a loop.
+        let short_ca = generate_ca("short", 3 * HOUR, KeyAlgorithm::EcdsaP256).unwrap();
+        let capped =
+            issue_server_cert(&short_ca, &sans, 10 * HOUR, KeyAlgorithm::EcdsaP256).unwrap();
+        let capped_current = CurrentLeaf {
+            cert_pem: Some(&capped.cert_pem),
+            key_pem: Some(&capped.key_pem),
+            ca_pem: Some(&short_ca.cert_pem),
+            policy: Some(P),
+        };
+        assert!(matches!(
+            decide(&capped_current, &short_ca.cert_pem, &sans, P, 5 * HOUR, now),
+            LeafDecision::Keep { .. }
+        ));
         // A new validity policy.
         assert_eq!(
             decide(

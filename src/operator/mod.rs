@@ -9,6 +9,7 @@ pub mod certificates;
 pub mod error;
 pub mod leader;
 pub mod objects;
+pub mod policy;
 pub mod reconcile;
 pub mod status;
 pub mod trust_bundle;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use kube::runtime::controller::{Action, Controller};
@@ -31,6 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::PrivateRegistry;
 use crate::cli::OperatorArgs;
@@ -40,7 +42,8 @@ use error::Error;
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    pub default_image: String,
+    /// What the cluster admin allows (images).
+    pub policy: policy::Policy,
     pub metrics: OperatorMetrics,
     /// Wakes the trust-bundle task after a reconcile.
     pub bundle_nudge: Arc<tokio::sync::Notify>,
@@ -121,7 +124,13 @@ async fn reconcile_measured(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Resu
     tracing::debug!(registry = %pr.name_any(), "reconciling");
     let start = Instant::now();
     let key = object_key(&pr);
-    let result = reconcile::reconcile(pr, ctx.clone()).await;
+    // A panic in one reconcile (a bug, hostile input that slipped past
+    // validation) must not take down the controller, which serves every other
+    // registry: it becomes this object's error, with backoff.
+    let result = std::panic::AssertUnwindSafe(reconcile::reconcile(pr, ctx.clone()))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(Error::Panicked(panic_message(panic.as_ref()))));
     ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
     if result.is_ok() {
         ctx.failures
@@ -131,6 +140,14 @@ async fn reconcile_measured(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Resu
     }
     ctx.bundle_nudge.notify_one();
     result
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 /// Errors: counted by category, logged with their cause, an Event on the object,
@@ -159,22 +176,45 @@ fn error_policy(pr: Arc<PrivateRegistry>, error: &Error, ctx: Arc<Context>) -> A
         Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
     };
-    let ctx2 = ctx.clone();
+    // The user sees why in the Ready condition and an Event; other conditions
+    // and everything that runs stay as they were.
+    let reason = error.reason();
     tokio::spawn(async move {
         reconcile::publish(
-            &ctx2,
+            &ctx,
             &pr,
             kube::runtime::events::EventType::Warning,
-            "ReconcileFailed",
+            reason,
             "Reconcile",
             &note,
         )
         .await;
+        let new = status::not_ready(
+            pr.status.as_ref(),
+            reason,
+            note,
+            pr.metadata.generation,
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+        );
+        let api: Api<PrivateRegistry> =
+            Api::namespaced(ctx.client.clone(), &pr.namespace().unwrap_or_default());
+        if let Err(e) = reconcile::patch_status(&api, &pr, new).await {
+            tracing::warn!(error = %e, "recording the failure in the status failed");
+        }
     });
     Action::requeue(backoff(failures))
 }
 
+/// Runs the operator until SIGTERM (Ok) or until it loses the leader Lease (Err,
+/// so the process exits non-zero and comes back as a standby).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let policy = policy::Policy::new(&args.image, &args.allowed_images)?;
+    let scope = Scope::new(&args.watch_namespaces)?;
+    let sigterm = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(sigterm.clone()));
+
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -192,70 +232,173 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 instance: Some(identity.clone()),
             },
         ),
-        default_image: args.image.clone(),
+        policy,
         metrics: OperatorMetrics::new(),
         bundle_nudge: Arc::new(tokio::sync::Notify::new()),
         failures: Default::default(),
     });
+    tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
 
-    let health = ctx.clone();
-    let listen = args.metrics_listen;
-    tokio::spawn(async move {
-        let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route("/readyz", axum::routing::get(|| async { "ok" }))
-            .route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let h = health.clone();
-                    async move { h.metrics.encode() }
-                }),
-            );
-        match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => {
-                if let Err(e) = axum::serve(l, app).await {
-                    tracing::error!(error = %e, "health server failed");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, %listen, "cannot listen for health and metrics"),
-        }
-    });
-
-    if args.leader_elect {
-        let elector = Arc::new(leader::LeaderElector::new(
-            client.clone(),
-            &args.namespace,
-            "privreg-operator",
-            &identity,
-            Duration::from_secs(15),
-        ));
-        elector.acquire(Duration::from_secs(2)).await;
-        tracing::info!(%identity, "leading");
-        let keeper = elector.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                match keeper.try_acquire().await {
-                    Ok(true) => {}
-                    // Lost the lease: stop at once, so two leaders never overlap.
-                    Ok(false) => {
-                        tracing::error!("lost the leader lease; exiting");
-                        std::process::exit(1);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
-                }
-            }
-        });
+    if !args.leader_elect {
+        run_controllers(&ctx, &args, &scope, sigterm.clone()).await;
+        tracing::info!("operator stopped");
+        return Ok(());
     }
 
-    tokio::spawn(trust_bundle::run(
+    let config = leader::LeaderConfig::default();
+    config.validate()?;
+    let margin = config.handover_margin();
+    let elector = Arc::new(leader::LeaderElector::new(
         client.clone(),
+        &args.namespace,
+        "privreg-operator",
+        &identity,
+        config,
+    ));
+    if !elector.acquire(&sigterm).await? {
+        // SIGTERM while standing by: nothing to hand over.
+        let _ = elector.release().await;
+        tracing::info!("standby stopped");
+        return Ok(());
+    }
+    tracing::info!(%identity, "leading");
+    let shutdown = sigterm.child_token();
+    let keeper = tokio::spawn({
+        let (elector, shutdown) = (elector.clone(), shutdown.clone());
+        async move {
+            let held = elector.hold(&shutdown).await;
+            shutdown.cancel();
+            held
+        }
+    });
+    let controllers = run_controllers(&ctx, &args, &scope, shutdown.clone());
+    tokio::pin!(controllers);
+    tokio::select! {
+        _ = &mut controllers => {}
+        // Once leading ends, reconciles in flight get the handover margin to
+        // finish; after that they are dropped, so no write of ours can land while
+        // another replica leads.
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(margin).await } => {
+            tracing::warn!("reconciles did not finish within the handover margin; dropped");
+        }
+    }
+    shutdown.cancel();
+    let held = keeper.await.unwrap_or_else(|e| {
+        Err(leader::LeaderError::Lost {
+            reason: format!("the lease keeper failed: {e}"),
+        })
+    });
+    if let Err(e) = elector.release().await {
+        tracing::warn!(error = %e, "releasing the leader Lease failed");
+    }
+    held.context("leader election")?;
+    tracing::info!("operator stopped; leader Lease released");
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+async fn cancel_on_signal(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}
+
+async fn serve_health(ctx: Arc<Context>, listen: std::net::SocketAddr) {
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let h = ctx.clone();
+                async move { h.metrics.encode() }
+            }),
+        );
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "health server failed");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, %listen, "cannot listen for health and metrics"),
+    }
+}
+
+/// Which namespaces the operator watches: all (a ClusterRole), or a list (a Role
+/// in each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    pub fn new(namespaces: &[String]) -> anyhow::Result<Scope> {
+        let mut list: Vec<String> = namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        list.sort();
+        list.dedup();
+        if let Some(bad) = list
+            .iter()
+            .find(|n| !crate::certs::is_dns_name(n) || n.contains('.') || n.len() > 63)
+        {
+            anyhow::bail!("--watch-namespaces: {bad:?} is not a namespace name");
+        }
+        Ok(if list.is_empty() {
+            Scope::Cluster
+        } else {
+            Scope::Namespaces(list)
+        })
+    }
+
+    /// One `Api` per watched namespace (or one for all).
+    pub fn apis<K>(&self, client: &Client) -> Vec<Api<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::Cluster => vec![Api::all(client.clone())],
+            Scope::Namespaces(list) => list
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect(),
+        }
+    }
+}
+
+/// The controllers (one per watched namespace, or one for all) and the trust
+/// bundle task, until `stop` is cancelled.
+async fn run_controllers(
+    ctx: &Arc<Context>,
+    args: &OperatorArgs,
+    scope: &Scope,
+    stop: CancellationToken,
+) {
+    let bundle = tokio::spawn(trust_bundle::run(
+        ctx.client.clone(),
         args.namespace.clone(),
+        scope.clone(),
         ctx.bundle_nudge.clone(),
         Duration::from_secs(args.trust_bundle_resync_seconds.max(1)),
     ));
-
-    let registries: Api<PrivateRegistry> = Api::all(client.clone());
     // Consistent lists: after an apiserver restart, a list served from a fresh
     // watch cache can carry a resourceVersion older than the cache's window, and
     // every watch resumed from it fails with 410 Expired, again and again.
@@ -268,30 +411,41 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             crate::FIELD_MANAGER
         ))
         .list_semantic(watcher::ListSemantic::MostRecent);
-    tracing::info!(image = %args.image, "privreg operator starting");
-    Controller::new(registries, registries_config)
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        // A retained volume has no owner reference, so map it back by label.
-        .watches(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            owned,
-            |pvc| {
-                let name = pvc.labels().get(crate::labels::INSTANCE)?.clone();
-                Some(ObjectRef::<PrivateRegistry>::new(&name).within(&pvc.namespace()?))
+    tracing::info!(image = %args.image, ?scope, "privreg operator starting");
+    let client = &ctx.client;
+    let controllers = scope
+        .apis::<PrivateRegistry>(client)
+        .into_iter()
+        .zip(scope.apis::<Deployment>(client))
+        .zip(scope.apis::<Service>(client))
+        .zip(scope.apis::<Secret>(client))
+        .zip(scope.apis::<ConfigMap>(client))
+        .zip(scope.apis::<PersistentVolumeClaim>(client))
+        .map(
+            |(((((registries, deployments), services), secrets), configmaps), pvcs)| {
+                let stop = stop.clone();
+                Controller::new(registries, registries_config.clone())
+                    .owns(deployments, owned.clone())
+                    .owns(services, owned.clone())
+                    .owns(secrets, owned.clone())
+                    .owns(configmaps, owned.clone())
+                    // A retained volume has no owner reference, so map it back by label.
+                    .watches(pvcs, owned.clone(), |pvc| {
+                        let name = pvc.labels().get(crate::labels::INSTANCE)?.clone();
+                        Some(ObjectRef::<PrivateRegistry>::new(&name).within(&pvc.namespace()?))
+                    })
+                    .graceful_shutdown_on(async move { stop.cancelled().await })
+                    .run(reconcile_measured, error_policy, ctx.clone())
+                    .for_each(|result| async move {
+                        match result {
+                            Ok((object, _)) => {
+                                tracing::debug!(registry = %object.name, "reconciled")
+                            }
+                            Err(e) => tracing::debug!(error = %e, "controller event"),
+                        }
+                    })
             },
-        )
-        .shutdown_on_signal()
-        .run(reconcile_measured, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(registry = %object.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "controller event"),
-            }
-        })
-        .await;
-    tracing::info!("operator stopped");
-    Ok(())
+        );
+    futures_util::future::join_all(controllers).await;
+    bundle.abort();
 }

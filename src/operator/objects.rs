@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction,
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
     SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
@@ -23,6 +23,8 @@ use crate::labels;
 
 pub const TLS_MOUNT: &str = "/etc/privreg/tls";
 pub const AUTH_MOUNT: &str = "/etc/privreg/auth";
+/// The key of the htpasswd Secret that is mounted (and the only one).
+pub const HTPASSWD_KEY: &str = "htpasswd";
 pub const DATA_MOUNT: &str = "/var/lib/privreg";
 /// The unprivileged user the registry runs as (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
@@ -62,10 +64,24 @@ fn pem_data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
         .collect()
 }
 
+/// Records on a generated CA's Secret the names its X.509 name constraints permit.
+pub const NAME_CONSTRAINTS_ANNOTATION: &str = "privreg.dev/name-constraints";
+/// The label by which a Secret's owner consents to its use by a PrivateRegistry:
+/// `htpasswd` or `ca`.
+pub const SECRET_USE_LABEL: &str = "privreg.dev/use";
+
 /// The generated CA: certificate and key, created once.
-pub fn ca_secret(d: &Desired, ca: &CertAndKey, owner: &OwnerReference) -> Secret {
+pub fn ca_secret(
+    d: &Desired,
+    ca: &CertAndKey,
+    name_constraints: Option<&[String]>,
+    owner: &OwnerReference,
+) -> Secret {
+    let mut metadata = meta(d, d.ca_secret_name(), Some(owner));
+    metadata.annotations = name_constraints
+        .map(|names| BTreeMap::from([(NAME_CONSTRAINTS_ANNOTATION.to_owned(), names.join(","))]));
     Secret {
-        metadata: meta(d, d.ca_secret_name(), Some(owner)),
+        metadata,
         type_: Some("kubernetes.io/tls".to_owned()),
         data: Some(pem_data(&[
             ("tls.crt", &ca.cert_pem),
@@ -181,7 +197,10 @@ pub fn serve_args(d: &Desired) -> Vec<String> {
         format!("0.0.0.0:{METRICS_PORT}"),
     ];
     if d.htpasswd_secret.is_some() {
-        args.extend(["--htpasswd".to_owned(), format!("{AUTH_MOUNT}/htpasswd")]);
+        args.extend([
+            "--htpasswd".to_owned(),
+            format!("{AUTH_MOUNT}/{HTPASSWD_KEY}"),
+        ]);
         if d.anonymous_pull {
             args.push("--anonymous-pull".to_owned());
         }
@@ -244,6 +263,12 @@ pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.clone()),
                 default_mode: Some(0o440),
+                // Only the key the registry reads, whatever else the Secret holds.
+                items: Some(vec![KeyToPath {
+                    key: HTPASSWD_KEY.to_owned(),
+                    path: HTPASSWD_KEY.to_owned(),
+                    mode: None,
+                }]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -341,7 +366,10 @@ pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::validate::{tests::registry, validate};
+    use crate::operator::validate::{
+        tests::{own_image, registry},
+        validate,
+    };
     use clap::Parser;
 
     fn owner() -> OwnerReference {
@@ -359,7 +387,7 @@ mod tests {
         let yaml = format!(
             "apiVersion: privreg.dev/v1alpha1\nkind: PrivateRegistry\nmetadata: {{name: reg, namespace: tools}}\nspec: {spec}\n"
         );
-        validate(&registry(&yaml), "ghcr.io/example/privreg:1").unwrap()
+        validate(&registry(&yaml), &own_image("ghcr.io/example/privreg:1")).unwrap()
     }
 
     /// The container arguments the operator renders parse with the real CLI.
@@ -400,6 +428,32 @@ mod tests {
             assert_eq!(serve.anonymous_pull, d.anonymous_pull);
             assert_eq!(cli.log_format, crate::telemetry::LogFormat::Json);
         }
+    }
+
+    #[test]
+    fn only_the_htpasswd_key_is_mounted() {
+        let d = desired("{auth: {htpasswdSecretRef: {name: users}}}");
+        let pod = deployment(&d, &owner())
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let auth = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "auth")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(auth.secret_name.as_deref(), Some("users"));
+        let items = auth.items.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("htpasswd", "htpasswd")
+        );
     }
 
     #[test]

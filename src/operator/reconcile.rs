@@ -1,13 +1,16 @@
-//! One reconcile of a PrivateRegistry, as a pipeline: validate -> Service (for its
-//! ClusterIP) -> CA -> server certificate -> CA ConfigMap, PVC, Deployment ->
-//! status. Building is pure (`objects`, `certificates`, `status`); this module only
-//! reads and writes. Nothing is written when the spec is invalid.
+//! One reconcile of a PrivateRegistry, as a pipeline: validate -> ownership and
+//! consent checks -> Service (for its ClusterIP) -> CA -> server certificate ->
+//! CA ConfigMap, PVC, Deployment -> status. Building is pure (`objects`,
+//! `certificates`, `status`); this module only reads and writes. Nothing is
+//! written when the spec is invalid, and nothing is ever written to an object
+//! this registry does not own (see `ownership`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -17,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use super::Context;
 use super::certificates::{self, CurrentLeaf, LeafDecision};
-use super::error::{Error, Result};
+use super::error::{Error, Refusal, Result};
 use super::objects;
 use super::status::{self, Observed};
 use super::validate::{self, Desired};
@@ -30,28 +33,37 @@ const RESYNC: Duration = Duration::from_secs(3600);
 pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Action> {
     let ns = pr.namespace().unwrap_or_default();
     let registries: Api<PrivateRegistry> = Api::namespaced(ctx.client.clone(), &ns);
-    let desired = match validate::validate(&pr, &ctx.default_image) {
+    let desired = match validate::validate(&pr, &ctx.policy) {
         Ok(d) => d,
         Err(e) => {
             // An invalid spec changes nothing that runs; it only says why.
             let message = e.to_string();
-            publish(
-                &ctx,
-                &pr,
-                EventType::Warning,
+            let new = status::not_ready(
+                pr.status.as_ref(),
                 e.reason(),
-                "Validate",
-                &message,
-            )
-            .await;
-            let new = status::invalid(pr.status.as_ref(), message, pr.meta().generation, &now());
+                message.clone(),
+                pr.meta().generation,
+                &now(),
+            );
+            if pr.status.as_ref() != Some(&new) {
+                publish(
+                    &ctx,
+                    &pr,
+                    EventType::Warning,
+                    e.reason(),
+                    "Validate",
+                    &message,
+                )
+                .await;
+            }
             patch_status(&registries, &pr, new).await?;
             return Ok(Action::await_change());
         }
     };
-    let owner = pr
-        .controller_owner_ref(&())
-        .expect("PrivateRegistry has a name and uid");
+    let owner = pr.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+
+    check_ownership(&ctx, &desired, &owner).await?;
+    check_consent(&ctx, &desired).await?;
 
     let service = apply(&ctx, &ns, objects::service(&desired, &owner)).await?;
     let cluster_ip = service
@@ -60,8 +72,13 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
         .and_then(|s| s.cluster_ip.clone())
         .filter(|ip| ip != "None");
 
-    let ca = ensure_ca(&ctx, &pr, &desired, &owner).await?;
     let sans = desired.sans(cluster_ip.as_deref());
+    let (ca, constraints) = ensure_ca(&ctx, &pr, &desired, &owner, &sans).await?;
+    if let Some(permitted) = &constraints {
+        if let Some(outside) = sans.iter().find(|s| !certs::permits(permitted, s)) {
+            return Err(Refusal::OutsideNameConstraints(outside.clone()).into());
+        }
+    }
     let (not_after, renew_at) = ensure_leaf(&ctx, &pr, &desired, &owner, &ca, &sans).await?;
 
     apply(
@@ -89,13 +106,168 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
     let new = status::compute(pr.status.as_ref(), &observed, pr.meta().generation, &now());
     patch_status(&registries, &pr, new).await?;
 
-    // Come back when the certificate is due, or at the resync interval.
+    // Come back when the certificate is due, or at the resync interval. A
+    // renewal time already past means the certificate is capped by its CA's end
+    // and was kept: nothing to do until the resync.
     let until_renewal = (renew_at - time::OffsetDateTime::now_utc())
         .try_into()
-        .unwrap_or(Duration::ZERO);
+        .unwrap_or(RESYNC);
     Ok(Action::requeue(
         until_renewal.clamp(Duration::from_secs(1), RESYNC),
     ))
+}
+
+/// Whether `object` is controlled by the PrivateRegistry `owner` (by uid: a
+/// re-created registry of the same name is another owner).
+fn controlled_by(meta: &kube::api::ObjectMeta, owner: &OwnerReference) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == owner.uid)
+}
+
+/// A retained volume has no owner; it is this registry's if it carries the
+/// operator's labels for this registry (so a re-created registry re-attaches its
+/// own data, and nobody else's).
+fn retained_volume_of(meta: &kube::api::ObjectMeta, registry: &str) -> bool {
+    let labels = meta.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label(crate::labels::INSTANCE) == Some(registry)
+        && label(crate::labels::MANAGED_BY) == Some(crate::FIELD_MANAGER)
+        && meta.owner_references.as_ref().is_none_or(Vec::is_empty)
+}
+
+async fn get_opt<K>(ctx: &Context, ns: &str, name: &str) -> Result<Option<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Get {
+            kind: kind_name::<K>(),
+            name: name.to_owned(),
+            source,
+        })
+}
+
+/// Refuses (`NameConflict`) when an object the registry would write exists and is
+/// not its own. A tenant who may only create PrivateRegistries must not be able
+/// to make the operator take over, change, or (through garbage collection)
+/// delete a Service, Secret, ConfigMap, volume or Deployment they did not create.
+async fn check_ownership(ctx: &Context, d: &Desired, owner: &OwnerReference) -> Result<()> {
+    async fn check<K>(
+        ctx: &Context,
+        d: &Desired,
+        name: String,
+        owned: impl Fn(&kube::api::ObjectMeta) -> bool,
+    ) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match get_opt::<K>(ctx, &d.namespace, &name).await? {
+            Some(existing) if !owned(existing.meta()) => Err(Refusal::NameConflict {
+                kind: kind_name::<K>(),
+                name,
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+    let ours = |m: &kube::api::ObjectMeta| controlled_by(m, owner);
+    let our_volume =
+        |m: &kube::api::ObjectMeta| controlled_by(m, owner) || retained_volume_of(m, &d.name);
+    let generated_ca = async {
+        match d.ca_secret {
+            // A brought CA is checked for consent instead (`check_consent`).
+            Some(_) => Ok(()),
+            None => check::<Secret>(ctx, d, d.ca_secret_name(), ours).await,
+        }
+    };
+    futures_util::try_join!(
+        check::<Service>(ctx, d, d.workload_name(), ours),
+        check::<Deployment>(ctx, d, d.workload_name(), ours),
+        check::<Secret>(ctx, d, d.tls_secret_name(), ours),
+        check::<ConfigMap>(ctx, d, d.ca_configmap_name(), ours),
+        check::<PersistentVolumeClaim>(ctx, d, d.pvc_name(), our_volume),
+        generated_ca,
+    )?;
+    Ok(())
+}
+
+/// A Secret the spec names (htpasswd, a brought CA) is used only with its
+/// owner's consent: the label `privreg.dev/use: <use>`. Otherwise anyone who may
+/// create a PrivateRegistry could read any Secret of the namespace through the
+/// registry pod, or make any key pair sign certificates.
+async fn consented_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    use_: &'static str,
+    keys: &[&'static str],
+) -> Result<Secret> {
+    let refuse = || Refusal::SecretNotOptedIn {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        label: objects::SECRET_USE_LABEL,
+        use_,
+    };
+    let secret = get_secret(ctx, namespace, name).await?.ok_or_else(refuse)?;
+    if secret
+        .labels()
+        .get(objects::SECRET_USE_LABEL)
+        .map(String::as_str)
+        != Some(use_)
+    {
+        return Err(refuse().into());
+    }
+    if let Some(key) = keys
+        .iter()
+        .find(|k| secret.data.as_ref().is_none_or(|d| !d.contains_key(**k)))
+    {
+        return Err(Refusal::SecretKeyMissing {
+            name: name.to_owned(),
+            key,
+        }
+        .into());
+    }
+    Ok(secret)
+}
+
+async fn check_consent(ctx: &Context, d: &Desired) -> Result<()> {
+    if let Some(name) = &d.htpasswd_secret {
+        consented_secret(
+            ctx,
+            &d.namespace,
+            name,
+            "htpasswd",
+            &[objects::HTPASSWD_KEY],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs CPU-heavy work (key generation: RSA-4096 takes seconds) on the blocking
+/// pool, so it never stalls the async workers that serve every other registry.
+async fn off_runtime<T, F>(work: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T, certs::CertError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(Error::Certificate),
+        Err(e) if e.is_panic() => Err(Error::Panicked(format!("certificate work: {e}"))),
+        Err(e) => Err(Error::Panicked(format!("certificate work cancelled: {e}"))),
+    }
 }
 
 fn now() -> Time {
@@ -165,41 +337,64 @@ async fn get_secret(ctx: &Context, ns: &str, name: &str) -> Result<Option<Secret
         })
 }
 
-/// The CA: the user's Secret, or the generated one, created exactly once. `create`
+/// The CA and the names its constraints permit (if it has any): the user's
+/// Secret (with consent), or the generated one, created exactly once. `create`
 /// (not apply) means two racing reconciles cannot both mint a CA: the loser gets
-/// a conflict and reads the winner's.
+/// a conflict and reads the winner's, if it is this registry's own.
 async fn ensure_ca(
     ctx: &Context,
     pr: &PrivateRegistry,
     d: &Desired,
-    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-) -> Result<CertAndKey> {
+    owner: &OwnerReference,
+    sans: &[String],
+) -> Result<(CertAndKey, Option<Vec<String>>)> {
     let name = d.ca_secret_name();
-    let read = |s: &Secret| -> Result<CertAndKey> {
+    let read = |s: &Secret| -> Result<(CertAndKey, Option<Vec<String>>)> {
         let cert_pem = secret_text(s, "tls.crt");
         let key_pem = secret_text(s, "tls.key");
+        let constraints = s
+            .annotations()
+            .get(objects::NAME_CONSTRAINTS_ANNOTATION)
+            .map(|names| names.split(',').map(str::to_owned).collect());
         match (cert_pem, key_pem) {
             (Some(cert_pem), Some(key_pem)) if certs::inspect(&cert_pem).is_ok() => {
-                Ok(CertAndKey { cert_pem, key_pem })
+                Ok((CertAndKey { cert_pem, key_pem }, constraints))
             }
             _ => Err(Error::BadCaSecret { name: name.clone() }),
         }
     };
+    if d.ca_secret.is_some() {
+        let brought =
+            consented_secret(ctx, &d.namespace, &name, "ca", &["tls.crt", "tls.key"]).await?;
+        return read(&brought);
+    }
     if let Some(existing) = get_secret(ctx, &d.namespace, &name).await? {
+        if !controlled_by(existing.meta(), owner) {
+            return Err(Refusal::NameConflict {
+                kind: "Secret",
+                name,
+            }
+            .into());
+        }
         return read(&existing);
     }
-    if d.ca_secret.is_some() {
-        return Err(Error::BadCaSecret { name });
-    }
-    let ca = certs::generate_ca(
-        &format!("privreg CA for {}/{}", d.namespace, d.name),
-        d.ca_validity,
-        d.key_algorithm,
-    )
-    .map_err(Error::Certificate)?;
+    let permitted: Option<Vec<String>> = d
+        .ca_name_constraints
+        .then(|| sans.iter().map(|s| certs::constraint_for(s)).collect());
+    let ca = {
+        let common_name = format!("privreg CA for {}/{}", d.namespace, d.name);
+        let (validity, algorithm, permitted) = (d.ca_validity, d.key_algorithm, permitted.clone());
+        off_runtime(move || {
+            certs::generate_constrained_ca(&common_name, validity, algorithm, permitted.as_deref())
+        })
+        .await?
+    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &d.namespace);
     match secrets
-        .create(&PostParams::default(), &objects::ca_secret(d, &ca, owner))
+        .create(
+            &PostParams::default(),
+            &objects::ca_secret(d, &ca, permitted.as_deref(), owner),
+        )
         .await
     {
         Ok(_) => {
@@ -215,12 +410,19 @@ async fn ensure_ca(
                 &format!("generated CA {fingerprint}"),
             )
             .await;
-            Ok(ca)
+            Ok((ca, permitted))
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let winner = get_secret(ctx, &d.namespace, &name)
                 .await?
                 .ok_or(Error::BadCaSecret { name: name.clone() })?;
+            if !controlled_by(winner.meta(), owner) {
+                return Err(Refusal::NameConflict {
+                    kind: "Secret",
+                    name,
+                }
+                .into());
+            }
             read(&winner)
         }
         Err(source) => Err(Error::CreateCaSecret { name, source }),
@@ -232,7 +434,7 @@ async fn ensure_leaf(
     ctx: &Context,
     pr: &PrivateRegistry,
     d: &Desired,
-    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    owner: &OwnerReference,
     ca: &CertAndKey,
     sans: &[String],
 ) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
@@ -265,8 +467,12 @@ async fn ensure_leaf(
             Ok((not_after, renew_at))
         }
         LeafDecision::Issue(reason) => {
-            let leaf = certs::issue_server_cert(ca, sans, d.cert_validity, d.key_algorithm)
-                .map_err(Error::Certificate)?;
+            let leaf = {
+                let (ca, sans) = (ca.clone(), sans.to_vec());
+                let (validity, algorithm) = (d.cert_validity, d.key_algorithm);
+                off_runtime(move || certs::issue_server_cert(&ca, &sans, validity, algorithm))
+                    .await?
+            };
             apply(
                 ctx,
                 &d.namespace,
@@ -293,25 +499,35 @@ async fn ensure_leaf(
                 ),
             )
             .await;
-            Ok((info.not_after, info.not_after - d.renew_before))
+            let renew_at = time::Duration::try_from(d.renew_before)
+                .ok()
+                .and_then(|r| info.not_after.checked_sub(r))
+                .unwrap_or(info.not_after);
+            Ok((info.not_after, renew_at))
         }
     }
 }
 
-async fn patch_status(
+/// Writes the status by server-side apply under the operator's field manager, as
+/// every other object; only when it changed, so a settled registry costs no
+/// API writes.
+pub(crate) async fn patch_status(
     api: &Api<PrivateRegistry>,
     pr: &PrivateRegistry,
     new: crate::api::PrivateRegistryStatus,
 ) -> Result<()> {
     if pr.status.as_ref() == Some(&new) {
-        // Unchanged: write nothing, so a settled registry costs no API writes.
         return Ok(());
     }
-    let patch = serde_json::json!({ "status": new });
+    let patch = serde_json::json!({
+        "apiVersion": "privreg.dev/v1alpha1",
+        "kind": "PrivateRegistry",
+        "status": new,
+    });
     api.patch_status(
         &pr.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
     )
     .await
     .map_err(Error::PatchStatus)?;

@@ -130,24 +130,19 @@ pub fn compute(
     }
 }
 
-/// The status of a spec that failed validation: `Ready=False, InvalidSpec`, every
-/// other field as it was (nothing that runs was changed).
-pub fn invalid(
+/// The status of a registry the operator did not (fully) reconcile: an invalid
+/// spec, a refusal (`NameConflict`, `SecretNotOptedIn`, ...) or a failure:
+/// `Ready=False` with that reason, every other field as it was (nothing that
+/// runs was changed).
+pub fn not_ready(
     previous: Option<&PrivateRegistryStatus>,
+    reason: &str,
     message: String,
     generation: Option<i64>,
     now: &Time,
 ) -> PrivateRegistryStatus {
     let mut status = previous.cloned().unwrap_or_default();
-    let ready = condition(
-        previous,
-        READY,
-        false,
-        "InvalidSpec",
-        message,
-        generation,
-        now,
-    );
+    let ready = condition(previous, READY, false, reason, message, generation, now);
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.insert(0, ready);
     status.observed_generation = generation;
@@ -204,7 +199,13 @@ mod tests {
             ..Default::default()
         };
         let before = compute(None, &obs, Some(1), &now(1));
-        let after = invalid(Some(&before), "bad port".into(), Some(2), &now(2));
+        let after = not_ready(
+            Some(&before),
+            "InvalidSpec",
+            "bad port".into(),
+            Some(2),
+            &now(2),
+        );
         assert_eq!(after.conditions[0].reason, "InvalidSpec");
         assert_eq!(after.endpoint, before.endpoint);
         assert_eq!(after.conditions.len(), before.conditions.len());

@@ -93,20 +93,41 @@ pub fn configmap(namespace: &str, mut bundle: Bundle) -> ConfigMap {
     }
 }
 
+/// Whether the CA ConfigMap was written by the operator for this very registry:
+/// a ConfigMap of that name made by anyone else must never put a CA on nodes.
+fn owned_by(cm: &ConfigMap, pr: &PrivateRegistry) -> bool {
+    let uid = pr.metadata.uid.as_deref();
+    uid.is_some()
+        && cm
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+}
+
 /// Rebuilds and applies the bundle once.
-pub async fn refresh(client: &kube::Client, namespace: &str) -> Result<usize, kube::Error> {
-    let registries: Api<PrivateRegistry> = Api::all(client.clone());
+pub async fn refresh(
+    client: &kube::Client,
+    namespace: &str,
+    scope: &super::Scope,
+) -> Result<usize, kube::Error> {
     let mut bundle = Bundle::default();
-    for pr in registries.list(&ListParams::default()).await? {
-        let Some(ns) = pr.namespace() else { continue };
-        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let Some(cm) = cms.get_opt(&format!("{}-ca", pr.name_any())).await? else {
-            continue;
-        };
-        let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) else {
-            continue;
-        };
-        bundle.registries.extend(entry(&pr, ca));
+    for registries in scope.apis::<PrivateRegistry>(client) {
+        for pr in registries.list(&ListParams::default()).await? {
+            let Some(ns) = pr.namespace() else { continue };
+            let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+            let Some(cm) = cms.get_opt(&format!("{}-ca", pr.name_any())).await? else {
+                continue;
+            };
+            if !owned_by(&cm, &pr) {
+                continue;
+            }
+            let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) else {
+                continue;
+            };
+            bundle.registries.extend(entry(&pr, ca));
+        }
     }
     let count = bundle.registries.len();
     let cm = configmap(namespace, bundle);
@@ -128,11 +149,12 @@ pub async fn refresh(client: &kube::Client, namespace: &str) -> Result<usize, ku
 pub async fn run(
     client: kube::Client,
     namespace: String,
+    scope: super::Scope,
     nudge: Arc<tokio::sync::Notify>,
     every: Duration,
 ) {
     loop {
-        match refresh(&client, &namespace).await {
+        match refresh(&client, &namespace, &scope).await {
             Ok(n) => tracing::debug!(registries = n, "trust bundle applied"),
             Err(e) => tracing::warn!(error = %e, "updating the trust bundle failed"),
         }

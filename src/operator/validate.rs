@@ -8,7 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use kube::ResourceExt;
 
-use crate::api::{self, PrivateRegistry, ServiceType};
+use super::policy::Policy;
+use crate::api::{self, PrivateRegistry, ServiceType, bounds};
 use crate::certs::{self, KeyAlgorithm};
 
 pub const DEFAULT_PORT: u16 = 5000;
@@ -39,12 +40,36 @@ pub enum SpecError {
     RenewBeforeTooLong { renew_before: u64, validity: u64 },
     #[error("spec.tls.cert.extraSANs: {0:?} is neither a DNS name nor an IP address")]
     San(String),
+    #[error("{field} ({value}s) must be between {min}s and {max}s")]
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error("spec.storage.size {0:?} must be a quantity between 1Mi and 1Pi")]
+    StorageSize(String),
+    #[error("{field} has {count} entries; at most {max} are allowed")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{field} {value:?} is not a valid name")]
+    Name { field: &'static str, value: String },
+    #[error(
+        "spec.image {0:?} is not allowed by the cluster admin (operator flag --allowed-images, Helm value allowedImages)"
+    )]
+    ImageNotAllowed(String),
 }
 
 impl SpecError {
     /// The condition reason for this error.
     pub fn reason(&self) -> &'static str {
-        "InvalidSpec"
+        match self {
+            SpecError::ImageNotAllowed(_) => "ImageNotAllowed",
+            _ => "InvalidSpec",
+        }
     }
 }
 
@@ -58,6 +83,8 @@ pub struct Desired {
     pub service_type: ServiceType,
     pub ca_validity: Duration,
     pub key_algorithm: KeyAlgorithm,
+    /// Constrain a generated CA to this registry's names.
+    pub ca_name_constraints: bool,
     /// A user-supplied CA Secret, instead of a generated CA.
     pub ca_secret: Option<String>,
     pub cert_validity: Duration,
@@ -126,15 +153,83 @@ impl Desired {
     }
 }
 
+/// A duration field, defaulted, then held to its bounds.
 fn duration(
     field: &'static str,
     value: &Option<String>,
     default: Duration,
+    (min, max): (Duration, Duration),
 ) -> Result<Duration, SpecError> {
-    match value {
-        None => Ok(default),
-        Some(v) => api::duration::parse(v).map_err(|source| SpecError::Duration { field, source }),
+    let d = match value {
+        None => default,
+        Some(v) => {
+            api::duration::parse(v).map_err(|source| SpecError::Duration { field, source })?
+        }
+    };
+    if d < min || d > max {
+        return Err(SpecError::OutOfRange {
+            field,
+            value: d.as_secs(),
+            min: min.as_secs(),
+            max: max.as_secs(),
+        });
     }
+    Ok(d)
+}
+
+/// Bytes of a Kubernetes quantity as the CRD pattern admits it (`20Gi`, `1.5T`,
+/// `500M`); `None` for anything else or on overflow.
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty()
+        || whole.len() > 18
+        || fraction.len() > 9
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let scale = 10u128.pow(u32::try_from(fraction.len()).ok()?);
+    let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
+    digits.checked_mul(multiplier).map(|v| v / scale)
+}
+
+fn at_most(field: &'static str, count: usize, max: usize) -> Result<(), SpecError> {
+    if count > max {
+        return Err(SpecError::TooMany { field, count, max });
+    }
+    Ok(())
+}
+
+/// A Kubernetes object name (DNS subdomain), as a referenced Secret must have.
+fn object_name(field: &'static str, value: &str) -> Result<String, SpecError> {
+    if !certs::is_dns_name(value) || value.starts_with("*.") || value.len() > 253 {
+        return Err(SpecError::Name {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    Ok(value.to_owned())
 }
 
 fn key_algorithm(a: Option<api::KeyAlgorithm>) -> KeyAlgorithm {
@@ -147,9 +242,10 @@ fn key_algorithm(a: Option<api::KeyAlgorithm>) -> KeyAlgorithm {
     }
 }
 
-/// Checks a spec (admission validated most of it; this catches what a schema
-/// cannot, and anything applied before the CRD carried validation).
-pub fn validate(pr: &PrivateRegistry, default_image: &str) -> Result<Desired, SpecError> {
+/// Checks a spec against its bounds and the admin's policy. Admission enforces the
+/// same bounds; they are checked again here because the operator must not trust
+/// that the CRD it finds carries them (an older CRD, a direct etcd write).
+pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecError> {
     let spec = &pr.spec;
     let name = pr.name_any();
     let namespace = pr.namespace().ok_or(SpecError::NoNamespace)?;
@@ -171,27 +267,87 @@ pub fn validate(pr: &PrivateRegistry, default_image: &str) -> Result<Desired, Sp
         "spec.tls.ca.validity",
         &spec.tls.ca.validity,
         DEFAULT_CA_VALIDITY,
+        (bounds::CA_VALIDITY_MIN, bounds::CA_VALIDITY_MAX),
     )?;
     let cert_validity = duration(
         "spec.tls.cert.validity",
         &spec.tls.cert.validity,
         DEFAULT_CERT_VALIDITY,
+        (bounds::CERT_VALIDITY_MIN, bounds::CERT_VALIDITY_MAX),
     )?;
     let renew_before = duration(
         "spec.tls.cert.renewBefore",
         &spec.tls.cert.renew_before,
-        DEFAULT_RENEW_BEFORE,
+        DEFAULT_RENEW_BEFORE.min(cert_validity / 3),
+        (bounds::RENEW_BEFORE_MIN, bounds::CERT_VALIDITY_MAX),
     )?;
-    if renew_before >= cert_validity {
+    // Below two thirds, so a certificate serves at least a third of its life
+    // between renewals: never a re-issue loop.
+    if renew_before.as_secs().saturating_mul(3) >= cert_validity.as_secs().saturating_mul(2) {
         return Err(SpecError::RenewBeforeTooLong {
             renew_before: renew_before.as_secs(),
             validity: cert_validity.as_secs(),
         });
     }
+    at_most(
+        "spec.tls.cert.extraSANs",
+        spec.tls.cert.extra_sans.len(),
+        bounds::MAX_EXTRA_SANS,
+    )?;
     for san in &spec.tls.cert.extra_sans {
         if san.parse::<std::net::IpAddr>().is_err() && !certs::is_dns_name(san) {
             return Err(SpecError::San(san.clone()));
         }
+    }
+    let storage_size = spec
+        .storage
+        .size
+        .clone()
+        .unwrap_or_else(|| DEFAULT_STORAGE.to_owned());
+    if !quantity_bytes(&storage_size)
+        .is_some_and(|b| (bounds::STORAGE_MIN_BYTES..=bounds::STORAGE_MAX_BYTES).contains(&b))
+    {
+        return Err(SpecError::StorageSize(storage_size));
+    }
+    let storage_class = spec
+        .storage
+        .storage_class_name
+        .as_deref()
+        .map(|c| object_name("spec.storage.storageClassName", c))
+        .transpose()?;
+    let ca_secret = spec
+        .tls
+        .ca
+        .secret_ref
+        .as_ref()
+        .map(|r| object_name("spec.tls.ca.secretRef.name", &r.name))
+        .transpose()?;
+    let htpasswd_secret = spec
+        .auth
+        .as_ref()
+        .map(|a| {
+            object_name(
+                "spec.auth.htpasswdSecretRef.name",
+                &a.htpasswd_secret_ref.name,
+            )
+        })
+        .transpose()?;
+    at_most(
+        "spec.tolerations",
+        spec.tolerations.as_ref().map_or(0, Vec::len),
+        bounds::MAX_TOLERATIONS,
+    )?;
+    at_most(
+        "spec.nodeSelector",
+        spec.node_selector.as_ref().map_or(0, BTreeMap::len),
+        bounds::MAX_NODE_SELECTOR,
+    )?;
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| policy.default_image().to_owned());
+    if image.len() > bounds::MAX_IMAGE_LENGTH || !policy.image_allowed(&image) {
+        return Err(SpecError::ImageNotAllowed(image));
     }
     Ok(Desired {
         name,
@@ -201,26 +357,17 @@ pub fn validate(pr: &PrivateRegistry, default_image: &str) -> Result<Desired, Sp
         service_type: spec.service.type_.unwrap_or(ServiceType::ClusterIP),
         ca_validity,
         key_algorithm: key_algorithm(spec.tls.ca.key_algorithm),
-        ca_secret: spec.tls.ca.secret_ref.as_ref().map(|r| r.name.clone()),
+        ca_name_constraints: spec.tls.ca.name_constraints,
+        ca_secret,
         cert_validity,
         renew_before,
         extra_sans: spec.tls.cert.extra_sans.clone(),
-        storage_size: spec
-            .storage
-            .size
-            .clone()
-            .unwrap_or_else(|| DEFAULT_STORAGE.to_owned()),
-        storage_class: spec.storage.storage_class_name.clone(),
+        storage_size,
+        storage_class,
         retain_storage: spec.storage.retain_on_delete.unwrap_or(true),
-        htpasswd_secret: spec
-            .auth
-            .as_ref()
-            .map(|a| a.htpasswd_secret_ref.name.clone()),
+        htpasswd_secret,
         anonymous_pull: spec.auth.as_ref().is_some_and(|a| a.anonymous_pull),
-        image: spec
-            .image
-            .clone()
-            .unwrap_or_else(|| default_image.to_owned()),
+        image,
         resources: spec.resources.clone(),
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),
@@ -238,6 +385,11 @@ pub(crate) mod tests {
         serde_norway::from_str(yaml).unwrap()
     }
 
+    /// The default policy: only the operator's own image.
+    pub(crate) fn own_image(image: &str) -> Policy {
+        Policy::new(image, &[]).unwrap()
+    }
+
     const MINIMAL: &str = "
 apiVersion: privreg.dev/v1alpha1
 kind: PrivateRegistry
@@ -247,7 +399,7 @@ spec: {}
 
     #[test]
     fn defaults() {
-        let d = validate(&registry(MINIMAL), "img:1").unwrap();
+        let d = validate(&registry(MINIMAL), &own_image("img:1")).unwrap();
         assert_eq!(d.hostname, "reg.tools.svc");
         assert_eq!(d.endpoint(), "reg.tools.svc:5000");
         assert_eq!(d.storage_size, "20Gi");
@@ -269,7 +421,7 @@ spec:
   tls: {cert: {extraSANs: [registry.internal, 192.168.1.10]}}
 ",
         );
-        let d = validate(&r, "img").unwrap();
+        let d = validate(&r, &own_image("img")).unwrap();
         assert_eq!(
             d.sans(Some("10.96.0.15")),
             [
@@ -288,7 +440,7 @@ spec:
     fn invalid_specs_are_explained() {
         let bad = |spec: &str| {
             let yaml = format!("{}spec: {spec}\n", MINIMAL.replace("spec: {}\n", ""));
-            validate(&registry(&yaml), "img").unwrap_err()
+            validate(&registry(&yaml), &own_image("img")).unwrap_err()
         };
         assert!(matches!(
             bad("{hostname: Not_A_Host}"),
@@ -307,5 +459,93 @@ spec:
             bad("{tls: {cert: {extraSANs: ['bad name']}}}"),
             SpecError::San(_)
         ));
+    }
+
+    #[test]
+    fn every_lifetime_and_size_is_bounded() {
+        let bad = |spec: &str| {
+            let yaml = format!("{}spec: {spec}\n", MINIMAL.replace("spec: {}\n", ""));
+            validate(&registry(&yaml), &own_image("img")).unwrap_err()
+        };
+        // The overflow that once panicked the operator: parsed, then refused.
+        assert!(matches!(
+            bad("{tls: {ca: {validity: 5000000000000h}}}"),
+            SpecError::OutOfRange { .. }
+        ));
+        assert!(matches!(
+            bad("{tls: {ca: {validity: 1h}}}"),
+            SpecError::OutOfRange { .. }
+        ));
+        assert!(matches!(
+            bad("{tls: {cert: {validity: 2s, renewBefore: 1s}}}"),
+            SpecError::OutOfRange { .. }
+        ));
+        // 2/3 of the validity is the most renewBefore may be.
+        assert!(matches!(
+            bad("{tls: {cert: {validity: 3h, renewBefore: 2h}}}"),
+            SpecError::RenewBeforeTooLong { .. }
+        ));
+        assert!(matches!(
+            bad("{storage: {size: 2Pi}}"),
+            SpecError::StorageSize(_)
+        ));
+        assert!(matches!(
+            bad("{storage: {size: 1k}}"),
+            SpecError::StorageSize(_)
+        ));
+        assert!(matches!(
+            bad("{storage: {storageClassName: '../x'}}"),
+            SpecError::Name { .. }
+        ));
+        assert!(matches!(
+            bad("{auth: {htpasswdSecretRef: {name: 'a/b'}}}"),
+            SpecError::Name { .. }
+        ));
+        let many: Vec<String> = (0..65).map(|i| format!("h{i}.example")).collect();
+        assert!(matches!(
+            bad(&format!("{{tls: {{cert: {{extraSANs: {many:?}}}}}}}")),
+            SpecError::TooMany { .. }
+        ));
+        // A short validity gets a renewBefore of a third of it by default.
+        let yaml = format!(
+            "{}spec: {{tls: {{cert: {{validity: 3h}}}}}}\n",
+            MINIMAL.replace("spec: {}\n", "")
+        );
+        let d = validate(&registry(&yaml), &own_image("img")).unwrap();
+        assert_eq!(d.renew_before, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn only_allowed_images_run() {
+        let yaml = format!(
+            "{}spec: {{image: 'evil.example/reader:1'}}\n",
+            MINIMAL.replace("spec: {}\n", "")
+        );
+        let e = validate(&registry(&yaml), &own_image("img")).unwrap_err();
+        assert_eq!(e.reason(), "ImageNotAllowed");
+        let admin = Policy::new("img", &["evil.example/*".into()]).unwrap();
+        assert_eq!(
+            validate(&registry(&yaml), &admin).unwrap().image,
+            "evil.example/reader:1"
+        );
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes("20Gi"), Some(20 << 30));
+        assert_eq!(quantity_bytes("1.5Ki"), Some(1536));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("7"), Some(7));
+        for bad in [
+            "",
+            "Gi",
+            "1.2.3Gi",
+            "1Ei",
+            "-1Gi",
+            "1 Gi",
+            "99999999999999999999999Pi",
+        ] {
+            assert_eq!(quantity_bytes(bad), None, "{bad}");
+        }
     }
 }

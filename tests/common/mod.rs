@@ -238,6 +238,7 @@ pub mod containerd;
 pub mod daemons;
 pub mod images;
 pub mod oci;
+pub mod operator;
 pub mod pki;
 pub mod rawtls;
 pub mod skopeo;

@@ -19,3 +19,34 @@ app.kubernetes.io/component: operator
 {{- define "privreg.name" -}}
 {{ .Release.Name }}-operator
 {{- end -}}
+
+{{/*
+What the operator may do to PrivateRegistries and their children: cluster-wide
+in a ClusterRole (watchNamespaces empty), else in a Role in each watched
+namespace. Writes are server-side apply (patch) plus create; no delete (owner
+references let the garbage collector do that), no pods.
+*/}}
+{{- define "privreg.rules" -}}
+- apiGroups: [privreg.dev]
+  resources: [privateregistries]
+  verbs: [get, list, watch]
+- apiGroups: [privreg.dev]
+  resources: [privateregistries/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [secrets, configmaps, services, persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+
+{{/* The operator's ServiceAccount, as the subject of a binding. */}}
+{{- define "privreg.subjects" -}}
+- kind: ServiceAccount
+  name: {{ include "privreg.name" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end -}}
