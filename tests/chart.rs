@@ -17,7 +17,8 @@ use common::{run, run_failing, tool};
 
 const NAMESPACE: &str = "privreg-system";
 const WATCH: &str = "watchNamespaces={team-a,team-b}";
-const ALLOWED_IMAGES: &str = "allowedImages={ghcr.io/privreg/*,registry.internal/mirror/*:v*}";
+const ALLOWED_IMAGES: &str =
+    "allowedImages={registry.internal/mirror/privreg:*,ghcr.io/acme/privreg:1.2.3}";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,6 +77,17 @@ fn key(doc: &Value) -> (String, String, String) {
 fn keys(docs: &[Value]) -> BTreeSet<(String, String, String)> {
     docs.iter().map(key).collect()
 }
+
+const ADMISSION_POLICY: (&str, &str, &str) = (
+    "ValidatingAdmissionPolicy",
+    "",
+    "reg-operator-allowed-images",
+);
+const ADMISSION_POLICY_BINDING: (&str, &str, &str) = (
+    "ValidatingAdmissionPolicyBinding",
+    "",
+    "reg-operator-allowed-images",
+);
 
 fn expected_keys(items: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String)> {
     items
@@ -167,6 +179,8 @@ fn chart_renders_the_operator_with_least_privilege() {
             ("Role", ns, "reg-operator-leader"),
             ("RoleBinding", ns, "reg-operator-leader"),
             ("Deployment", ns, "reg-operator"),
+            ADMISSION_POLICY,
+            ADMISSION_POLICY_BINDING,
         ])
     );
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -212,7 +226,8 @@ fn chart_namespaced_mode_grants_roles_in_the_watched_namespaces_only() {
     };
     let ns = "privreg-ops";
     let docs = render(&helm, "reg", ns, &[WATCH, ALLOWED_IMAGES]);
-    // Nothing cluster-scoped but the CRD (from crds/, installed by Helm).
+    // No cluster-scoped RBAC: cluster-scoped are only the CRD (from crds/,
+    // installed by Helm) and the admission policy, which grant nothing.
     assert_eq!(
         keys(&docs),
         expected_keys(&[
@@ -231,6 +246,8 @@ fn chart_namespaced_mode_grants_roles_in_the_watched_namespaces_only() {
             ("Role", ns, "reg-operator-leader"),
             ("RoleBinding", ns, "reg-operator-leader"),
             ("Deployment", ns, "reg-operator"),
+            ADMISSION_POLICY,
+            ADMISSION_POLICY_BINDING,
         ])
     );
 
@@ -272,7 +289,7 @@ fn chart_namespaced_mode_grants_roles_in_the_watched_namespaces_only() {
         vars["PRIVREG_ALLOWED_IMAGES"],
         json!({
             "name": "PRIVREG_ALLOWED_IMAGES",
-            "value": "ghcr.io/privreg/*,registry.internal/mirror/*:v*",
+            "value": "registry.internal/mirror/privreg:*,ghcr.io/acme/privreg:1.2.3",
         })
     );
     // Each value works without the other.
@@ -306,6 +323,13 @@ fn chart_refuses_values_it_cannot_pass_on() {
     }
 }
 
+fn is_rbac(doc: &Value) -> bool {
+    matches!(
+        str_of(doc, "/kind"),
+        "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+    )
+}
+
 /// Without labels (the chart's carry its release), for comparing objects.
 fn unlabelled(docs: &[Value]) -> BTreeMap<(String, String, String), Value> {
     docs.iter()
@@ -325,12 +349,7 @@ fn kubectl_namespaced_example_is_what_the_chart_renders() {
     let example = unlabelled(&file_docs("deploy/rbac-namespaced/team-a.yaml"));
     let chart: Vec<Value> = render(&helm, "privreg", NAMESPACE, &["watchNamespaces={team-a}"])
         .into_iter()
-        .filter(|d| {
-            !matches!(
-                str_of(d, "/kind"),
-                "CustomResourceDefinition" | "Deployment"
-            )
-        })
+        .filter(is_rbac)
         .collect();
     let chart = unlabelled(&chart);
     assert_eq!(

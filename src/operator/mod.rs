@@ -7,10 +7,14 @@
 
 pub mod certificates;
 pub mod error;
+#[cfg(test)]
+mod fake_api;
 pub mod leader;
 pub mod objects;
 pub mod policy;
 pub mod reconcile;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod status;
 pub mod trust_bundle;
 pub mod validate;

@@ -1,0 +1,1 @@
+//! Reconcile against the in-memory API (`fake_api`).
