@@ -12,9 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, PostParams};
 use privreg::api::PrivateRegistry;
 
 const REGISTRIES: usize = 100;
@@ -32,42 +31,7 @@ async fn run() {
         return;
     };
     let admin = cp.client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    let crd = serde_json::to_value(&privreg::api::crds()[0]).unwrap();
-    let mut crd_apply = crd.clone();
-    crd_apply["apiVersion"] = "apiextensions.k8s.io/v1".into();
-    crd_apply["kind"] = "CustomResourceDefinition".into();
-    crds.patch(
-        "privateregistries.privreg.dev",
-        &PatchParams::apply("bench").force(),
-        &Patch::Apply(crd_apply),
-    )
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = crds.get("privateregistries.privreg.dev").await.unwrap();
-        let established = c.status.and_then(|s| s.conditions).is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            break;
-        }
-        assert!(Instant::now() < deadline, "CRD not established");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let namespaces: Api<Namespace> = Api::all(admin.clone());
-    for ns in [NS, "privreg-system"] {
-        let n = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces.create(&PostParams::default(), &n).await.unwrap();
-    }
+    common::operator::install(&admin, &[NS]).await;
 
     let metrics_port = common::free_port();
     let mut operator = Command::new(env!("CARGO_BIN_EXE_privreg"))

@@ -1,7 +1,7 @@
 //! The Helm chart and the plain manifests: `helm lint --strict`, `helm template`,
 //! and what they render carries the operator with the same RBAC as deploy/, in
 //! both modes: cluster-wide (the default, a ClusterRole) and namespaced
-//! (`watchNamespaces`, a Role per watched namespace and nothing cluster-scoped),
+//! (`watchNamespaces`, a Role per watched namespace and no cluster-scoped RBAC),
 //! which is also what deploy/rbac-namespaced/team-a.yaml gives kubectl users.
 
 mod common;
@@ -78,6 +78,7 @@ fn keys(docs: &[Value]) -> BTreeSet<(String, String, String)> {
     docs.iter().map(key).collect()
 }
 
+/// templates/admission-policy.yaml, rendered in both modes (it grants nothing).
 const ADMISSION_POLICY: (&str, &str, &str) = (
     "ValidatingAdmissionPolicy",
     "",
@@ -312,6 +313,12 @@ fn chart_refuses_values_it_cannot_pass_on() {
         ("watchNamespaces={team-a,team-a}", "are equal"),
         // Patterns are passed comma-joined: a comma or a space would split one.
         ("allowedImages={ghcr.io/a b}", "does not match pattern"),
+        // A `*` only at the end (a prefix), as the operator and the admission
+        // policy read it; the operator would refuse to start.
+        (
+            "allowedImages={ghcr.io/*/privreg:1}",
+            "does not match pattern",
+        ),
     ] {
         let out = run_failing(
             Command::new(&helm)

@@ -190,6 +190,11 @@ async fn wait_certificate(registries: &Api<PrivateRegistry>, name: &str, what: &
     .await;
 }
 
+/// What a process appended to its log after `from` bytes (a restart appends).
+fn since(log: &str, from: usize) -> String {
+    log.get(from..).unwrap_or(log).to_owned()
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
 }
@@ -329,7 +334,7 @@ async fn a_replica_cut_off_stops_before_another_leads_and_rollouts_hand_over_at_
     let a_from = a.log().len();
     a.spawn();
     eventually("A, restarted, stands by", TIMEOUT, || async {
-        a.log()[a_from..]
+        since(&a.log(), a_from)
             .contains("another replica leads")
             .then_some(())
     })
@@ -357,11 +362,11 @@ async fn a_replica_cut_off_stops_before_another_leads_and_rollouts_hand_over_at_
     .await
     .unwrap();
     let t_a = watch.await.unwrap();
+    let b_status = b_status.expect("B was running");
     println!(
-        "leader on SIGTERM: exited {} s after it ({b_status:?})",
+        "leader on SIGTERM: exited {} s after it ({b_status})",
         secs(t_b_exit - t_term)
     );
-    let b_status = b_status.expect("B was running");
     assert!(
         b_status.success(),
         "the leader exits 0 on SIGTERM: {b_status}\n{}",
@@ -374,7 +379,9 @@ async fn a_replica_cut_off_stops_before_another_leads_and_rollouts_hand_over_at_
         b.log()
     );
     assert!(b.log().contains("released the leader lease"), "{}", b.log());
-    let t_a = t_a.unwrap_or_else(|| panic!("A never took the Lease\n{}", &a.log()[a_from..]));
+    let Some(t_a) = t_a else {
+        panic!("A never took the Lease\n{}", since(&a.log(), a_from));
+    };
     let handover = t_a - t_term;
     println!("handover on rollout: {} s", secs(handover));
     // The standby polls every retry period (× up to 2.2 with jitter): it takes
@@ -393,7 +400,7 @@ async fn a_replica_cut_off_stops_before_another_leads_and_rollouts_hand_over_at_
         "B, restarted, stands by for a few polls",
         TIMEOUT,
         || async {
-            let (_, all) = count_lines(&b.log()[b_from..], "another replica leads");
+            let (_, all) = count_lines(&since(&b.log(), b_from), "another replica leads");
             (all >= 3).then_some(())
         },
     )
@@ -405,7 +412,7 @@ async fn a_replica_cut_off_stops_before_another_leads_and_rollouts_hand_over_at_
         "standby on SIGTERM: exited {} s after it ({standby_status})",
         secs(stopped)
     );
-    let b_log = b.log()[b_from..].to_owned();
+    let b_log = since(&b.log(), b_from);
     assert!(
         standby_status.success(),
         "the standby exits 0: {standby_status}\n{b_log}"
@@ -429,7 +436,11 @@ async fn a_replica_cut_off_stops_before_another_leads_and_rollouts_hand_over_at_
 
     // The leader, stopped last, leaves the Lease free.
     let a_status = a.terminate().expect("A was running");
-    assert!(a_status.success(), "{a_status}\n{}", &a.log()[a_from..]);
+    assert!(
+        a_status.success(),
+        "{a_status}\n{}",
+        since(&a.log(), a_from)
+    );
     assert_eq!(holder(&leases).await, None, "released on SIGTERM");
     drop(proxy);
     cp.stop();

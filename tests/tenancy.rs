@@ -181,6 +181,14 @@ async fn wait_for_reason(registries: &Api<PrivateRegistry>, name: &str, reason: 
     .await
 }
 
+/// Creates a registry as the tenant; it must be accepted.
+async fn create(registries: &Api<PrivateRegistry>, name: &str, spec: serde_json::Value) {
+    registries
+        .create(&PostParams::default(), &registry(name, spec))
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+}
+
 fn refused_422(result: Result<PrivateRegistry, kube::Error>) -> String {
     match result {
         Err(kube::Error::Api(e)) if e.code == 422 => e.message,
@@ -244,31 +252,23 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
     let before = foreign_state(&admin).await;
 
     // --- 1. reading a Secret through the registry pod --------------------------
-    registries
-        .create(
-            &PostParams::default(),
-            &registry(
-                "leak",
-                serde_json::json!({"auth": {"htpasswdSecretRef": {"name": "app-db"}}}),
-            ),
-        )
-        .await
-        .unwrap();
+    create(
+        &registries,
+        "leak",
+        serde_json::json!({"auth": {"htpasswdSecretRef": {"name": "app-db"}}}),
+    )
+    .await;
     let message = wait_for_reason(&registries, "leak", "SecretNotOptedIn").await;
     assert!(
         message.contains("privreg.dev/use=htpasswd"),
         "the message says how to opt in: {message}"
     );
-    registries
-        .create(
-            &PostParams::default(),
-            &registry(
-                "signer",
-                serde_json::json!({"tls": {"ca": {"secretRef": {"name": "team-ca"}}}}),
-            ),
-        )
-        .await
-        .unwrap();
+    create(
+        &registries,
+        "signer",
+        serde_json::json!({"tls": {"ca": {"secretRef": {"name": "team-ca"}}}}),
+    )
+    .await;
     wait_for_reason(&registries, "signer", "SecretNotOptedIn").await;
     // Nothing was made for either: no pod template mounts the Secret, no
     // certificate was signed with the team's CA.
@@ -302,16 +302,12 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
         "stringData": {"htpasswd": "alice:$2y$05$abcdefghijklmnopqrstuu5Jd0ZrPiL3zVA.2HSU/rmOVnlPCmHj2", "other": "not for the registry"}
     });
     apply_docs(&admin, vec![users]).await;
-    registries
-        .create(
-            &PostParams::default(),
-            &registry(
-                "authed",
-                serde_json::json!({"auth": {"htpasswdSecretRef": {"name": "users"}}}),
-            ),
-        )
-        .await
-        .unwrap();
+    create(
+        &registries,
+        "authed",
+        serde_json::json!({"auth": {"htpasswdSecretRef": {"name": "users"}}}),
+    )
+    .await;
     let dep = eventually("authed Deployment", TIMEOUT, || async {
         deployments.get_opt("authed").await.ok()?
     })
@@ -338,13 +334,7 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
     assert_eq!(items, ["htpasswd"]);
 
     // --- 2. taking over objects of that name -----------------------------------
-    registries
-        .create(
-            &PostParams::default(),
-            &registry("web", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create(&registries, "web", serde_json::json!({})).await;
     let message = wait_for_reason(&registries, "web", "NameConflict").await;
     assert!(message.contains("web"), "names the object: {message}");
     // Deleting the registry must not take the foreign objects with it.
@@ -354,13 +344,7 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
         .unwrap();
 
     // A retained volume of the registry's own is re-attached when it comes back.
-    registries
-        .create(
-            &PostParams::default(),
-            &registry("keep", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create(&registries, "keep", serde_json::json!({})).await;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), TENANT_NS);
     let kept = eventually("keep-data", TIMEOUT, || async {
         pvcs.get_opt("keep-data").await.ok()?
@@ -383,13 +367,7 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
         },
     )
     .await;
-    registries
-        .create(
-            &PostParams::default(),
-            &registry("keep", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create(&registries, "keep", serde_json::json!({})).await;
     eventually(
         "keep re-created with its volume",
         Duration::from_secs(120),
@@ -405,50 +383,30 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
         "the same volume"
     );
 
-    // --- 3. crashing the operator -----------------------------------------------
-    let message = refused_422(
-        registries
-            .create(
-                &PostParams::default(),
-                &registry(
-                    "crash",
-                    serde_json::json!({"tls": {"ca": {"validity": "5000000000000h"}}}),
-                ),
-            )
-            .await,
-    );
-    assert!(message.contains("validity"), "{message}");
-    // --- 4. making it spin ------------------------------------------------------
-    refused_422(
-        registries
-            .create(
-                &PostParams::default(),
-                &registry(
-                    "spin",
-                    serde_json::json!({"tls": {"cert": {"validity": "2s", "renewBefore": "1s"}}}),
-                ),
-            )
-            .await,
-    );
-    refused_422(
-        registries
-            .create(
-                &PostParams::default(),
-                &registry(
-                    "spin",
-                    serde_json::json!({"tls": {"cert": {"validity": "3h", "renewBefore": "2h"}}}),
-                ),
-            )
-            .await,
-    );
-    refused_422(
-        registries
-            .create(
-                &PostParams::default(),
-                &registry("huge", serde_json::json!({"storage": {"size": "9Ei"}})),
-            )
-            .await,
-    );
+    // --- 3. crashing the operator, 4. making it spin ------------------------------
+    // All refused by admission (422), each with what it got wrong.
+    for (spec, says) in [
+        (
+            serde_json::json!({"tls": {"ca": {"validity": "5000000000000h"}}}),
+            "validity",
+        ),
+        (
+            serde_json::json!({"tls": {"cert": {"validity": "2s", "renewBefore": "1s"}}}),
+            "1h",
+        ),
+        (
+            serde_json::json!({"tls": {"cert": {"validity": "3h", "renewBefore": "2h"}}}),
+            "two thirds",
+        ),
+        (serde_json::json!({"storage": {"size": "9Ei"}}), "size"),
+    ] {
+        let message = refused_422(
+            registries
+                .create(&PostParams::default(), &registry("hostile", spec))
+                .await,
+        );
+        assert!(message.contains(says), "{message}");
+    }
 
     // The same attacks past a CRD without bounds: the operator refuses them
     // itself, stays up, and keeps serving everyone else.
@@ -506,13 +464,7 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
         "refused registries must not spin: {idle} reconciles in 10 s"
     );
     // Everyone else is still served.
-    registries
-        .create(
-            &PostParams::default(),
-            &registry("after", serde_json::json!({})),
-        )
-        .await
-        .unwrap();
+    create(&registries, "after", serde_json::json!({})).await;
     eventually("a later registry is reconciled", TIMEOUT, || async {
         let pr = registries.get("after").await.ok()?;
         (condition(&pr, "CertificateReady")?.0 == "True").then_some(())

@@ -3,12 +3,6 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading Secret {name} failed")]
-    GetSecret {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error("creating the CA Secret {name} failed")]
     CreateCaSecret {
         name: String,
@@ -87,7 +81,7 @@ impl Error {
     /// A fixed, low-cardinality label for metrics.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::GetSecret { .. } | Error::Get { .. } => "read",
+            Error::Get { .. } => "read",
             Error::CreateCaSecret { .. } => "create_ca",
             Error::BadCaSecret { .. } => "bad_ca",
             Error::Certificate(_) => "certificate",

@@ -74,10 +74,10 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
 
     let sans = desired.sans(cluster_ip.as_deref());
     let (ca, constraints) = ensure_ca(&ctx, &pr, &desired, &owner, &sans).await?;
-    if let Some(permitted) = &constraints {
-        if let Some(outside) = sans.iter().find(|s| !certs::permits(permitted, s)) {
-            return Err(Refusal::OutsideNameConstraints(outside.clone()).into());
-        }
+    if let Some(permitted) = &constraints
+        && let Some(outside) = sans.iter().find(|s| !certs::permits(permitted, s))
+    {
+        return Err(Refusal::OutsideNameConstraints(outside.clone()).into());
     }
     let (not_after, renew_at) = ensure_leaf(&ctx, &pr, &desired, &owner, &ca, &sans).await?;
 
@@ -137,14 +137,26 @@ fn retained_volume_of(meta: &kube::api::ObjectMeta, registry: &str) -> bool {
         && meta.owner_references.as_ref().is_none_or(Vec::is_empty)
 }
 
-async fn get_opt<K>(ctx: &Context, ns: &str, name: &str) -> Result<Option<K>>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+/// The namespaced objects a registry owns, as the generic reads and writes need them.
+pub(crate) trait Owned:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Owned for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType: Default>
         + Clone
         + DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+        + Serialize
+        + std::fmt::Debug
 {
+}
+
+async fn get_opt<K: Owned>(ctx: &Context, ns: &str, name: &str) -> Result<Option<K>> {
     Api::<K>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
         .await
@@ -160,19 +172,12 @@ where
 /// to make the operator take over, change, or (through garbage collection)
 /// delete a Service, Secret, ConfigMap, volume or Deployment they did not create.
 async fn check_ownership(ctx: &Context, d: &Desired, owner: &OwnerReference) -> Result<()> {
-    async fn check<K>(
+    async fn check<K: Owned>(
         ctx: &Context,
         d: &Desired,
         name: String,
         owned: impl Fn(&kube::api::ObjectMeta) -> bool,
-    ) -> Result<()>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
+    ) -> Result<()> {
         match get_opt::<K>(ctx, &d.namespace, &name).await? {
             Some(existing) if !owned(existing.meta()) => Err(Refusal::NameConflict {
                 kind: kind_name::<K>(),
@@ -276,15 +281,7 @@ fn now() -> Time {
 
 /// Server-side apply with the operator's one field manager; returns the object as
 /// the apiserver now has it.
-async fn apply<K>(ctx: &Context, ns: &str, object: K) -> Result<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
+async fn apply<K: Owned>(ctx: &Context, ns: &str, object: K) -> Result<K> {
     let name = object.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let mut value = serde_json::to_value(&object).map_err(Error::Serialize)?;
@@ -327,14 +324,7 @@ fn secret_text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 async fn get_secret(ctx: &Context, ns: &str, name: &str) -> Result<Option<Secret>> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    secrets
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::GetSecret {
-            name: name.to_owned(),
-            source,
-        })
+    get_opt(ctx, ns, name).await
 }
 
 /// The CA and the names its constraints permit (if it has any): the user's
