@@ -495,5 +495,106 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
     );
     assert!(!log.contains("panicked"), "no reconcile panicked");
     drop(operator);
+
+    namespaced_operator_sees_only_its_namespaces(&cp, &admin).await;
     cp.stop();
+}
+
+/// The chart's namespaced mode, for real: an operator under exactly the RBAC the
+/// chart renders for `watchNamespaces: [team-b]` (Roles, nothing cluster-wide)
+/// serves team-b and never sees team-a.
+async fn namespaced_operator_sees_only_its_namespaces(cp: &ControlPlane, admin: &Client) {
+    let Some(helm) = common::tool("helm", "PRIVREG_HELM") else {
+        return;
+    };
+    apply_docs(
+        admin,
+        ["team-b", "privreg-scoped"]
+            .iter()
+            .map(|n| serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+            .collect(),
+    )
+    .await;
+    let out = std::process::Command::new(helm)
+        .args(["template", "scoped"])
+        .arg(repo_path("charts/privreg"))
+        .args(["-n", "privreg-scoped", "--set", "watchNamespaces={team-b}"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rbac: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---")
+        .filter_map(|d| serde_norway::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| {
+            [
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "ClusterRole",
+                "ClusterRoleBinding",
+            ]
+            .contains(&d["kind"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert!(
+        rbac.iter()
+            .all(|d| !d["kind"].as_str().unwrap().starts_with("Cluster")),
+        "namespaced mode grants nothing cluster-wide"
+    );
+    apply_docs(admin, rbac).await;
+    let (_, kubeconfig) = cp
+        .client_for_service_account("privreg-scoped", "scoped-operator")
+        .await;
+    let scoped = Operator::start_with(
+        &kubeconfig,
+        "scoped-0",
+        &[
+            "--namespace",
+            "privreg-scoped",
+            "--watch-namespaces",
+            "team-b",
+        ],
+    );
+    let team_b: Api<PrivateRegistry> = Api::namespaced(admin.clone(), "team-b");
+    let mut b1 = registry("b1", serde_json::json!({}));
+    b1.metadata.namespace = Some("team-b".into());
+    team_b.create(&PostParams::default(), &b1).await.unwrap();
+    eventually("team-b's registry served", TIMEOUT, || async {
+        let pr = team_b.get("b1").await.ok()?;
+        (condition(&pr, "CertificateReady")?.0 == "True").then_some(())
+    })
+    .await;
+    let bundles: Api<ConfigMap> = Api::namespaced(admin.clone(), "privreg-scoped");
+    let bundle = eventually("its own trust bundle", TIMEOUT, || async {
+        let text = bundles
+            .get_opt("privreg-trust-bundle")
+            .await
+            .ok()??
+            .data?
+            .remove("bundle.json")?;
+        text.contains("team-b/b1").then_some(text)
+    })
+    .await;
+    assert!(!bundle.contains("team-a/"), "{bundle}");
+    // team-a is invisible to it: a new registry there gets no status at all.
+    let team_a: Api<PrivateRegistry> = Api::namespaced(admin.clone(), TENANT_NS);
+    team_a
+        .create(
+            &PostParams::default(),
+            &registry("unseen", serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(team_a.get("unseen").await.unwrap().status.is_none());
+    let log = scoped.log();
+    assert!(
+        !log.contains("forbidden") && !log.contains(" 403"),
+        "the Roles cover everything it does: {log}"
+    );
 }

@@ -23,8 +23,9 @@ pub const HOSTNAME_PATTERN: &str =
 /// A DNS name (optionally `*.` wildcard) or an IPv4/IPv6 address.
 pub const SAN_PATTERN: &str = r"^((\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|[0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$";
 /// Go-style durations as Kubernetes users write them: `87600h`, `720h30m`, `90s`.
-/// At most 7 digits a part and 16 characters in all, so no value overflows a
-/// 64-bit nanosecond count (Go's and CEL's duration) before the range rules run.
+/// At most 7 digits a part and 16 characters in all. The CEL range rules repeat
+/// this pattern as a guard, so a malformed value gets the pattern's error alone,
+/// not a CEL conversion error as well.
 pub const DURATION_PATTERN: &str = r"^([0-9]{1,7}(h|m|s))+$";
 pub const DURATION_MAX_LENGTH: u32 = 16;
 /// Kubernetes resource quantities such as `20Gi`, `500M` (bounded digits).
@@ -150,7 +151,7 @@ pub struct StorageSpec {
     /// Requested size of the volume, as a Kubernetes quantity, 1Mi to 1Pi. Default `20Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 20))]
-    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity('1Mi')) >= 0 && quantity(self).compareTo(quantity('1Pi')) <= 0").message("must be between 1Mi and 1Pi"))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || (quantity(self).compareTo(quantity('1Mi')) >= 0 && quantity(self).compareTo(quantity('1Pi')) <= 0)").message("must be between 1Mi and 1Pi"))]
     pub size: Option<String>,
 
     /// StorageClass of the volume; the cluster default when unset.
@@ -184,7 +185,7 @@ pub struct CaSpec {
     /// Server certificates never outlive it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('24h') && duration(self) <= duration('876000h')").message("must be between 24h and 876000h"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,7}(h|m|s))+$') || (duration(self) >= duration('24h') && duration(self) <= duration('876000h'))").message("must be between 24h and 876000h"))]
     pub validity: Option<String>,
 
     /// Key algorithm of a generated CA and of server certificates. Default ECDSA-P256.
@@ -223,12 +224,12 @@ pub enum KeyAlgorithm {
 /// The server certificate, signed by the CA.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore).getSeconds() * 3 < (has(self.validity) ? duration(self.validity).getSeconds() : 7776000) * 2").message("renewBefore must be shorter than two thirds of validity (default validity 2160h)"))]
+#[x_kube(validation = Rule::new("!has(self.renewBefore) || !self.renewBefore.matches('^([0-9]{1,7}(h|m|s))+$') || (has(self.validity) && !self.validity.matches('^([0-9]{1,7}(h|m|s))+$')) || duration(self.renewBefore).getSeconds() * 3 < (has(self.validity) ? duration(self.validity).getSeconds() : 7776000) * 2").message("renewBefore must be shorter than two thirds of validity (default validity 2160h)"))]
 pub struct CertSpec {
     /// Lifetime of the server certificate, `1h` to `87600h`; default `2160h` (90 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1h') && duration(self) <= duration('87600h')").message("must be between 1h and 87600h"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,7}(h|m|s))+$') || (duration(self) >= duration('1h') && duration(self) <= duration('87600h'))").message("must be between 1h and 87600h"))]
     pub validity: Option<String>,
 
     /// Renew the server certificate this long before it expires: at least `10m`,
@@ -236,7 +237,7 @@ pub struct CertSpec {
     /// validity when that is shorter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('10m')").message("must be at least 10m"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,7}(h|m|s))+$') || duration(self) >= duration('10m')").message("must be at least 10m"))]
     pub renew_before: Option<String>,
 
     /// More DNS names or IP addresses for the server certificate (a NodePort's node

@@ -51,6 +51,10 @@ pub struct Context {
     pub metrics: OperatorMetrics,
     /// Wakes the trust-bundle task after a reconcile.
     pub bundle_nudge: Arc<tokio::sync::Notify>,
+    /// Cancelled when this replica must stop writing (SIGTERM, or leadership
+    /// lost): work started outside a reconcile (the failure reports of
+    /// `error_policy`) ends with it, so nothing of ours lands after handover.
+    pub stop: CancellationToken,
     /// Consecutive failures per registry, for the retry backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -183,7 +187,8 @@ fn error_policy(pr: Arc<PrivateRegistry>, error: &Error, ctx: Arc<Context>) -> A
     // The user sees why in the Ready condition and an Event; other conditions
     // and everything that runs stay as they were.
     let reason = error.reason();
-    tokio::spawn(async move {
+    let stop = ctx.stop.clone();
+    let report = async move {
         reconcile::publish(
             &ctx,
             &pr,
@@ -206,6 +211,12 @@ fn error_policy(pr: Arc<PrivateRegistry>, error: &Error, ctx: Arc<Context>) -> A
             Api::namespaced(ctx.client.clone(), &pr.namespace().unwrap_or_default());
         if let Err(e) = reconcile::patch_status(&api, &pr, new).await {
             tracing::warn!(error = %e, "recording the failure in the status failed");
+        }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = report => {}
         }
     });
     Action::requeue(backoff(failures))
@@ -240,11 +251,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics: OperatorMetrics::new(),
         bundle_nudge: Arc::new(tokio::sync::Notify::new()),
         failures: Default::default(),
+        // Leading ends no later than SIGTERM; with leader election, earlier
+        // when the Lease is lost.
+        stop: sigterm.child_token(),
     });
     tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
 
     if !args.leader_elect {
-        run_controllers(&ctx, &args, &scope, sigterm.clone()).await;
+        run_controllers(&ctx, &args, &scope).await;
         tracing::info!("operator stopped");
         return Ok(());
     }
@@ -266,7 +280,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     tracing::info!(%identity, "leading");
-    let shutdown = sigterm.child_token();
+    let shutdown = ctx.stop.clone();
     let keeper = tokio::spawn({
         let (elector, shutdown) = (elector.clone(), shutdown.clone());
         async move {
@@ -275,7 +289,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             held
         }
     });
-    let controllers = run_controllers(&ctx, &args, &scope, shutdown.clone());
+    let controllers = run_controllers(&ctx, &args, &scope);
     tokio::pin!(controllers);
     tokio::select! {
         _ = &mut controllers => {}
@@ -292,7 +306,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             reason: format!("the lease keeper failed: {e}"),
         })
     });
-    if let Err(e) = elector.release().await {
+    // A lost Lease is not ours to release (and a hung apiserver would delay the
+    // exit past the handover); only a replica that stops on SIGTERM hands over.
+    if held.is_ok()
+        && let Err(e) = elector.release().await
+    {
         tracing::warn!(error = %e, "releasing the leader Lease failed");
     }
     held.context("leader election")?;
@@ -389,20 +407,18 @@ impl Scope {
 }
 
 /// The controllers (one per watched namespace, or one for all) and the trust
-/// bundle task, until `stop` is cancelled.
-async fn run_controllers(
-    ctx: &Arc<Context>,
-    args: &OperatorArgs,
-    scope: &Scope,
-    stop: CancellationToken,
-) {
-    let bundle = tokio::spawn(trust_bundle::run(
+/// bundle task, until `ctx.stop` is cancelled. Everything runs inside this one
+/// future (nothing spawned), so dropping it stops every write at once.
+async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope) {
+    let stop = ctx.stop.clone();
+    let bundle = trust_bundle::run(
         ctx.client.clone(),
         args.namespace.clone(),
         scope.clone(),
         ctx.bundle_nudge.clone(),
         Duration::from_secs(args.trust_bundle_resync_seconds.max(1)),
-    ));
+        stop.clone(),
+    );
     // Consistent lists: after an apiserver restart, a list served from a fresh
     // watch cache can carry a resourceVersion older than the cache's window, and
     // every watch resumed from it fails with 410 Expired, again and again.
@@ -450,6 +466,5 @@ async fn run_controllers(
                     })
             },
         );
-    futures_util::future::join_all(controllers).await;
-    bundle.abort();
+    futures_util::future::join(futures_util::future::join_all(controllers), bundle).await;
 }

@@ -152,13 +152,18 @@ pub async fn run(
     scope: super::Scope,
     nudge: Arc<tokio::sync::Notify>,
     every: Duration,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        match refresh(&client, &namespace, &scope).await {
-            Ok(n) => tracing::debug!(registries = n, "trust bundle applied"),
-            Err(e) => tracing::warn!(error = %e, "updating the trust bundle failed"),
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = refresh(&client, &namespace, &scope) => match result {
+                Ok(n) => tracing::debug!(registries = n, "trust bundle applied"),
+                Err(e) => tracing::warn!(error = %e, "updating the trust bundle failed"),
+            },
         }
         tokio::select! {
+            _ = stop.cancelled() => return,
             _ = nudge.notified() => {}
             _ = tokio::time::sleep(every) => {}
         }

@@ -134,11 +134,16 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .unwrap();
+        // The operator's namespace, unless the extra flags name another.
+        let namespace = if self.extra.iter().any(|a| a == "--namespace") {
+            &[][..]
+        } else {
+            &["--namespace", "privreg-system"][..]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_privreg"))
+            .arg("operator")
+            .args(namespace)
             .args([
-                "operator",
-                "--namespace",
-                "privreg-system",
                 "--image",
                 "privreg:test",
                 "--leader-elect",
