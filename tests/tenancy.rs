@@ -519,6 +519,7 @@ async fn namespaced_operator_sees_only_its_namespaces(cp: &ControlPlane, admin: 
         .args(["template", "scoped"])
         .arg(repo_path("charts/privreg"))
         .args(["-n", "privreg-scoped", "--set", "watchNamespaces={team-b}"])
+        .args(["--kube-version", common::cluster::kubernetes_version()])
         .output()
         .unwrap();
     assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::Method;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use kube::runtime::controller::Action;
 
@@ -55,10 +55,7 @@ fn desired(pr: &PrivateRegistry) -> Desired {
 
 /// `pr`'s controller reference, with another uid if given (a deleted registry
 /// of the same name, or someone else).
-fn owner(
-    pr: &PrivateRegistry,
-    uid: Option<&str>,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+fn owner(pr: &PrivateRegistry, uid: Option<&str>) -> OwnerReference {
     let mut owner = pr.controller_owner_ref(&()).expect("a uid");
     if let Some(uid) = uid {
         owner.uid = uid.to_owned();
