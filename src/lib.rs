@@ -10,6 +10,7 @@ pub mod cli;
 pub mod operator;
 pub mod registry;
 pub mod telemetry;
+pub mod trust;
 
 /// The API group of privreg's custom resources.
 pub const API_GROUP: &str = "privreg.dev";

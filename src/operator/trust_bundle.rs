@@ -11,36 +11,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use serde::{Deserialize, Serialize};
 
-use crate::api::{PrivateRegistry, Runtime};
+use crate::api::PrivateRegistry;
 
 pub const BUNDLE_NAME: &str = "privreg-trust-bundle";
-pub const BUNDLE_KEY: &str = "bundle.json";
 
-/// One registry, as the node agent needs it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BundleEntry {
-    /// `<namespace>/<name>` of the PrivateRegistry.
-    pub registry: String,
-    /// `host:port` forms clients use: the hostname and the ClusterIP.
-    pub endpoints: Vec<String>,
-    /// Where nodes connect: `https://<ClusterIP>:<port>`, so they need no DNS.
-    pub server: String,
-    /// The CA certificate (PEM) to trust.
-    pub ca_pem: String,
-    pub runtimes: Vec<Runtime>,
-    /// `<ClusterIP> <hostname>` for the node's /etc/hosts, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hosts_entry: Option<(String, String)>,
-}
-
-/// Everything the agent reads.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Bundle {
-    pub registries: Vec<BundleEntry>,
-}
+/// The wire format is shared with the node agent, which owns its validation.
+pub use crate::trust::bundle::{BUNDLE_KEY, Bundle, BundleEntry};
 
 /// The bundle entry of a registry, if it trusts nodes and is far enough along.
 pub fn entry(pr: &PrivateRegistry, ca_pem: &str) -> Option<BundleEntry> {
@@ -51,10 +28,16 @@ pub fn entry(pr: &PrivateRegistry, ca_pem: &str) -> Option<BundleEntry> {
     let endpoint = status.endpoint.clone()?;
     let ip = status.cluster_ip.clone()?;
     let (host, port) = endpoint.rsplit_once(':')?;
+    // `host:port` needs an IPv6 address in brackets (`[fd00::10]:5000`); the
+    // /etc/hosts line below takes the bare address.
+    let ip_host = match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => ip.clone(),
+    };
     Some(BundleEntry {
         registry: format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any()),
-        endpoints: vec![endpoint.clone(), format!("{ip}:{port}")],
-        server: format!("https://{ip}:{port}"),
+        endpoints: vec![endpoint.clone(), format!("{ip_host}:{port}")],
+        server: format!("https://{ip_host}:{port}"),
         ca_pem: ca_pem.to_owned(),
         runtimes: pr.spec.trust.runtimes.clone(),
         hosts_entry: pr
@@ -205,6 +188,36 @@ mod tests {
         let mut pending = registry(true, false);
         pending.status = None;
         assert!(entry(&pending, "PEM").is_none());
+    }
+
+    #[test]
+    fn ipv6_cluster_ips_are_bracketed() {
+        let mut pr = registry(true, true);
+        pr.status.as_mut().unwrap().cluster_ip = Some("fd00::10".into());
+        let e = entry(&pr, "PEM").unwrap();
+        assert_eq!(e.endpoints, ["registry.internal:5000", "[fd00::10]:5000"]);
+        assert_eq!(e.server, "https://[fd00::10]:5000");
+        assert_eq!(
+            e.hosts_entry,
+            Some(("fd00::10".into(), "registry.internal".into()))
+        );
+    }
+
+    /// The operator's entries pass the agent's validation, both address families.
+    #[test]
+    fn entries_pass_the_node_agents_validation() {
+        let ca = crate::trust::bundle::tests::ca_pem();
+        for ip in ["10.96.0.20", "fd00::10"] {
+            let mut pr = registry(true, true);
+            pr.status.as_mut().unwrap().cluster_ip = Some(ip.into());
+            let e = entry(&pr, &ca).unwrap();
+            let valid = crate::trust::bundle::validate_entry(&e).unwrap();
+            assert_eq!(
+                valid.server.host.to_string(),
+                e.endpoints[1].trim_end_matches(":5000")
+            );
+            assert!(valid.hosts_line.is_some());
+        }
     }
 
     #[test]
