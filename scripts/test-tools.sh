@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build (once) and locate the Go-built test tools: crane, oras and the OCI
-# distribution-spec conformance suite (Ginkgo generation, `go test -c`).
+# Build (once) and locate the Go-built test tools: crane, oras, crictl (the CRI
+# client kubelet's image pulls go through) and the OCI distribution-spec
+# conformance suite (Ginkgo generation, `go test -c`).
 #
 # Everything is built from the Go module proxy with the machine's Go toolchain
 # and cached by version under
@@ -15,10 +16,10 @@
 #   scripts/test-tools.sh --check    build nothing; exit 1 if a tool is missing
 #   source scripts/test-tools.sh     same as the eval line above, in the current shell
 #
-# Exports: PRIVREG_CRANE, PRIVREG_ORAS, PRIVREG_CONFORMANCE (absolute paths),
+# Exports: PRIVREG_CRANE, PRIVREG_ORAS, PRIVREG_CRICTL, PRIVREG_CONFORMANCE (absolute paths),
 #          PRIVREG_CONFORMANCE_VERSION.
 # Versions can be overridden with PRIVREG_CRANE_VERSION, PRIVREG_ORAS_VERSION,
-# PRIVREG_CONFORMANCE_VERSION.
+# PRIVREG_CONFORMANCE_VERSION, PRIVREG_CRICTL_VERSION.
 
 # Sourced: run ourselves as a child (so `set -euo pipefail` does not leak into
 # the caller's shell) and import its exports.
@@ -38,6 +39,10 @@ CRANE_VERSION="${PRIVREG_CRANE_VERSION:-v0.22.1}"
 # oras CLI, v1.x.
 ORAS_MODULE=oras.land/oras
 ORAS_VERSION="${PRIVREG_ORAS_VERSION:-v1.3.6}"
+# crictl: sigs.k8s.io/cri-tools (no replace directives; the proxy here serves
+# v1.34.0 and v1.37.0). Speaks CRI v1, which containerd 1.6 serves.
+CRICTL_MODULE=sigs.k8s.io/cri-tools
+CRICTL_VERSION="${PRIVREG_CRICTL_VERSION:-v1.37.0}"
 # Conformance suite, Ginkgo generation. The intended pin was commit 13a5d3ee
 # (v0.0.0-20260413194130-13a5d3ee2857, the last commit before the 2026
 # redesign), but the module proxy reachable here answers 403 "This module
@@ -63,6 +68,7 @@ TOOLS_DIR="$CACHE_ROOT/tools"
 
 CRANE_BIN="$TOOLS_DIR/crane-$CRANE_VERSION/crane"
 ORAS_BIN="$TOOLS_DIR/oras-$ORAS_VERSION/oras"
+CRICTL_BIN="$TOOLS_DIR/crictl-$CRICTL_VERSION/crictl"
 CONFORMANCE_BIN="$TOOLS_DIR/conformance-$CONFORMANCE_VERSION/conformance.test"
 CONFORMANCE2_BIN="$TOOLS_DIR/conformance2-$CONFORMANCE2_VERSION/conformance"
 HELM_BIN="$TOOLS_DIR/helm-$HELM_VERSION/helm"
@@ -108,6 +114,11 @@ build_oras() {
     install_module_cmd oras "$ORAS_MODULE/cmd/oras" "$ORAS_VERSION" "$ORAS_BIN" "-s -w"
 }
 
+build_crictl() {
+    install_module_cmd crictl "$CRICTL_MODULE/cmd/crictl" "$CRICTL_VERSION" "$CRICTL_BIN" \
+        "-s -w -X $CRICTL_MODULE/pkg/version.Version=$CRICTL_VERSION"
+}
+
 build_conformance() {
     [[ -x "$CONFORMANCE_BIN" ]] && return 0
     need_go
@@ -147,6 +158,7 @@ build_all() {
     build_helm
     build_crane
     build_oras
+    build_crictl
     build_conformance
     build_conformance2
 }
@@ -154,6 +166,7 @@ build_all() {
 print_env() {
     printf 'export PRIVREG_CRANE=%q\n' "$CRANE_BIN"
     printf 'export PRIVREG_ORAS=%q\n' "$ORAS_BIN"
+    printf 'export PRIVREG_CRICTL=%q\n' "$CRICTL_BIN"
     printf 'export PRIVREG_CONFORMANCE=%q\n' "$CONFORMANCE_BIN"
     printf 'export PRIVREG_CONFORMANCE_VERSION=%q\n' "$CONFORMANCE_VERSION"
     printf 'export PRIVREG_CONFORMANCE2=%q\n' "$CONFORMANCE2_BIN"
@@ -167,14 +180,14 @@ case "${1:-}" in
         ;;
     --check)
         missing=0
-        for b in "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN" "$HELM_BIN"; do
+        for b in "$CRANE_BIN" "$ORAS_BIN" "$CRICTL_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN" "$HELM_BIN"; do
             [[ -x "$b" ]] || { log "missing: $b"; missing=1; }
         done
         exit "$missing"
         ;;
     ""|--build)
         build_all
-        printf 'crane        %s\noras         %s\nconformance  %s\nconformance2 %s\n' "$CRANE_BIN" "$ORAS_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN"
+        printf 'crane        %s\noras         %s\ncrictl       %s\nconformance  %s\nconformance2 %s\n' "$CRANE_BIN" "$ORAS_BIN" "$CRICTL_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN"
         ;;
     -h|--help)
         sed -n '2,/^$/s/^# \{0,1\}//p' "$0"

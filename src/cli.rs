@@ -29,6 +29,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run the operator: reconcile PrivateRegistry objects.
     Operator(OperatorArgs),
+    /// Run the node agent: write every registry's CA trust on this node.
+    Trust(TrustArgs),
     /// Print the CustomResourceDefinitions (YAML) generated from the Rust types.
     Crds,
 }
@@ -77,6 +79,72 @@ pub struct OperatorArgs {
     /// registry's Secrets mounted.
     #[arg(long, env = "PRIVREG_ALLOWED_IMAGES", value_delimiter = ',')]
     pub allowed_images: Vec<String>,
+
+    /// Host names a PrivateRegistry may claim (comma-separated): exact names or
+    /// `*.suffix` (any name ending in `.suffix`); `{namespace}` stands for the
+    /// registry's namespace and `{clusterDomain}` for --cluster-domain. Node trust
+    /// is node-wide, so a name outside this list is refused (HostnameNotAllowed).
+    #[arg(
+        long,
+        env = "PRIVREG_ALLOWED_HOSTNAMES",
+        value_delimiter = ',',
+        default_value = "*.{namespace}.svc,*.{namespace}.svc.{clusterDomain},*.{namespace}.{clusterDomain}"
+    )]
+    pub allowed_hostnames: Vec<String>,
+
+    /// The cluster's DNS domain.
+    #[arg(long, env = "PRIVREG_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+}
+
+/// Options of `privreg trust`, the node agent. It needs no Kubernetes API access:
+/// everything comes from the mounted bundle.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
+    /// The node's filesystem as mounted into the pod (hostPath mounts below it).
+    #[arg(long, env = "PRIVREG_NODE_ROOT", default_value = "/host")]
+    pub node_root: PathBuf,
+
+    /// The mounted trust bundle file (ConfigMap key bundle.json).
+    #[arg(
+        long,
+        env = "PRIVREG_TRUST_BUNDLE",
+        default_value = "/etc/privreg/bundle/bundle.json"
+    )]
+    pub bundle: PathBuf,
+
+    /// Where the agent records what it wrote (on the node, so it survives restarts).
+    #[arg(
+        long,
+        env = "PRIVREG_TRUST_STATE_DIR",
+        default_value = "/host/var/lib/privreg-trust"
+    )]
+    pub state_dir: PathBuf,
+
+    /// How the node runs containerd: where its certs.d lives.
+    #[arg(long, env = "PRIVREG_TRUST_PRESET", value_enum, default_value_t = crate::trust::render::Preset::Containerd)]
+    pub preset: crate::trust::render::Preset,
+
+    /// Seconds between full resyncs (the bundle is also watched for changes).
+    #[arg(long, env = "PRIVREG_TRUST_RESYNC_SECONDS", default_value_t = 60)]
+    pub resync_seconds: u64,
+
+    /// Address for `/healthz`, `/readyz` and `/metrics` (plain HTTP).
+    #[arg(long, env = "PRIVREG_METRICS_LISTEN", default_value = "0.0.0.0:8081")]
+    pub metrics_listen: SocketAddr,
+
+    /// The SHA-256 (lowercase hex) of the bundle this agent's pod was created
+    /// for (the DaemonSet passes its pod annotation `privreg.dev/bundle-sha256`
+    /// through the downward API). Ready only once the mounted bundle is that one
+    /// and the node's files match it, so a Ready agent tells the operator that
+    /// this node trusts exactly that bundle.
+    #[arg(long, env = "PRIVREG_TRUST_EXPECTED_BUNDLE")]
+    pub expected_bundle: Option<String>,
+
+    /// Remove everything the agent wrote on this node, restore what it backed
+    /// up, and exit (run by the chart's pre-delete hook).
+    #[arg(long, env = "PRIVREG_TRUST_UNINSTALL")]
+    pub uninstall: bool,
 }
 
 /// Options of `privreg serve`.

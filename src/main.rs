@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(privreg::registry::serve(*args)),
         Command::Operator(args) => runtime.block_on(privreg::operator::run(args)),
+        Command::Trust(args) => runtime.block_on(privreg::trust::run(args)),
         Command::Crds => {
             print!("{}", privreg::api::crds_yaml()?);
             Ok(())

@@ -175,7 +175,7 @@ fn registry(name: &str) -> PrivateRegistry {
 kind: PrivateRegistry
 metadata: {{name: {name}, namespace: {NS}}}
 spec:
-  hostname: {name}.test
+  hostname: {name}.{NS}.svc
   storage: {{size: 1Gi}}
 "
     ))

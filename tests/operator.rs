@@ -26,6 +26,8 @@ use common::operator::{Operator, TIMEOUT, condition, install, secret_text, verif
 use common::{free_port, https_client};
 
 const NS: &str = "apps";
+/// The story names its registry `registry.test`: the admin allows `*.test`.
+const ALLOW_TEST_NAMES: &[&str] = &["--allowed-hostnames", "*.test,*.{namespace}.svc"];
 
 /// Resource versions of everything a registry owns.
 async fn child_versions(client: &Client, name: &str) -> BTreeMap<String, String> {
@@ -287,7 +289,7 @@ async fn operator_reconciles_registries_against_a_real_apiserver() {
         .client_for_service_account("privreg-system", "privreg-operator")
         .await;
     let work = tempfile::tempdir().unwrap();
-    let mut operator = Operator::start(&op_kubeconfig, "operator-0");
+    let mut operator = Operator::start_with(&op_kubeconfig, "operator-0", ALLOW_TEST_NAMES);
     let registries: Api<PrivateRegistry> = Api::namespaced(admin.clone(), NS);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
 
@@ -635,7 +637,7 @@ spec:
 
     // --- restarts: the operator (killed mid-flight) and the apiserver -----------
     // A second replica waits for the Lease; when the leader dies it takes over.
-    let mut standby = Operator::start(&op_kubeconfig, "operator-1");
+    let mut standby = Operator::start_with(&op_kubeconfig, "operator-1", ALLOW_TEST_NAMES);
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(admin.clone(), "privreg-system");
     eventually("the standby waits", TIMEOUT, || async {
@@ -701,7 +703,10 @@ spec:
         .await
         .unwrap();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), NS);
-    eventually("scratch volume claim", TIMEOUT, || async {
+    // The registry watch may still be recovering from the apiserver restart
+    // (410 Expired until the new watch cache passes its resourceVersion; see
+    // above): bounded as generously.
+    eventually("scratch volume claim", Duration::from_secs(180), || async {
         pvcs.get_opt("scratch-data").await.ok()?.map(|_| ())
     })
     .await;

@@ -238,7 +238,16 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
     let (_, op_kubeconfig) = cp
         .client_for_service_account("privreg-system", "privreg-operator")
         .await;
-    let operator = Operator::start(&op_kubeconfig, "operator-0");
+    // The admin lets registries claim `*.internal` names (and their own
+    // namespace's, the default).
+    let operator = Operator::start_with(
+        &op_kubeconfig,
+        "operator-0",
+        &[
+            "--allowed-hostnames",
+            "*.internal,*.{namespace}.svc,*.{namespace}.svc.{clusterDomain}",
+        ],
+    );
     let tenant = tenant_client(&cp, &admin).await;
     let registries: Api<PrivateRegistry> = Api::namespaced(tenant.clone(), TENANT_NS);
     let admin_secrets: Api<Secret> = Api::namespaced(admin.clone(), TENANT_NS);
@@ -477,6 +486,57 @@ async fn a_tenant_cannot_use_the_operator_against_others() {
     )
     .await
     .unwrap();
+
+    // --- 5. capturing names every node trusts ---------------------------------
+    // A name the admin did not allow (here: the world's own registry).
+    create(
+        &registries,
+        "impostor",
+        serde_json::json!({"hostname": "registry.k8s.io", "port": 443, "trust": {"hostsEntry": true}}),
+    )
+    .await;
+    wait_for_reason(&registries, "impostor", "HostnameNotAllowed").await;
+    // An allowed name held by another registry: the first claimant keeps it.
+    create(
+        &registries,
+        "first",
+        serde_json::json!({"hostname": "registry.internal"}),
+    )
+    .await;
+    eventually("first holds registry.internal", TIMEOUT, || async {
+        let pr = registries.get("first").await.ok()?;
+        (condition(&pr, "CertificateReady")?.0 == "True").then_some(())
+    })
+    .await;
+    create(
+        &registries,
+        "second",
+        serde_json::json!({"hostname": "registry.internal"}),
+    )
+    .await;
+    let message = wait_for_reason(&registries, "second", "HostnameConflict").await;
+    assert!(message.contains("team-a/first"), "{message}");
+    let bundles: Api<ConfigMap> = Api::namespaced(admin.clone(), "privreg-system");
+    let bundle = eventually("the holder is in the bundle", TIMEOUT, || async {
+        let text = bundles
+            .get_opt("privreg-trust-bundle")
+            .await
+            .ok()??
+            .data?
+            .remove("bundle.json")?;
+        text.contains("team-a/first").then_some(text)
+    })
+    .await;
+    for outsider in ["team-a/second", "team-a/impostor", "registry.k8s.io"] {
+        assert!(!bundle.contains(outsider), "{outsider} in {bundle}");
+    }
+    assert_eq!(
+        condition(&registries.get("first").await.unwrap(), "CertificateReady")
+            .unwrap()
+            .0,
+        "True",
+        "the holder is unaffected"
+    );
 
     // --- nothing foreign was read into a pod, changed, adopted or deleted --------
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -57,6 +57,10 @@ pub enum Refusal {
         label: &'static str,
         use_: &'static str,
     },
+    #[error(
+        "{endpoint} is already held by PrivateRegistry {holder}; node trust is node-wide, so one registry holds a host:port. Choose another hostname or port"
+    )]
+    HostnameConflict { endpoint: String, holder: String },
     #[error("Secret {name} is labelled for privreg but lacks the key {key}")]
     SecretKeyMissing { name: String, key: &'static str },
     #[error(
@@ -72,6 +76,7 @@ impl Refusal {
             Refusal::NameConflict { .. } => "NameConflict",
             Refusal::SecretNotOptedIn { .. } => "SecretNotOptedIn",
             Refusal::SecretKeyMissing { .. } => "SecretKeyMissing",
+            Refusal::HostnameConflict { .. } => "HostnameConflict",
             Refusal::OutsideNameConstraints(_) => "OutsideNameConstraints",
         }
     }

@@ -194,6 +194,7 @@ impl FakeApi {
             bundle_nudge: Arc::new(tokio::sync::Notify::new()),
             stop: tokio_util::sync::CancellationToken::new(),
             failures: Default::default(),
+            registries: Default::default(),
         })
     }
 }

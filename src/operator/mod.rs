@@ -6,6 +6,7 @@
 //! controller, leader election, health and metrics.
 
 pub mod certificates;
+pub mod claims;
 pub mod error;
 #[cfg(test)]
 mod fake_api;
@@ -57,6 +58,20 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Consecutive failures per registry, for the retry backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The controllers' caches of PrivateRegistries (one per watched
+    /// namespace), set once they exist: who claims which host name, and what
+    /// the trust bundle lists, are read from here, not listed again.
+    pub registries: std::sync::OnceLock<Vec<kube::runtime::reflector::Store<PrivateRegistry>>>,
+}
+
+impl Context {
+    /// Every PrivateRegistry the operator sees (empty until the caches exist).
+    pub fn all_registries(&self) -> Vec<Arc<PrivateRegistry>> {
+        self.registries
+            .get()
+            .map(|stores| stores.iter().flat_map(|s| s.state()).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// Retry delay after `failures` consecutive failures: 5 s doubling to 5 min.
@@ -225,7 +240,12 @@ fn error_policy(pr: Arc<PrivateRegistry>, error: &Error, ctx: Arc<Context>) -> A
 /// Runs the operator until SIGTERM (Ok) or until it loses the leader Lease (Err,
 /// so the process exits non-zero and comes back as a standby).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    let policy = policy::Policy::new(&args.image, &args.allowed_images)?;
+    let policy = policy::Policy::with_hostnames(
+        &args.image,
+        &args.allowed_images,
+        &args.allowed_hostnames,
+        &args.cluster_domain,
+    )?;
     let scope = Scope::new(&args.watch_namespaces)?;
     let sigterm = CancellationToken::new();
     tokio::spawn(cancel_on_signal(sigterm.clone()));
@@ -254,6 +274,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         // Leading ends no later than SIGTERM; with leader election, earlier
         // when the Lease is lost.
         stop: sigterm.child_token(),
+        registries: std::sync::OnceLock::new(),
     });
     tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
 
@@ -412,12 +433,9 @@ impl Scope {
 async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope) {
     let stop = ctx.stop.clone();
     let bundle = trust_bundle::run(
-        ctx.client.clone(),
+        ctx.clone(),
         args.namespace.clone(),
-        scope.clone(),
-        ctx.bundle_nudge.clone(),
         Duration::from_secs(args.trust_bundle_resync_seconds.max(1)),
-        stop.clone(),
     );
     // Consistent lists: after an apiserver restart, a list served from a fresh
     // watch cache can carry a resourceVersion older than the cache's window, and
@@ -443,7 +461,6 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
         .zip(scope.apis::<PersistentVolumeClaim>(client))
         .map(
             |(((((registries, deployments), services), secrets), configmaps), pvcs)| {
-                let stop = stop.clone();
                 Controller::new(registries, registries_config.clone())
                     .owns(deployments, owned.clone())
                     .owns(services, owned.clone())
@@ -454,17 +471,25 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
                         let name = pvc.labels().get(crate::labels::INSTANCE)?.clone();
                         Some(ObjectRef::<PrivateRegistry>::new(&name).within(&pvc.namespace()?))
                     })
-                    .graceful_shutdown_on(async move { stop.cancelled().await })
-                    .run(reconcile_measured, error_policy, ctx.clone())
-                    .for_each(|result| async move {
-                        match result {
-                            Ok((object, _)) => {
-                                tracing::debug!(registry = %object.name, "reconciled")
-                            }
-                            Err(e) => tracing::debug!(error = %e, "controller event"),
-                        }
-                    })
             },
-        );
+        )
+        .collect::<Vec<_>>();
+    let _ = ctx
+        .registries
+        .set(controllers.iter().map(Controller::store).collect());
+    let controllers = controllers.into_iter().map(|controller| {
+        let stop = stop.clone();
+        controller
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(reconcile_measured, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => {
+                        tracing::debug!(registry = %object.name, "reconciled")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "controller event"),
+                }
+            })
+    });
     futures_util::future::join(futures_util::future::join_all(controllers), bundle).await;
 }

@@ -8,10 +8,56 @@
 //! so admission and the operator can never disagree about what a pattern means.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "allowed-image pattern {0:?} must be an image reference, optionally ending in one `*` (a prefix)"
-)]
-pub struct PolicyError(String);
+pub enum PolicyError {
+    #[error(
+        "allowed-image pattern {0:?} must be an image reference, optionally ending in one `*` (a prefix)"
+    )]
+    Image(String),
+    #[error(
+        "allowed-hostname pattern {0:?} must be a DNS name or `*.` and a DNS name; `{{namespace}}` and `{{clusterDomain}}` may stand for labels"
+    )]
+    Hostname(String),
+}
+
+/// A host-name pattern: an exact name, or `*.suffix` for every name ending in
+/// `.suffix` (any depth). `{namespace}` is filled in per registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostnamePattern {
+    wildcard: bool,
+    /// With `{namespace}` still in it; `{clusterDomain}` already filled in.
+    name: String,
+}
+
+impl HostnamePattern {
+    fn parse(p: &str, cluster_domain: &str) -> Result<HostnamePattern, PolicyError> {
+        let filled = p.replace("{clusterDomain}", cluster_domain);
+        let (wildcard, name) = match filled.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, filled.clone()),
+        };
+        // Check the shape with a sample namespace in place of the placeholder.
+        let sample = name.replace("{namespace}", "ns");
+        if !crate::certs::is_dns_name(&sample)
+            || sample.starts_with("*.")
+            || sample != sample.to_ascii_lowercase()
+        {
+            return Err(PolicyError::Hostname(p.to_owned()));
+        }
+        Ok(HostnamePattern { wildcard, name })
+    }
+
+    fn matches(&self, hostname: &str, namespace: &str) -> bool {
+        let name = self.name.replace("{namespace}", namespace);
+        if self.wildcard {
+            hostname
+                .strip_suffix(name.as_str())
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|head| !head.is_empty())
+        } else {
+            hostname == name
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ImagePattern {
@@ -25,10 +71,11 @@ pub struct Policy {
     /// The operator's own image: always allowed, and the default for registries.
     default_image: String,
     allowed_images: Vec<ImagePattern>,
+    allowed_hostnames: Vec<HostnamePattern>,
 }
 
 fn pattern(p: &str) -> Result<ImagePattern, PolicyError> {
-    let bad = || PolicyError(p.to_owned());
+    let bad = || PolicyError::Image(p.to_owned());
     let (body, prefix) = match p.strip_suffix('*') {
         Some(body) => (body, true),
         None => (p, false),
@@ -47,18 +94,52 @@ fn pattern(p: &str) -> Result<ImagePattern, PolicyError> {
     })
 }
 
+/// The default for `--allowed-hostnames`: names in the registry's own namespace.
+pub const DEFAULT_ALLOWED_HOSTNAMES: &[&str] = &[
+    "*.{namespace}.svc",
+    "*.{namespace}.svc.{clusterDomain}",
+    "*.{namespace}.{clusterDomain}",
+];
+
+fn non_empty(list: &[String]) -> impl Iterator<Item = &str> {
+    list.iter().map(|p| p.trim()).filter(|p| !p.is_empty())
+}
+
 impl Policy {
+    /// Images as given, host names as [`DEFAULT_ALLOWED_HOSTNAMES`] in `cluster.local`.
     pub fn new(default_image: &str, allowed_images: &[String]) -> Result<Policy, PolicyError> {
-        let allowed_images = allowed_images
+        let hostnames: Vec<String> = DEFAULT_ALLOWED_HOSTNAMES
             .iter()
-            .map(|p| p.trim())
-            .filter(|p| !p.is_empty())
+            .map(|s| (*s).to_owned())
+            .collect();
+        Policy::with_hostnames(default_image, allowed_images, &hostnames, "cluster.local")
+    }
+
+    pub fn with_hostnames(
+        default_image: &str,
+        allowed_images: &[String],
+        allowed_hostnames: &[String],
+        cluster_domain: &str,
+    ) -> Result<Policy, PolicyError> {
+        let allowed_images = non_empty(allowed_images)
             .map(pattern)
+            .collect::<Result<_, _>>()?;
+        let allowed_hostnames = non_empty(allowed_hostnames)
+            .map(|p| HostnamePattern::parse(p, cluster_domain))
             .collect::<Result<_, _>>()?;
         Ok(Policy {
             default_image: default_image.to_owned(),
             allowed_images,
+            allowed_hostnames,
         })
+    }
+
+    /// Whether a registry in `namespace` may claim `hostname` (and so have every
+    /// node trust its CA for it).
+    pub fn hostname_allowed(&self, hostname: &str, namespace: &str) -> bool {
+        self.allowed_hostnames
+            .iter()
+            .any(|p| p.matches(hostname, namespace))
     }
 
     pub fn default_image(&self) -> &str {
@@ -112,7 +193,45 @@ mod tests {
         for bad in ["*", "a*b", "a**", "has space:1", "a\u{0}b"] {
             assert_eq!(
                 Policy::new("own:1", &[bad.into()]).unwrap_err(),
-                PolicyError(bad.into())
+                PolicyError::Image(bad.into())
+            );
+        }
+    }
+
+    #[test]
+    fn by_default_only_names_of_the_own_namespace() {
+        let p = Policy::new("own:1", &[]).unwrap();
+        assert!(p.hostname_allowed("reg.team-a.svc", "team-a"));
+        assert!(p.hostname_allowed("reg.team-a.svc.cluster.local", "team-a"));
+        assert!(p.hostname_allowed("registry.team-a.cluster.local", "team-a"));
+        // Another namespace's names, the world's names, and the bare suffix.
+        assert!(!p.hostname_allowed("reg.team-a.svc", "team-b"));
+        assert!(!p.hostname_allowed("registry.k8s.io", "team-a"));
+        assert!(!p.hostname_allowed("team-a.svc", "team-a"));
+        assert!(!p.hostname_allowed("xteam-a.svc", "team-a"));
+    }
+
+    #[test]
+    fn admins_allow_more() {
+        let p = Policy::with_hostnames(
+            "own:1",
+            &[],
+            &["*.internal".into(), "registry.{namespace}.corp".into()],
+            "k8s.example",
+        )
+        .unwrap();
+        assert!(p.hostname_allowed("registry.internal", "any"));
+        assert!(p.hostname_allowed("a.b.internal", "any"));
+        assert!(p.hostname_allowed("registry.team-a.corp", "team-a"));
+        assert!(!p.hostname_allowed("registry.team-a.corp", "team-b"));
+        assert!(
+            !p.hostname_allowed("reg.team-a.svc", "team-a"),
+            "the list replaces the default"
+        );
+        for bad in ["*", "*.", "a..b", "UPPER.case", "*.*.x"] {
+            assert!(
+                Policy::with_hostnames("own:1", &[], &[bad.into()], "cluster.local").is_err(),
+                "{bad}"
             );
         }
     }

@@ -61,6 +61,13 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
         }
     };
     let owner = pr.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+    if let Err(holder) = super::claims::holds(&pr, &ctx.all_registries()) {
+        return Err(Refusal::HostnameConflict {
+            endpoint: desired.endpoint(),
+            holder,
+        }
+        .into());
+    }
 
     check_ownership(&ctx, &desired, &owner).await?;
     check_consent(&ctx, &desired).await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use crate::api::PrivateRegistry;
@@ -89,28 +89,37 @@ fn owned_by(cm: &ConfigMap, pr: &PrivateRegistry) -> bool {
             .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
 }
 
-/// Rebuilds and applies the bundle once.
-pub async fn refresh(
-    client: &kube::Client,
-    namespace: &str,
-    scope: &super::Scope,
-) -> Result<usize, kube::Error> {
+/// Whether a registry's trust belongs in the bundle: trust enabled, its spec
+/// valid under the admin's policy (an allowed host name), and it holds the
+/// endpoint it claims (no HostnameConflict).
+pub fn eligible(
+    pr: &PrivateRegistry,
+    all: &[Arc<PrivateRegistry>],
+    policy: &super::policy::Policy,
+) -> bool {
+    pr.spec.trust.enabled
+        && super::validate::validate(pr, policy).is_ok()
+        && super::claims::holds(pr, all).is_ok()
+}
+
+/// Rebuilds and applies the bundle once, from the controllers' caches.
+pub async fn refresh(ctx: &super::Context, namespace: &str) -> Result<usize, kube::Error> {
+    let client = &ctx.client;
+    let all = ctx.all_registries();
     let mut bundle = Bundle::default();
-    for registries in scope.apis::<PrivateRegistry>(client) {
-        for pr in registries.list(&ListParams::default()).await? {
-            let Some(ns) = pr.namespace() else { continue };
-            let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-            let Some(cm) = cms.get_opt(&format!("{}-ca", pr.name_any())).await? else {
-                continue;
-            };
-            if !owned_by(&cm, &pr) {
-                continue;
-            }
-            let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) else {
-                continue;
-            };
-            bundle.registries.extend(entry(&pr, ca));
+    for pr in all.iter().filter(|pr| eligible(pr, &all, &ctx.policy)) {
+        let Some(ns) = pr.namespace() else { continue };
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let Some(cm) = cms.get_opt(&format!("{}-ca", pr.name_any())).await? else {
+            continue;
+        };
+        if !owned_by(&cm, pr) {
+            continue;
         }
+        let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) else {
+            continue;
+        };
+        bundle.registries.extend(entry(pr, ca));
     }
     let count = bundle.registries.len();
     let cm = configmap(namespace, bundle);
@@ -128,26 +137,20 @@ pub async fn refresh(
 }
 
 /// Keeps the bundle current: after each nudge (a reconcile finished) and at least
-/// every `every` (which catches deletions).
-pub async fn run(
-    client: kube::Client,
-    namespace: String,
-    scope: super::Scope,
-    nudge: Arc<tokio::sync::Notify>,
-    every: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
+/// every `every` (which catches deletions), until `ctx.stop`.
+pub async fn run(ctx: Arc<super::Context>, namespace: String, every: Duration) {
+    let stop = ctx.stop.clone();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            result = refresh(&client, &namespace, &scope) => match result {
+            result = refresh(&ctx, &namespace) => match result {
                 Ok(n) => tracing::debug!(registries = n, "trust bundle applied"),
                 Err(e) => tracing::warn!(error = %e, "updating the trust bundle failed"),
             },
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = nudge.notified() => {}
+            _ = ctx.bundle_nudge.notified() => {}
             _ = tokio::time::sleep(every) => {}
         }
     }

@@ -61,6 +61,10 @@ pub enum SpecError {
         "spec.image {0:?} is not allowed by the cluster admin (operator flag --allowed-images, Helm value allowedImages)"
     )]
     ImageNotAllowed(String),
+    #[error(
+        "spec.hostname {0:?} is not allowed by the cluster admin for this namespace (operator flag --allowed-hostnames, Helm value allowedHostnames); nodes trust a registry's CA for its host name, so the name must be the admin's to give"
+    )]
+    HostnameNotAllowed(String),
 }
 
 impl SpecError {
@@ -68,6 +72,7 @@ impl SpecError {
     pub fn reason(&self) -> &'static str {
         match self {
             SpecError::ImageNotAllowed(_) => "ImageNotAllowed",
+            SpecError::HostnameNotAllowed(_) => "HostnameNotAllowed",
             _ => "InvalidSpec",
         }
     }
@@ -256,6 +261,9 @@ pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecEr
     if !certs::is_dns_name(&hostname) || hostname.starts_with("*.") {
         return Err(SpecError::Hostname(hostname));
     }
+    if !policy.hostname_allowed(&hostname, &namespace) {
+        return Err(SpecError::HostnameNotAllowed(hostname));
+    }
     let port = match spec.port {
         None => DEFAULT_PORT,
         Some(p) => u16::try_from(p)
@@ -385,9 +393,15 @@ pub(crate) mod tests {
         serde_norway::from_str(yaml).unwrap()
     }
 
-    /// The default policy: only the operator's own image.
+    /// The default policy (only the operator's own image, names of the own
+    /// namespace), plus `*.internal` for tests that name a registry so.
     pub(crate) fn own_image(image: &str) -> Policy {
-        Policy::new(image, &[]).unwrap()
+        let mut hostnames: Vec<String> = crate::operator::policy::DEFAULT_ALLOWED_HOSTNAMES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        hostnames.push("*.internal".to_owned());
+        Policy::with_hostnames(image, &[], &hostnames, "cluster.local").unwrap()
     }
 
     const MINIMAL: &str = "
@@ -513,6 +527,23 @@ spec:
         );
         let d = validate(&registry(&yaml), &own_image("img")).unwrap();
         assert_eq!(d.renew_before, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn only_allowed_hostnames_are_claimed() {
+        let yaml = |host: &str| {
+            format!(
+                "{}spec: {{hostname: {host}}}\n",
+                MINIMAL.replace("spec: {}\n", "")
+            )
+        };
+        let strict = Policy::new("img", &[]).unwrap();
+        let e = validate(&registry(&yaml("registry.k8s.io")), &strict).unwrap_err();
+        assert_eq!(e.reason(), "HostnameNotAllowed");
+        // Another namespace's name is not this one's to claim.
+        let e = validate(&registry(&yaml("reg.team-a.svc")), &strict).unwrap_err();
+        assert_eq!(e.reason(), "HostnameNotAllowed");
+        assert!(validate(&registry(&yaml("mirror.tools.svc")), &strict).is_ok());
     }
 
     #[test]

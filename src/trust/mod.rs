@@ -14,11 +14,14 @@
 //!
 //! [`sync`] runs 1 to 3 once; the command-line loop and readiness build on it.
 
+pub mod agent;
 pub mod apply;
 pub mod bundle;
 pub mod containerd_config;
+pub mod health;
 pub mod nodefs;
 pub mod render;
+pub mod summary;
 
 use std::path::Path;
 
@@ -62,4 +65,10 @@ pub fn sync(
         rejected: validated.rejected,
         report,
     })
+}
+
+/// `privreg trust`: the agent's run loop ([`agent`]); errors are typed inside
+/// and become `anyhow` only here, at the edge.
+pub async fn run(args: crate::cli::TrustArgs) -> anyhow::Result<()> {
+    agent::run(args).await.map_err(anyhow::Error::from)
 }
