@@ -95,6 +95,25 @@ pub struct OperatorArgs {
     /// The cluster's DNS domain.
     #[arg(long, env = "PRIVREG_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+
+    /// How the nodes run containerd, for the trust DaemonSet: where its certs.d
+    /// and config live (`containerd`, `k3s`, `rke2`, `microk8s`).
+    #[arg(long, env = "PRIVREG_TRUST_PRESET", value_enum, default_value_t = crate::trust::render::Preset::Containerd)]
+    pub trust_preset: crate::trust::render::Preset,
+
+    /// Nodes the trust DaemonSet runs on (`key=value`, comma-separated; empty:
+    /// every node).
+    #[arg(long, env = "PRIVREG_TRUST_NODE_SELECTOR", value_delimiter = ',')]
+    pub trust_node_selector: Vec<String>,
+
+    /// Tolerations of the trust DaemonSet, as a JSON list. The default tolerates
+    /// every taint, so control-plane and tainted nodes trust the registries too.
+    #[arg(
+        long,
+        env = "PRIVREG_TRUST_TOLERATIONS",
+        default_value = r#"[{"operator":"Exists"}]"#
+    )]
+    pub trust_tolerations: String,
 }
 
 /// Options of `privreg trust`, the node agent. It needs no Kubernetes API access:

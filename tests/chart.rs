@@ -179,6 +179,8 @@ fn chart_renders_the_operator_with_least_privilege() {
             ("ClusterRoleBinding", "", "reg-operator"),
             ("Role", ns, "reg-operator-leader"),
             ("RoleBinding", ns, "reg-operator-leader"),
+            ("Role", ns, "reg-operator-trust"),
+            ("RoleBinding", ns, "reg-operator-trust"),
             ("Deployment", ns, "reg-operator"),
             ADMISSION_POLICY,
             ADMISSION_POLICY_BINDING,
@@ -196,8 +198,14 @@ fn chart_renders_the_operator_with_least_privilege() {
             "POD_NAME",
             "PRIVREG_IMAGE",
             "PRIVREG_LOG_FORMAT",
-            "PRIVREG_NAMESPACE"
+            "PRIVREG_NAMESPACE",
+            "PRIVREG_TRUST_PRESET",
+            "PRIVREG_TRUST_TOLERATIONS",
         ]
+    );
+    assert_eq!(
+        env(&docs)["PRIVREG_TRUST_TOLERATIONS"]["value"],
+        r#"[{"operator":"Exists"}]"#
     );
 
     // The chart's ClusterRole grants exactly what deploy/02-rbac.yaml grants.
@@ -217,6 +225,11 @@ fn chart_renders_the_operator_with_least_privilege() {
     assert_eq!(
         find(&docs, "Role", ns, "reg-operator-leader")["rules"],
         find(&plain, "Role", ns, "privreg-operator-leader")["rules"]
+    );
+    // And the trust Role (the DaemonSet and its pods, own namespace only).
+    assert_eq!(
+        find(&docs, "Role", ns, "reg-operator-trust")["rules"],
+        find(&plain, "Role", ns, "privreg-operator-trust")["rules"]
     );
 }
 
@@ -246,6 +259,8 @@ fn chart_namespaced_mode_grants_roles_in_the_watched_namespaces_only() {
             ("RoleBinding", ns, "reg-operator-trust-bundle"),
             ("Role", ns, "reg-operator-leader"),
             ("RoleBinding", ns, "reg-operator-leader"),
+            ("Role", ns, "reg-operator-trust"),
+            ("RoleBinding", ns, "reg-operator-trust"),
             ("Deployment", ns, "reg-operator"),
             ADMISSION_POLICY,
             ADMISSION_POLICY_BINDING,
@@ -369,7 +384,7 @@ fn kubectl_namespaced_example_is_what_the_chart_renders() {
     // The objects it shares with the cluster-wide deploy/02-rbac.yaml are the same.
     let plain = unlabelled(&file_docs("deploy/02-rbac.yaml"));
     let shared: Vec<_> = plain.keys().filter(|k| example.contains_key(*k)).collect();
-    assert_eq!(shared.len(), 3, "{shared:?}");
+    assert_eq!(shared.len(), 5, "{shared:?}");
     for k in shared {
         assert_eq!(plain[k], example[k], "{k:?}");
     }

@@ -41,9 +41,9 @@ const IP: &str = "127.0.0.87";
 fn bundle_json(entries: Vec<BundleEntry>) -> Vec<u8> {
     let cm = trust_bundle::configmap(
         "privreg-system",
-        Bundle {
+        trust_bundle::bundle_json(Bundle {
             registries: entries,
-        },
+        }),
     );
     cm.data
         .and_then(|mut d| d.remove(BUNDLE_KEY))

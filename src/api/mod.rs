@@ -83,6 +83,12 @@ pub mod bounds {
         description = "nodes that trust the registry CA"
     ),
     printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        json_path = ".status.desiredNodes",
+        description = "nodes that should trust it (the trust DaemonSet's)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -337,12 +343,15 @@ pub enum ServiceType {
 pub struct PrivateRegistryStatus {
     /// `Ready`, `CertificateReady`, `StorageReady`, `Available`, `TrustDistributed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // A map keyed by type, so the reconcile and the trust task each own their
+    // conditions under server-side apply.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// `host:port` clients push to and pull from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// The registry Service's ClusterIP (nodes dial it; it is in the certificate).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<String>,
     /// SHA-256 fingerprint of the CA certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -411,7 +420,7 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(columns, ["Endpoint", "Ready", "Trusted", "Age"]);
+        assert_eq!(columns, ["Endpoint", "Ready", "Trusted", "Nodes", "Age"]);
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         assert_eq!(spec["port"]["maximum"].as_f64(), Some(65535.0));
         assert!(spec["hostname"]["pattern"].is_string());

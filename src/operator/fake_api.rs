@@ -195,6 +195,15 @@ impl FakeApi {
             stop: tokio_util::sync::CancellationToken::new(),
             failures: Default::default(),
             registries: Default::default(),
+            trust_daemonset: super::daemonset::TrustDaemonSetConfig::new(
+                "privreg-system",
+                "privreg:test",
+                Default::default(),
+                &[],
+                "[]",
+            )
+            .expect("a valid DaemonSet config"),
+            published: Default::default(),
         })
     }
 }

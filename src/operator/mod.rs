@@ -7,6 +7,7 @@
 
 pub mod certificates;
 pub mod claims;
+pub mod daemonset;
 pub mod error;
 #[cfg(test)]
 mod fake_api;
@@ -18,6 +19,7 @@ pub mod reconcile;
 mod reconcile_tests;
 pub mod status;
 pub mod trust_bundle;
+pub mod trust_status;
 pub mod validate;
 
 use std::sync::Arc;
@@ -25,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures_util::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -42,6 +44,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::PrivateRegistry;
 use crate::cli::OperatorArgs;
 use error::Error;
+
+/// The field manager of the trust task: it owns `trustedNodes`, `desiredNodes`
+/// and the `TrustDistributed` condition of every PrivateRegistry's status.
+pub const TRUST_FIELD_MANAGER: &str = "privreg-operator-trust";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -62,6 +68,10 @@ pub struct Context {
     /// namespace), set once they exist: who claims which host name, and what
     /// the trust bundle lists, are read from here, not listed again.
     pub registries: std::sync::OnceLock<Vec<kube::runtime::reflector::Store<PrivateRegistry>>>,
+    /// The trust DaemonSet as the cluster admin configured it.
+    pub trust_daemonset: daemonset::TrustDaemonSetConfig,
+    /// The bundles published so far (which CA each listed for which registry).
+    pub published: std::sync::Mutex<trust_status::Published>,
 }
 
 impl Context {
@@ -247,6 +257,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         &args.cluster_domain,
     )?;
     let scope = Scope::new(&args.watch_namespaces)?;
+    let trust_daemonset = daemonset::TrustDaemonSetConfig::new(
+        &args.namespace,
+        &args.image,
+        args.trust_preset,
+        &args.trust_node_selector,
+        &args.trust_tolerations,
+    )?;
     let sigterm = CancellationToken::new();
     tokio::spawn(cancel_on_signal(sigterm.clone()));
 
@@ -275,6 +292,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         // when the Lease is lost.
         stop: sigterm.child_token(),
         registries: std::sync::OnceLock::new(),
+        trust_daemonset,
+        published: Default::default(),
     });
     tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
 
@@ -432,8 +451,10 @@ impl Scope {
 /// future (nothing spawned), so dropping it stops every write at once.
 async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope) {
     let stop = ctx.stop.clone();
+    let (stores, watches) = trust_watches(ctx, args, scope);
     let bundle = trust_bundle::run(
         ctx.clone(),
+        stores,
         args.namespace.clone(),
         Duration::from_secs(args.trust_bundle_resync_seconds.max(1)),
     );
@@ -491,5 +512,81 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
                 }
             })
     });
-    futures_util::future::join(futures_util::future::join_all(controllers), bundle).await;
+    let trust = async {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = futures_util::future::join(bundle, watches) => {}
+        }
+    };
+    futures_util::future::join(futures_util::future::join_all(controllers), trust).await;
+}
+
+/// The caches the trust task reads, and the future that keeps them filled (and
+/// nudges the task on every change): the operator's CA ConfigMaps in each
+/// watched namespace, and the trust DaemonSet and its pods in its own.
+fn trust_watches(
+    ctx: &Arc<Context>,
+    args: &OperatorArgs,
+    scope: &Scope,
+) -> (
+    trust_bundle::TrustStores,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use kube::runtime::{WatchStreamExt as _, reflector};
+    let client = &ctx.client;
+    let managed = format!("{}={}", crate::labels::MANAGED_BY, crate::FIELD_MANAGER);
+    let config = |labels: &str| {
+        watcher::Config::default()
+            .labels(labels)
+            .list_semantic(watcher::ListSemantic::MostRecent)
+    };
+    let nudge = ctx.bundle_nudge.clone();
+    let drive = move |stream: futures_util::stream::BoxStream<'static, ()>| {
+        let nudge = nudge.clone();
+        stream.for_each(move |()| {
+            nudge.notify_one();
+            async {}
+        })
+    };
+    let mut futures: Vec<futures_util::future::BoxFuture<'static, ()>> = Vec::new();
+    let mut ca_configmaps = Vec::new();
+    for api in scope.apis::<ConfigMap>(client) {
+        let (store, writer) = reflector::store();
+        ca_configmaps.push(store);
+        let stream = reflector(writer, watcher(api, config(&managed)))
+            .default_backoff()
+            .filter_map(|e| async move { e.ok().map(|_| ()) })
+            .boxed();
+        futures.push(drive(stream).boxed());
+    }
+    let (daemonset, writer) = reflector::store();
+    let dss: Api<DaemonSet> = Api::namespaced(client.clone(), &args.namespace);
+    let stream = reflector(
+        writer,
+        watcher(
+            dss,
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", daemonset::DAEMONSET_NAME))
+                .list_semantic(watcher::ListSemantic::MostRecent),
+        ),
+    )
+    .default_backoff()
+    .filter_map(|e| async move { e.ok().map(|_| ()) })
+    .boxed();
+    futures.push(drive(stream).boxed());
+    let (pods, writer) = reflector::store();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
+    let stream = reflector(writer, watcher(api, config(&daemonset::selector_string())))
+        .default_backoff()
+        .filter_map(|e| async move { e.ok().map(|_| ()) })
+        .boxed();
+    futures.push(drive(stream).boxed());
+    let stores = trust_bundle::TrustStores {
+        ca_configmaps,
+        daemonset,
+        pods,
+    };
+    (stores, async move {
+        futures_util::future::join_all(futures).await;
+    })
 }

@@ -513,7 +513,8 @@ pub(crate) async fn patch_status(
     pr: &PrivateRegistry,
     new: crate::api::PrivateRegistryStatus,
 ) -> Result<()> {
-    if pr.status.as_ref() == Some(&new) {
+    // The trust fields belong to the trust task's field manager: compare without them.
+    if pr.status.as_ref().map(status::reconciled_part).as_ref() == Some(&new) {
         return Ok(());
     }
     let patch = serde_json::json!({

@@ -9,6 +9,9 @@ pub const READY: &str = "Ready";
 pub const CERTIFICATE_READY: &str = "CertificateReady";
 pub const STORAGE_READY: &str = "StorageReady";
 pub const AVAILABLE: &str = "Available";
+/// Owned by the trust task (its own field manager), with `trustedNodes` and
+/// `desiredNodes`; the reconcile never writes these.
+pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
 
 /// What the reconcile saw, for the status.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -124,10 +127,50 @@ pub fn compute(
         cluster_ip: observed.cluster_ip.clone(),
         ca_fingerprint: observed.ca_fingerprint.clone(),
         certificate_not_after: observed.not_after.map(rfc3339),
-        trusted_nodes: previous.and_then(|p| p.trusted_nodes),
-        desired_nodes: previous.and_then(|p| p.desired_nodes),
+        trusted_nodes: None,
+        desired_nodes: None,
         observed_generation: generation,
     }
+}
+
+/// The part of a status the reconcile owns: everything but the trust fields.
+pub fn reconciled_part(status: &PrivateRegistryStatus) -> PrivateRegistryStatus {
+    let mut s = status.clone();
+    s.conditions.retain(|c| c.type_ != TRUST_DISTRIBUTED);
+    s.trusted_nodes = None;
+    s.desired_nodes = None;
+    s
+}
+
+/// The trust task's part of the status for `observed`, or `None` when the
+/// status already says exactly that (nothing to write).
+pub fn trust_patch(
+    previous: Option<&PrivateRegistryStatus>,
+    observed: &super::trust_status::TrustObservation,
+    generation: Option<i64>,
+    now: &Time,
+) -> Option<serde_json::Value> {
+    let c = condition(
+        previous,
+        TRUST_DISTRIBUTED,
+        observed.distributed,
+        observed.reason,
+        observed.message.clone(),
+        generation,
+        now,
+    );
+    let unchanged = previous.is_some_and(|p| {
+        p.trusted_nodes == Some(observed.nodes.trusted)
+            && p.desired_nodes == Some(observed.nodes.desired)
+            && p.conditions.iter().any(|old| old == &c)
+    });
+    (!unchanged).then(|| {
+        serde_json::json!({
+            "trustedNodes": observed.nodes.trusted,
+            "desiredNodes": observed.nodes.desired,
+            "conditions": [c],
+        })
+    })
 }
 
 /// The status of a registry the operator did not (fully) reconcile: an invalid
@@ -141,7 +184,7 @@ pub fn not_ready(
     generation: Option<i64>,
     now: &Time,
 ) -> PrivateRegistryStatus {
-    let mut status = previous.cloned().unwrap_or_default();
+    let mut status = previous.map(reconciled_part).unwrap_or_default();
     let ready = condition(previous, READY, false, reason, message, generation, now);
     status.conditions.retain(|c| c.type_ != READY);
     status.conditions.insert(0, ready);

@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 
 use crate::api::PrivateRegistry;
@@ -48,12 +50,17 @@ pub fn entry(pr: &PrivateRegistry, ca_pem: &str) -> Option<BundleEntry> {
     })
 }
 
-/// The ConfigMap for a bundle; entries sorted so equal bundles are equal bytes.
-pub fn configmap(namespace: &str, mut bundle: Bundle) -> ConfigMap {
+/// The bundle's bytes: entries sorted, so equal bundles are equal bytes (and
+/// hash alike, which is what the agent's readiness is checked against).
+pub fn bundle_json(mut bundle: Bundle) -> String {
     bundle
         .registries
         .sort_by(|a, b| a.registry.cmp(&b.registry));
-    let json = serde_json::to_string_pretty(&bundle).expect("bundle serializes");
+    serde_json::to_string_pretty(&bundle).expect("bundle serializes")
+}
+
+/// The ConfigMap holding `json` (from [`bundle_json`]).
+pub fn configmap(namespace: &str, json: String) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(BUNDLE_NAME.to_owned()),
@@ -102,55 +109,200 @@ pub fn eligible(
         && super::claims::holds(pr, all).is_ok()
 }
 
-/// Rebuilds and applies the bundle once, from the controllers' caches.
-pub async fn refresh(ctx: &super::Context, namespace: &str) -> Result<usize, kube::Error> {
-    let client = &ctx.client;
+/// The registry's CA certificate(s) as its own CA ConfigMap publishes them.
+fn ca_of(pr: &PrivateRegistry, stores: &TrustStores) -> Option<String> {
+    let ns = pr.namespace()?;
+    let key = ObjectRef::<ConfigMap>::new(&format!("{}-ca", pr.name_any())).within(&ns);
+    let cm = stores.ca_configmaps.iter().find_map(|s| s.get(&key))?;
+    if !owned_by(&cm, pr) {
+        return None;
+    }
+    cm.data.as_ref()?.get("ca.crt").cloned()
+}
+
+/// The caches the trust task reads: the CA ConfigMaps (every watched
+/// namespace), and the trust DaemonSet and its pods (the operator's namespace).
+pub struct TrustStores {
+    pub ca_configmaps: Vec<Store<ConfigMap>>,
+    pub daemonset: Store<DaemonSet>,
+    pub pods: Store<Pod>,
+}
+
+/// The bundle every eligible registry contributes to, from the caches.
+pub fn build(ctx: &super::Context, stores: &TrustStores) -> Bundle {
     let all = ctx.all_registries();
     let mut bundle = Bundle::default();
     for pr in all.iter().filter(|pr| eligible(pr, &all, &ctx.policy)) {
-        let Some(ns) = pr.namespace() else { continue };
-        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let Some(cm) = cms.get_opt(&format!("{}-ca", pr.name_any())).await? else {
-            continue;
-        };
-        if !owned_by(&cm, pr) {
-            continue;
+        if let Some(ca) = ca_of(pr, stores) {
+            bundle.registries.extend(entry(pr, &ca));
         }
-        let Some(ca) = cm.data.as_ref().and_then(|d| d.get("ca.crt")) else {
-            continue;
-        };
-        bundle.registries.extend(entry(pr, ca));
     }
+    bundle
+}
+
+async fn apply_object<K>(api: &Api<K>, name: &str, object: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize + Clone + std::fmt::Debug,
+    K: serde::de::DeserializeOwned,
+{
+    let mut value = serde_json::to_value(object).expect("objects serialize");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    api.patch(
+        name,
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What the trust task remembers between passes.
+#[derive(Default)]
+struct Applied {
+    /// The hash last published (ConfigMap and DaemonSet), and when.
+    last: Option<(String, Instant)>,
+}
+
+/// One pass: publish the bundle and the DaemonSet when the bundle changed (or
+/// at every resync), then bring each registry's trust status up to date.
+async fn refresh(
+    ctx: &super::Context,
+    stores: &TrustStores,
+    namespace: &str,
+    applied: &mut Applied,
+    every: Duration,
+) -> Result<usize, kube::Error> {
+    let bundle = build(ctx, stores);
     let count = bundle.registries.len();
-    let cm = configmap(namespace, bundle);
-    let mut value = serde_json::to_value(&cm).expect("ConfigMap serializes");
-    value["apiVersion"] = "v1".into();
-    value["kind"] = "ConfigMap".into();
-    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(
-            BUNDLE_NAME,
-            &PatchParams::apply(crate::FIELD_MANAGER).force(),
-            &Patch::Apply(value),
-        )
-        .await?;
+    let json = bundle_json(bundle.clone());
+    let hash = super::trust_status::bundle_hash(&json);
+    let due = match &applied.last {
+        Some((h, at)) => h != &hash || at.elapsed() >= every,
+        None => true,
+    };
+    if due {
+        // The bundle first, then the pods that expect it.
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+        apply_object(&cms, BUNDLE_NAME, &configmap(namespace, json)).await?;
+        ctx.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&hash, &bundle);
+        let ds = super::daemonset::daemonset(&ctx.trust_daemonset, &hash);
+        let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
+        apply_object(&dss, super::daemonset::DAEMONSET_NAME, &ds).await?;
+        if applied.last.as_ref().map(|(h, _)| h) != Some(&hash) {
+            tracing::info!(registries = count, sha256 = %hash, "trust bundle published");
+        }
+        applied.last = Some((hash, Instant::now()));
+    }
+    update_statuses(ctx, stores).await;
     Ok(count)
 }
 
-/// Keeps the bundle current: after each nudge (a reconcile finished) and at least
-/// every `every` (which catches deletions), until `ctx.stop`.
-pub async fn run(ctx: Arc<super::Context>, namespace: String, every: Duration) {
+/// Applies each registry's `trustedNodes`, `desiredNodes` and `TrustDistributed`
+/// where they changed, as their own field manager (the reconcile owns the rest
+/// of the status).
+async fn update_statuses(ctx: &super::Context, stores: &TrustStores) {
+    let all = ctx.all_registries();
+    let daemonset = stores.daemonset.state().into_iter().next();
+    let pods = stores.pods.state();
+    let published = ctx
+        .published
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for pr in &all {
+        let key = format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any());
+        let cas = ca_of(pr, stores)
+            .map(|pem| super::trust_status::ca_fingerprints(&pem))
+            .unwrap_or_default();
+        let nodes = super::trust_status::count(
+            &key,
+            &cas,
+            daemonset.as_deref(),
+            pods.iter().map(|p| p.as_ref()),
+            &published,
+        );
+        let in_bundle = published.latest_lists(&key);
+        let observation = super::trust_status::observe(pr.spec.trust.enabled, in_bundle, nodes);
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let Some(patch) = super::status::trust_patch(
+            pr.status.as_ref(),
+            &observation,
+            pr.metadata.generation,
+            &now,
+        ) else {
+            continue;
+        };
+        let api: Api<PrivateRegistry> =
+            Api::namespaced(ctx.client.clone(), &pr.namespace().unwrap_or_default());
+        let body = serde_json::json!({
+            "apiVersion": "privreg.dev/v1alpha1",
+            "kind": "PrivateRegistry",
+            "status": patch,
+        });
+        if let Err(e) = api
+            .patch_status(
+                &pr.name_any(),
+                &PatchParams::apply(super::TRUST_FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            tracing::warn!(registry = %key, error = %e, "updating the trust status failed");
+        }
+    }
+}
+
+/// Keeps the bundle, the DaemonSet and the trust status current: after each
+/// nudge (a reconcile finished, an agent pod or the DaemonSet changed) and at
+/// least every `every` (which catches deletions), until `ctx.stop`.
+pub async fn run(
+    ctx: Arc<super::Context>,
+    stores: TrustStores,
+    namespace: String,
+    every: Duration,
+) {
     let stop = ctx.stop.clone();
+    // The first bundle must list every registry: wait for the caches.
+    let ready = async {
+        for s in &stores.ca_configmaps {
+            let _ = s.wait_until_ready().await;
+        }
+        let _ = stores.daemonset.wait_until_ready().await;
+        let _ = stores.pods.wait_until_ready().await;
+        if let Some(registries) = ctx.registries.get() {
+            for s in registries {
+                let _ = s.wait_until_ready().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = ready => {}
+    }
+    let mut applied = Applied::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            result = refresh(&ctx, &namespace) => match result {
-                Ok(n) => tracing::debug!(registries = n, "trust bundle applied"),
-                Err(e) => tracing::warn!(error = %e, "updating the trust bundle failed"),
+            result = refresh(&ctx, &stores, &namespace, &mut applied, every) => match result {
+                Ok(n) => tracing::debug!(registries = n, "trust bundle and status refreshed"),
+                Err(e) => {
+                    applied.last = None;
+                    tracing::warn!(error = %e, "updating the trust bundle failed")
+                }
             },
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ctx.bundle_nudge.notified() => {}
+            _ = ctx.bundle_nudge.notified() => {
+                // Coalesce a burst (a rollout is many pod events).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             _ = tokio::time::sleep(every) => {}
         }
     }
@@ -231,15 +383,15 @@ mod tests {
         b.registry = "a/first".into();
         let one = configmap(
             "privreg-system",
-            Bundle {
+            bundle_json(Bundle {
                 registries: vec![a.clone(), b.clone()],
-            },
+            }),
         );
         let two = configmap(
             "privreg-system",
-            Bundle {
+            bundle_json(Bundle {
                 registries: vec![b, a],
-            },
+            }),
         );
         assert_eq!(one, two);
         assert!(!one.data.unwrap()[BUNDLE_KEY].contains("PRIVATE KEY"));

@@ -66,6 +66,8 @@ pub enum AgentError {
     Signal(#[source] std::io::Error),
     #[error("the blocking sync task failed")]
     Task(#[source] tokio::task::JoinError),
+    #[error("--expected-bundle {0:?} is not a SHA-256 in hex (64 characters 0-9a-f)")]
+    ExpectedBundle(String),
     #[error("uninstall failed")]
     Uninstall(#[source] ApplyError),
     #[error(
@@ -79,6 +81,7 @@ impl AgentError {
     pub fn category(&self) -> &'static str {
         match self {
             AgentError::NodeRoot(_) => "node_root",
+            AgentError::ExpectedBundle(_) => "expected_bundle",
             AgentError::ReadBundle { .. } => "read_bundle",
             AgentError::Sync(SyncError::Bundle(_)) => "parse_bundle",
             AgentError::Sync(SyncError::Apply(_)) => "apply",
@@ -101,6 +104,8 @@ pub struct Config {
     pub layout: Layout,
     pub resync: Duration,
     pub listen: SocketAddr,
+    /// SHA-256 (lowercase hex) of the bundle this pod was created for.
+    pub expected_bundle: Option<String>,
 }
 
 impl Config {
@@ -114,6 +119,12 @@ impl Config {
             // A zero interval would spin; one second is the floor.
             resync: Duration::from_secs(args.resync_seconds.max(1)),
             listen: args.metrics_listen,
+            // Empty (the downward API's value for a missing annotation) means unset.
+            expected_bundle: args
+                .expected_bundle
+                .as_ref()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty()),
         }
     }
 
@@ -133,6 +144,11 @@ impl Config {
 /// `privreg trust`.
 pub async fn run(args: TrustArgs) -> Result<(), AgentError> {
     let config = Config::new(&args);
+    if let Some(hash) = &config.expected_bundle
+        && !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(AgentError::ExpectedBundle(hash.clone()));
+    }
     if args.uninstall {
         return uninstall(config).await;
     }
@@ -187,8 +203,8 @@ struct Agent {
 impl Agent {
     fn new(config: Config) -> Agent {
         Agent {
+            shared: Arc::new(Shared::expecting(config.expected_bundle.clone())),
             config,
-            shared: Arc::new(Shared::default()),
             memory: Memory::default(),
         }
     }
@@ -207,6 +223,7 @@ impl Agent {
             etc_hosts = %c.on_node(&c.layout.etc_hosts),
             resync_seconds = c.resync.as_secs(),
             metrics_listen = %c.listen,
+            expected_bundle = c.expected_bundle.as_deref().unwrap_or("-"),
             "privreg trust starting"
         );
         if !c.root.is_dir() {
@@ -477,19 +494,20 @@ fn pass(config: &Config) -> (Summary, ContainerdAdvice) {
         Err(e) => ContainerdAdvice::unknown(&config.layout.containerd_config, &e),
     };
     let summary = match sync_once(config) {
-        Ok((outcome, entries)) => Summary::synced(&outcome, entries),
+        Ok((outcome, entries, sha256)) => Summary::synced(&outcome, entries, sha256),
         Err(e) => Summary::failed(e.category(), &e),
     };
     (summary, advice)
 }
 
-fn sync_once(config: &Config) -> Result<(crate::trust::Outcome, usize), AgentError> {
+fn sync_once(config: &Config) -> Result<(crate::trust::Outcome, usize, String), AgentError> {
     if !config.root.is_dir() {
         return Err(AgentError::NodeRoot(config.root.clone()));
     }
     let bytes = read_bundle(&config.bundle)?;
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let outcome = crate::trust::sync(&config.root, &config.state_dir, &config.layout, &bytes)?;
-    Ok((outcome, count_entries(&bytes)))
+    Ok((outcome, count_entries(&bytes), sha256))
 }
 
 /// Reads the bundle (through the kubelet's symlinks), at most one byte more
@@ -532,6 +550,7 @@ mod tests {
             layout: Preset::Containerd.layout(),
             resync: Duration::from_secs(60),
             listen: "127.0.0.1:0".parse().unwrap(),
+            expected_bundle: None,
         }
     }
 

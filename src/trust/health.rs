@@ -191,9 +191,19 @@ pub struct Status {
 pub struct Shared {
     pub metrics: Metrics,
     status: Mutex<Status>,
+    /// The bundle hash this pod was created for (`--expected-bundle`).
+    pub expected_bundle: Option<String>,
 }
 
 impl Shared {
+    /// Readiness also requires the mounted bundle to hash to `expected_bundle`.
+    pub fn expecting(expected_bundle: Option<String>) -> Shared {
+        Shared {
+            expected_bundle,
+            ..Shared::default()
+        }
+    }
+
     pub fn set(&self, last: Summary, containerd: ContainerdAdvice) {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.last = Some(last);
@@ -202,7 +212,11 @@ impl Shared {
 
     pub fn readiness(&self) -> Readiness {
         let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        summary::readiness(status.last.as_ref(), status.containerd.as_ref())
+        summary::readiness(
+            status.last.as_ref(),
+            status.containerd.as_ref(),
+            self.expected_bundle.as_deref(),
+        )
     }
 }
 

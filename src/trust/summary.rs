@@ -121,6 +121,8 @@ pub struct Summary {
     pub changes: Changes,
     /// The node matches the bundle (the core's `Outcome::converged`).
     pub converged: bool,
+    /// SHA-256 (lowercase hex) of the bundle bytes this pass read.
+    pub bundle_sha256: Option<String>,
 }
 
 impl Summary {
@@ -137,7 +139,11 @@ impl Summary {
 
     /// A pass that ran: `entries` is the number of entries in the bundle, so the
     /// accepted ones are those not refused (each entry is one or the other).
-    pub fn synced(outcome: &crate::trust::Outcome, entries: usize) -> Summary {
+    pub fn synced(
+        outcome: &crate::trust::Outcome,
+        entries: usize,
+        bundle_sha256: String,
+    ) -> Summary {
         let (notes, problems): (Vec<&Skipped>, Vec<&Skipped>) = outcome
             .report
             .skipped
@@ -151,6 +157,7 @@ impl Summary {
             notes: notes.into_iter().map(Leftover::from).collect(),
             changes: Changes::of(&outcome.report),
             converged: outcome.converged(),
+            bundle_sha256: Some(bundle_sha256),
         }
     }
 }
@@ -299,10 +306,24 @@ pub struct Readiness {
     pub body: String,
 }
 
-/// Ready only when the last pass converged and containerd is not known to
-/// ignore the files; the body says why not, one reason a line.
-pub fn readiness(last: Option<&Summary>, containerd: Option<&ContainerdAdvice>) -> Readiness {
+/// Ready only when the last pass converged on the bundle this pod was made for
+/// (`expected`, when the DaemonSet says) and containerd is not known to ignore
+/// the files; the body says why not, one reason a line.
+pub fn readiness(
+    last: Option<&Summary>,
+    containerd: Option<&ContainerdAdvice>,
+    expected: Option<&str>,
+) -> Readiness {
     let mut reasons = Vec::new();
+    if let (Some(want), Some(s)) = (expected, last)
+        && s.failure.is_none()
+        && s.bundle_sha256.as_deref() != Some(want)
+    {
+        reasons.push(format!(
+            "the mounted bundle is sha256:{}, this pod was created for sha256:{want} (the kubelet refreshes ConfigMap volumes within about a minute)",
+            s.bundle_sha256.as_deref().unwrap_or("unknown")
+        ));
+    }
     match last {
         None => reasons.push("no sync has completed yet".to_owned()),
         Some(s) => {
@@ -451,18 +472,31 @@ mod tests {
             written: vec!["etc/containerd/certs.d/r.test:5000/ca.crt".into()],
             ..Report::default()
         };
-        let s = Summary::synced(&outcome(vec![], report), 2);
+        let s = Summary::synced(&outcome(vec![], report), 2, "ab".repeat(32));
         assert_eq!(s.applied, 2);
         assert!(s.converged);
         assert_eq!(
             s.changes.written,
             ["/etc/containerd/certs.d/r.test:5000/ca.crt"]
         );
-        let r = readiness(Some(&s), None);
+        let r = readiness(Some(&s), None, None);
         assert!(r.ready, "{}", r.body);
         assert!(
             r.body
                 .starts_with("ready: the node matches the trust bundle (2 registries)")
+        );
+        // The pod was made for that very bundle: ready; for another: not yet.
+        let same = "ab".repeat(32);
+        assert!(readiness(Some(&s), None, Some(&same)).ready);
+        let other = "cd".repeat(32);
+        let r = readiness(Some(&s), None, Some(&other));
+        assert!(!r.ready);
+        assert!(
+            r.body.contains(&format!(
+                "the mounted bundle is sha256:{same}, this pod was created for sha256:{other}"
+            )),
+            "{}",
+            r.body
         );
     }
 
@@ -483,7 +517,7 @@ mod tests {
             ],
             ..Report::default()
         };
-        let s = Summary::synced(&outcome(vec![refused("c/d")], report), 2);
+        let s = Summary::synced(&outcome(vec![refused("c/d")], report), 2, "ab".repeat(32));
         assert_eq!(s.applied, 1);
         assert_eq!(s.notes.len(), 1);
         assert_eq!(s.problems.len(), 1);
@@ -491,7 +525,7 @@ mod tests {
             s.refused[0].key(),
             "entry \"c/d\": server \"http://10.0.0.1:5000\" is not https://<ip or [ipv6]>:<port>"
         );
-        let r = readiness(Some(&s), None);
+        let r = readiness(Some(&s), None, None);
         assert!(!r.ready);
         assert!(
             r.body.contains("refused bundle entry \"c/d\": server"),
@@ -512,14 +546,14 @@ mod tests {
 
     #[test]
     fn failures_and_first_start_are_not_ready() {
-        let r = readiness(None, None);
+        let r = readiness(None, None, None);
         assert_eq!(
             (r.ready, r.body.as_str()),
             (false, "not ready:\n- no sync has completed yet\n")
         );
         let err = std::io::Error::other("boom");
         let s = Summary::failed("read_bundle", &err);
-        let r = readiness(Some(&s), None);
+        let r = readiness(Some(&s), None, None);
         assert!(!r.ready);
         assert!(
             r.body
@@ -585,6 +619,7 @@ mod tests {
                 ..Summary::default()
             }),
             Some(&elsewhere),
+            None,
         );
         assert!(!r.ready);
         assert!(

@@ -244,4 +244,5 @@ pub mod pki;
 pub mod rawtls;
 pub mod skopeo;
 pub mod store;
+pub mod trust_pod;
 pub mod view;

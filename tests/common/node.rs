@@ -130,6 +130,11 @@ impl TrustAgent {
     /// Starts `privreg trust` with `args` plus `--metrics-listen` on a free port,
     /// and waits (bounded) until `/healthz` answers.
     pub fn start(args: &[String], log: &Path) -> TrustAgent {
+        TrustAgent::start_with_env(args, &[], log)
+    }
+
+    /// [`TrustAgent::start`] with environment variables (the container's `env`).
+    pub fn start_with_env(args: &[String], env: &[(String, String)], log: &Path) -> TrustAgent {
         let metrics = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
         let mut all = vec!["trust".to_owned()];
         all.extend(args.iter().cloned());
@@ -139,6 +144,7 @@ impl TrustAgent {
             .args(&all)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)

@@ -50,3 +50,12 @@ references let the garbage collector do that), no pods.
   name: {{ include "privreg.name" . }}
   namespace: {{ .Release.Namespace }}
 {{- end -}}
+
+{{/* A map as key=value pairs, comma-joined (sorted by key). */}}
+{{- define "privreg.keyValues" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
