@@ -70,7 +70,7 @@ fn rsa_key(bits: usize) -> Result<KeyPair, CertError> {
 }
 
 /// A certificate and its private key, both PEM. `Debug` never shows the key.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CertAndKey {
     pub cert_pem: String,
     pub key_pem: String,

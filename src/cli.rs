@@ -96,6 +96,12 @@ pub struct OperatorArgs {
     #[arg(long, env = "PRIVREG_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
 
+    /// During a CA rotation, how long the old CA stays trusted after the new one
+    /// signs the server certificate: long enough for the kubelet to refresh the
+    /// registry pod's Secret volume and the registry to reload it.
+    #[arg(long, env = "PRIVREG_CA_OVERLAP_SECONDS", default_value_t = 300)]
+    pub ca_overlap_seconds: u64,
+
     /// How the nodes run containerd, for the trust DaemonSet: where its certs.d
     /// and config live (`containerd`, `k3s`, `rke2`, `microk8s`).
     #[arg(long, env = "PRIVREG_TRUST_PRESET", value_enum, default_value_t = crate::trust::render::Preset::Containerd)]

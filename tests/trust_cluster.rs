@@ -6,8 +6,10 @@
 //!
 //! The story: the operator makes the DaemonSet with the settings the issue asks
 //! for; a registry's `trustedNodes`/`desiredNodes`/`TrustDistributed` follow the
-//! agent; the node gets the registry's files and /etc/hosts line; deleting the
-//! registry removes them. (Refusing a conflicting or disallowed host name is
+//! agent; the node gets the registry's files and /etc/hosts line; a CA rotation
+//! publishes both CAs, waits for the node, switches the server certificate,
+//! then drops the old CA after the overlap; deleting the registry removes the
+//! node's files. (Refusing a conflicting or disallowed host name is
 //! proven on the real control plane by tests/tenancy.rs.)
 
 mod common;
@@ -15,14 +17,14 @@ mod common;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use privreg::api::PrivateRegistry;
 use privreg::operator::daemonset::{BUNDLE_HASH_ANNOTATION, DAEMONSET_NAME};
 
 use common::cluster::{ControlPlane, eventually};
-use common::operator::{Operator, condition, install};
+use common::operator::{Operator, condition, install, secret_text, verifies};
 use common::trust_pod::{
     OPERATOR_NS, daemonset_hash, ensure_node, node_root, published_bundle, run_trust_pod,
 };
@@ -73,7 +75,12 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
     let (_, op_kubeconfig) = cp
         .client_for_service_account(OPERATOR_NS, "privreg-operator")
         .await;
-    let operator = Operator::start(&op_kubeconfig, "operator-trust");
+    // A short overlap, so the whole CA rotation fits in the test.
+    let operator = Operator::start_with(
+        &op_kubeconfig,
+        "operator-trust",
+        &["--ca-overlap-seconds", "5"],
+    );
     let dir = tempfile::tempdir().unwrap();
     ensure_node(&admin, "node-1").await;
 
@@ -163,7 +170,7 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
 
     // --- The agent on node-1, as the pod says --------------------------------
     let root = node_root(dir.path());
-    let mut node = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
+    let node = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
     assert_eq!(node.expected, hash);
     let pr = wait_trust(
         &registries,
@@ -205,6 +212,109 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
         "{etc_hosts}"
     );
 
+    // --- CA rotation with overlap, on request ---------------------------------
+    let old_ca = ca.clone();
+    let ca_configmap = || async {
+        Api::<ConfigMap>::namespaced(admin.clone(), NS)
+            .get("reg-ca")
+            .await
+            .ok()?
+            .data?
+            .remove("ca.crt")
+    };
+    let signing_ca = || async {
+        let s = Api::<Secret>::namespaced(admin.clone(), NS)
+            .get("reg-tls")
+            .await
+            .ok()?;
+        Some(secret_text(&s, "ca.crt"))
+    };
+    registries
+        .patch(
+            "reg",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"privreg.dev/rotate-ca": "2026-12-03"}}
+            })),
+        )
+        .await
+        .unwrap();
+    // 1. Both CAs are published; the old one still signs.
+    let both = eventually("the CA ConfigMap carries both CAs", TIMEOUT, || async {
+        let pem = ca_configmap().await?;
+        (pem.matches("BEGIN CERTIFICATE").count() == 2 && pem.starts_with(old_ca.trim_end()))
+            .then_some(pem)
+    })
+    .await;
+    // 2. The node's agent still runs the old pod, on a bundle without the new
+    // CA: the operator waits (longer than its 10 s poll) and does not switch.
+    wait_trust(
+        &registries,
+        "reg",
+        (Some(0), Some(1), "False", "Distributing"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        signing_ca().await.unwrap(),
+        old_ca,
+        "switched before the nodes trusted the new CA"
+    );
+    // The DaemonSet rolled: the next pod's agent writes both CAs and is Ready.
+    drop(node);
+    let node = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
+    let on_node = std::fs::read_to_string(certs_d.join(&endpoint).join("ca.crt")).unwrap();
+    assert_eq!(on_node.matches("BEGIN CERTIFICATE").count(), 2, "{on_node}");
+    // 3. Every node trusts both: the new CA signs the server certificate.
+    let new_ca = eventually(
+        "the server certificate comes from the new CA",
+        TIMEOUT,
+        || async {
+            let signing = signing_ca().await?;
+            (signing != old_ca && both.contains(signing.trim_end())).then_some(signing)
+        },
+    )
+    .await;
+    let tls = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get("reg-tls")
+        .await
+        .unwrap();
+    assert!(verifies(
+        &new_ca,
+        &secret_text(&tls, "tls.crt"),
+        "reg.team-a.svc"
+    ));
+    // 4. After the overlap the old CA is dropped, and the nodes follow.
+    eventually("the old CA is dropped", TIMEOUT, || async {
+        (ca_configmap().await?.trim_end() == new_ca.trim_end()).then_some(())
+    })
+    .await;
+    let old_body: String = old_ca.lines().filter(|l| !l.starts_with("-----")).collect();
+    eventually(
+        "the bundle and the DaemonSet drop the old CA",
+        TIMEOUT,
+        || async {
+            let (json, hash) = published_bundle(&admin).await?;
+            let flat = json.replace("\\n", "");
+            (!flat.contains(&old_body) && daemonset_hash(&admin).await? == hash).then_some(())
+        },
+    )
+    .await;
+    drop(node);
+    let mut node = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
+    wait_trust(
+        &registries,
+        "reg",
+        (Some(1), Some(1), "True", "AllNodesTrust"),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(certs_d.join(&endpoint).join("ca.crt"))
+            .unwrap()
+            .trim_end(),
+        new_ca.trim_end()
+    );
+
     // --- Deleting the registry removes its trust from the node ---------------
     registries
         .delete("reg", &DeleteParams::default())
@@ -219,14 +329,16 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
     node.refresh_volume(&admin).await;
     node.agent
         .wait_for("the registry's files are gone", TIMEOUT, |_| {
-            !certs_d.join(&endpoint).exists() && !certs_d.join(format!("{ip}:5000")).exists()
+            !certs_d.join(&endpoint).exists()
+                && !certs_d.join(format!("{ip}:5000")).exists()
+                && std::fs::read_to_string(root.join("etc/hosts")).unwrap()
+                    == "127.0.0.1 localhost\n"
         });
-    let etc_hosts = std::fs::read_to_string(root.join("etc/hosts")).unwrap();
-    assert_eq!(etc_hosts, "127.0.0.1 localhost\n");
     // The new bundle rolled the DaemonSet: the next pod (on the new hash) is Ready too.
-    let next = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
-    assert_ne!(next.pod_name, node.pod_name);
+    let old_pod = node.pod_name.clone();
     drop(node);
+    let next = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
+    assert_ne!(next.pod_name, old_pod);
     drop(next);
 
     let log = operator.log();

@@ -204,6 +204,9 @@ impl FakeApi {
             )
             .expect("a valid DaemonSet config"),
             published: Default::default(),
+            trust_stores: Default::default(),
+            trust_ready: Default::default(),
+            ca_overlap: std::time::Duration::from_secs(300),
         })
     }
 }

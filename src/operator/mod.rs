@@ -17,6 +17,7 @@ pub mod policy;
 pub mod reconcile;
 #[cfg(test)]
 mod reconcile_tests;
+pub mod rotation;
 pub mod status;
 pub mod trust_bundle;
 pub mod trust_status;
@@ -72,9 +73,38 @@ pub struct Context {
     pub trust_daemonset: daemonset::TrustDaemonSetConfig,
     /// The bundles published so far (which CA each listed for which registry).
     pub published: std::sync::Mutex<trust_status::Published>,
+    /// The caches of CA ConfigMaps, the trust DaemonSet and its pods.
+    pub trust_stores: std::sync::OnceLock<trust_bundle::TrustStores>,
+    /// Set once those caches have listed everything.
+    pub trust_ready: std::sync::atomic::AtomicBool,
+    /// How long an old CA stays trusted after a rotation.
+    pub ca_overlap: Duration,
 }
 
 impl Context {
+    /// Whether every node running the trust agent trusts every certificate of
+    /// `pem` for this registry; `None` while that is not known yet.
+    pub fn nodes_trust(&self, pr: &PrivateRegistry, pem: &str, enabled: bool) -> Option<bool> {
+        if !enabled {
+            return Some(true);
+        }
+        if !self.trust_ready.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let stores = self.trust_stores.get()?;
+        let daemonset = stores.daemonset.state().into_iter().next();
+        let pods = stores.pods.state();
+        let published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let n = trust_status::count(
+            &object_key(pr),
+            &trust_status::ca_fingerprints(pem),
+            daemonset.as_deref(),
+            pods.iter().map(|p| p.as_ref()),
+            &published,
+        );
+        Some(n.desired == 0 || n.trusted >= n.desired)
+    }
+
     /// Every PrivateRegistry the operator sees (empty until the caches exist).
     pub fn all_registries(&self) -> Vec<Arc<PrivateRegistry>> {
         self.registries
@@ -90,7 +120,7 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
-fn object_key(pr: &PrivateRegistry) -> String {
+pub(crate) fn object_key(pr: &PrivateRegistry) -> String {
     format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any())
 }
 
@@ -294,6 +324,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         registries: std::sync::OnceLock::new(),
         trust_daemonset,
         published: Default::default(),
+        trust_stores: std::sync::OnceLock::new(),
+        trust_ready: Default::default(),
+        ca_overlap: Duration::from_secs(args.ca_overlap_seconds),
     });
     tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
 
@@ -452,9 +485,9 @@ impl Scope {
 async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope) {
     let stop = ctx.stop.clone();
     let (stores, watches) = trust_watches(ctx, args, scope);
+    let _ = ctx.trust_stores.set(stores);
     let bundle = trust_bundle::run(
         ctx.clone(),
-        stores,
         args.namespace.clone(),
         Duration::from_secs(args.trust_bundle_resync_seconds.max(1)),
     );

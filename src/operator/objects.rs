@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::rotation::{self, CaState};
 use super::validate::{CONTAINER_PORT, Desired, METRICS_PORT};
 use crate::api::ServiceType;
 use crate::certs::CertAndKey;
@@ -70,24 +71,40 @@ pub const NAME_CONSTRAINTS_ANNOTATION: &str = "privreg.dev/name-constraints";
 /// `htpasswd` or `ca`.
 pub const SECRET_USE_LABEL: &str = "privreg.dev/use";
 
-/// The generated CA: certificate and key, created once.
-pub fn ca_secret(
-    d: &Desired,
-    ca: &CertAndKey,
-    name_constraints: Option<&[String]>,
-    owner: &OwnerReference,
-) -> Secret {
+/// The generated CA's Secret: the signing CA, and during a rotation the next
+/// or the previous one (see `rotation`).
+pub fn ca_secret(d: &Desired, state: &CaState, owner: &OwnerReference) -> Secret {
     let mut metadata = meta(d, d.ca_secret_name(), Some(owner));
-    metadata.annotations = name_constraints
-        .map(|names| BTreeMap::from([(NAME_CONSTRAINTS_ANNOTATION.to_owned(), names.join(","))]));
+    let mut annotations = BTreeMap::new();
+    if let Some(names) = &state.constraints {
+        annotations.insert(NAME_CONSTRAINTS_ANNOTATION.to_owned(), names.join(","));
+    }
+    if let Some(handled) = &state.handled {
+        annotations.insert(rotation::HANDLED_ANNOTATION.to_owned(), handled.clone());
+    }
+    if let Some(until) = state.previous_until.filter(|_| state.previous.is_some()) {
+        annotations.insert(
+            rotation::PREVIOUS_UNTIL_ANNOTATION.to_owned(),
+            super::status::rfc3339(until),
+        );
+    }
+    metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+    let mut pairs = vec![
+        ("tls.crt", state.current.cert_pem.as_str()),
+        ("tls.key", state.current.key_pem.as_str()),
+        ("ca.crt", state.current.cert_pem.as_str()),
+    ];
+    if let Some(next) = &state.next {
+        pairs.push(("next.crt", &next.cert_pem));
+        pairs.push(("next.key", &next.key_pem));
+    }
+    if let Some(previous) = &state.previous {
+        pairs.push(("previous.crt", previous));
+    }
     Secret {
         metadata,
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(pem_data(&[
-            ("tls.crt", &ca.cert_pem),
-            ("tls.key", &ca.key_pem),
-            ("ca.crt", &ca.cert_pem),
-        ])),
+        data: Some(pem_data(&pairs)),
         ..Default::default()
     }
 }
@@ -364,7 +381,7 @@ pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::operator::validate::{
         tests::{own_image, registry},
@@ -372,7 +389,7 @@ mod tests {
     };
     use clap::Parser;
 
-    fn owner() -> OwnerReference {
+    pub(crate) fn owner() -> OwnerReference {
         OwnerReference {
             api_version: "privreg.dev/v1alpha1".into(),
             kind: "PrivateRegistry".into(),
@@ -383,7 +400,7 @@ mod tests {
         }
     }
 
-    fn desired(spec: &str) -> Desired {
+    pub(crate) fn desired(spec: &str) -> Desired {
         let yaml = format!(
             "apiVersion: privreg.dev/v1alpha1\nkind: PrivateRegistry\nmetadata: {{name: reg, namespace: tools}}\nspec: {spec}\n"
         );

@@ -214,7 +214,11 @@ fn racing_ca(pr: &PrivateRegistry, uid: Option<&str>) -> (Secret, CertAndKey) {
         KeyAlgorithm::EcdsaP256,
     )
     .expect("a CA");
-    let secret = objects::ca_secret(&desired(pr), &ca, None, &owner(pr, uid));
+    let secret = objects::ca_secret(
+        &desired(pr),
+        &super::rotation::CaState::new(ca.clone(), None),
+        &owner(pr, uid),
+    );
     (secret, ca)
 }
 

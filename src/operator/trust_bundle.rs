@@ -134,7 +134,11 @@ pub fn build(ctx: &super::Context, stores: &TrustStores) -> Bundle {
     let mut bundle = Bundle::default();
     for pr in all.iter().filter(|pr| eligible(pr, &all, &ctx.policy)) {
         if let Some(ca) = ca_of(pr, stores) {
-            bundle.registries.extend(entry(pr, &ca));
+            // In a canonical order, so that promoting the next CA during a
+            // rotation (which reorders the ConfigMap) does not change the bundle.
+            bundle
+                .registries
+                .extend(entry(pr, &super::trust_status::canonical_pem(&ca)));
         }
     }
     bundle
@@ -261,13 +265,12 @@ async fn update_statuses(ctx: &super::Context, stores: &TrustStores) {
 /// Keeps the bundle, the DaemonSet and the trust status current: after each
 /// nudge (a reconcile finished, an agent pod or the DaemonSet changed) and at
 /// least every `every` (which catches deletions), until `ctx.stop`.
-pub async fn run(
-    ctx: Arc<super::Context>,
-    stores: TrustStores,
-    namespace: String,
-    every: Duration,
-) {
+pub async fn run(ctx: Arc<super::Context>, namespace: String, every: Duration) {
     let stop = ctx.stop.clone();
+    let Some(stores) = ctx.trust_stores.get() else {
+        tracing::error!("the trust caches were not set up; no trust bundle");
+        return;
+    };
     // The first bundle must list every registry: wait for the caches.
     let ready = async {
         for s in &stores.ca_configmaps {
@@ -285,11 +288,13 @@ pub async fn run(
         _ = stop.cancelled() => return,
         _ = ready => {}
     }
+    ctx.trust_ready
+        .store(true, std::sync::atomic::Ordering::Release);
     let mut applied = Applied::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            result = refresh(&ctx, &stores, &namespace, &mut applied, every) => match result {
+            result = refresh(&ctx, stores, &namespace, &mut applied, every) => match result {
                 Ok(n) => tracing::debug!(registries = n, "trust bundle and status refreshed"),
                 Err(e) => {
                     applied.last = None;

@@ -26,6 +26,23 @@ pub fn ca_fingerprints(pem: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The PEM blocks of `pem`, sorted and deduplicated: equal sets of
+/// certificates give equal text.
+pub fn canonical_pem(pem: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks: Vec<String> = pem
+        .split_inclusive(END)
+        .map(str::trim)
+        .filter(|b| b.ends_with(END))
+        .map(str::to_owned)
+        .collect();
+    blocks.sort();
+    blocks.dedup();
+    let mut out = blocks.join("\n");
+    out.push('\n');
+    out
+}
+
 /// SHA-256 (lowercase hex) of the bundle bytes, as the agent hashes the file.
 pub fn bundle_hash(json: &str) -> String {
     hex::encode(Sha256::digest(json.as_bytes()))
@@ -304,6 +321,17 @@ mod tests {
             ("Disabled", 0, 2)
         );
         assert_eq!(observe(true, false, all).reason, "NotInBundle");
+    }
+
+    #[test]
+    fn canonical_pem_ignores_order_and_duplicates() {
+        let a = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
+        let b = "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            canonical_pem(&format!("{b}{a}")),
+            canonical_pem(&format!("{a}{b}{a}"))
+        );
+        assert_eq!(canonical_pem(a), a);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub const DEFAULT_STORAGE: &str = "20Gi";
 pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_secs(87_600 * 3600);
 pub const DEFAULT_CERT_VALIDITY: Duration = Duration::from_secs(2_160 * 3600);
 pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(720 * 3600);
+pub const DEFAULT_CA_RENEW_BEFORE: Duration = Duration::from_secs(8760 * 3600);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -38,6 +39,10 @@ pub enum SpecError {
         "spec.tls.cert.renewBefore ({renew_before}s) must be shorter than spec.tls.cert.validity ({validity}s)"
     )]
     RenewBeforeTooLong { renew_before: u64, validity: u64 },
+    #[error(
+        "spec.tls.ca.renewBefore ({renew_before}s) must be shorter than two thirds of spec.tls.ca.validity ({validity}s)"
+    )]
+    CaRenewBeforeTooLong { renew_before: u64, validity: u64 },
     #[error("spec.tls.cert.extraSANs: {0:?} is neither a DNS name nor an IP address")]
     San(String),
     #[error("{field} ({value}s) must be between {min}s and {max}s")]
@@ -87,6 +92,8 @@ pub struct Desired {
     pub port: u16,
     pub service_type: ServiceType,
     pub ca_validity: Duration,
+    /// Rotate a generated CA this long before its end.
+    pub ca_renew_before: Duration,
     pub key_algorithm: KeyAlgorithm,
     /// Constrain a generated CA to this registry's names.
     pub ca_name_constraints: bool,
@@ -277,6 +284,18 @@ pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecEr
         DEFAULT_CA_VALIDITY,
         (bounds::CA_VALIDITY_MIN, bounds::CA_VALIDITY_MAX),
     )?;
+    let ca_renew_before = duration(
+        "spec.tls.ca.renewBefore",
+        &spec.tls.ca.renew_before,
+        DEFAULT_CA_RENEW_BEFORE.min(ca_validity / 3),
+        (bounds::CA_RENEW_BEFORE_MIN, bounds::CA_VALIDITY_MAX),
+    )?;
+    if ca_renew_before.as_secs().saturating_mul(3) >= ca_validity.as_secs().saturating_mul(2) {
+        return Err(SpecError::CaRenewBeforeTooLong {
+            renew_before: ca_renew_before.as_secs(),
+            validity: ca_validity.as_secs(),
+        });
+    }
     let cert_validity = duration(
         "spec.tls.cert.validity",
         &spec.tls.cert.validity,
@@ -364,6 +383,7 @@ pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecEr
         port,
         service_type: spec.service.type_.unwrap_or(ServiceType::ClusterIP),
         ca_validity,
+        ca_renew_before,
         key_algorithm: key_algorithm(spec.tls.ca.key_algorithm),
         ca_name_constraints: spec.tls.ca.name_constraints,
         ca_secret,
@@ -498,6 +518,14 @@ spec:
         assert!(matches!(
             bad("{tls: {cert: {validity: 3h, renewBefore: 2h}}}"),
             SpecError::RenewBeforeTooLong { .. }
+        ));
+        assert!(matches!(
+            bad("{tls: {ca: {validity: 24h, renewBefore: 20h}}}"),
+            SpecError::CaRenewBeforeTooLong { .. }
+        ));
+        assert!(matches!(
+            bad("{tls: {ca: {renewBefore: 30m}}}"),
+            SpecError::OutOfRange { .. }
         ));
         assert!(matches!(
             bad("{storage: {size: 2Pi}}"),

@@ -34,6 +34,18 @@ use super::{free_port, tools_required};
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
+/// The first host address of an IPv4 CIDR (`10.96.0.0/16` -> `10.96.0.1`): the
+/// ClusterIP the apiserver gives the `kubernetes` Service.
+pub fn first_service_ip(cidr: &str) -> std::net::Ipv4Addr {
+    let (net, bits) = cidr
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{cidr}: not a CIDR"));
+    let net: std::net::Ipv4Addr = net.parse().expect("an IPv4 service CIDR");
+    let bits: u32 = bits.parse().expect("a prefix length");
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    std::net::Ipv4Addr::from((u32::from(net) & mask) + 1)
+}
+
 const CONTROL_PLANE_GO_MOD: &str = include_str!("../k8s/control-plane/go.mod");
 const ETCD_GO_MOD: &str = include_str!("../k8s/etcd/go.mod");
 
@@ -382,6 +394,8 @@ pub struct ControlPlane {
     pub times: StartTimes,
     bins: Binaries,
     ca: ClusterCa,
+    /// `--service-cluster-ip-range` of kube-apiserver and kcm.
+    service_cidr: String,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     admin_kubeconfig: PathBuf,
@@ -412,7 +426,19 @@ impl ControlPlane {
         Some(Self::start_with(bins).await)
     }
 
+    /// [`ControlPlane::start`] with another service CIDR than [`SERVICE_CIDR`]:
+    /// ClusterIPs are allocated from it (tests/recipe.rs uses a loopback range,
+    /// so the host reaches a ClusterIP with no route and no address to add).
+    pub async fn start_with_service_cidr(cidr: &str) -> Option<ControlPlane> {
+        let bins = Binaries::find()?;
+        Some(Self::start_full(bins, cidr).await)
+    }
+
     pub async fn start_with(bins: Binaries) -> ControlPlane {
+        Self::start_full(bins, SERVICE_CIDR).await
+    }
+
+    async fn start_full(bins: Binaries, service_cidr: &str) -> ControlPlane {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let t0 = Instant::now();
         let mut times = StartTimes::default();
@@ -429,6 +455,7 @@ impl ControlPlane {
         let ca = ClusterCa::new();
         write_private(&pki.join("ca.crt"), ca.cert_pem.as_bytes());
         write_private(&pki.join("ca.key"), ca.key_pem().as_bytes());
+        let kubernetes_service_ip = first_service_ip(service_cidr).to_string();
         let serving = ca.serving_cert(
             "kube-apiserver",
             &[
@@ -438,7 +465,7 @@ impl ControlPlane {
                 "kubernetes.default",
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
-                KUBERNETES_SERVICE_IP,
+                &kubernetes_service_ip,
             ],
         );
         write_private(&pki.join("apiserver.crt"), serving.cert_pem.as_bytes());
@@ -502,7 +529,7 @@ impl ControlPlane {
             format!("--service-account-issuer=https://127.0.0.1:{port}"),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={service_cidr}"),
             "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
@@ -531,6 +558,7 @@ impl ControlPlane {
             times,
             bins,
             ca,
+            service_cidr: service_cidr.to_owned(),
             dir: Some(dir),
             root,
             admin_kubeconfig,
@@ -743,7 +771,7 @@ impl ControlPlane {
             format!("--root-ca-file={}", p("ca.crt")),
             format!("--cluster-signing-cert-file={}", p("ca.crt")),
             format!("--cluster-signing-key-file={}", p("ca.key")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", self.service_cidr),
             "--cluster-name=privreg-test".into(),
             "--profiling=false".into(),
         ];

@@ -376,3 +376,75 @@ pub fn by_digest<'a>(blobs: impl IntoIterator<Item = &'a Blob>) -> BTreeMap<Stri
         .map(|b| (b.digest.clone(), b.bytes.clone()))
         .collect()
 }
+
+// --- a runnable image -------------------------------------------------------------
+
+/// A static Linux executable that writes `line` to stdout and exits 0: one ELF
+/// header, one program header, a few instructions and the text, about 150 bytes
+/// in all. No compiler and no busybox needed, so the image is made offline on
+/// any machine of that architecture. `None` where no encoding is written here
+/// (only x86-64 so far).
+pub fn hello_binary(line: &str) -> Option<Vec<u8>> {
+    if std::env::consts::ARCH != "x86_64" {
+        return None;
+    }
+    const BASE: u64 = 0x40_0000;
+    const HEADERS: usize = 64 + 56;
+    let text = line.as_bytes();
+    let len = u32::try_from(text.len()).expect("a short line");
+    let mut code: Vec<u8> = Vec::new();
+    code.extend([0xb8, 1, 0, 0, 0]); // mov eax, 1 (write)
+    code.extend([0xbf, 1, 0, 0, 0]); // mov edi, 1 (stdout)
+    code.extend([0x48, 0x8d, 0x35, 0, 0, 0, 0]); // lea rsi, [rip + text]
+    let lea_end = code.len();
+    code.push(0xba); // mov edx, len
+    code.extend(len.to_le_bytes());
+    code.extend([0x0f, 0x05]); // syscall
+    code.extend([0xb8, 60, 0, 0, 0]); // mov eax, 60 (exit)
+    code.extend([0x31, 0xff]); // xor edi, edi
+    code.extend([0x0f, 0x05]); // syscall
+    let rel = i32::try_from(code.len() - lea_end).unwrap();
+    code[lea_end - 4..lea_end].copy_from_slice(&rel.to_le_bytes());
+    let size = (HEADERS + code.len() + text.len()) as u64;
+
+    let mut elf: Vec<u8> = Vec::with_capacity(size as usize);
+    // ELF header: 64-bit, little-endian, version 1, System V ABI.
+    elf.extend([0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend(2u16.to_le_bytes()); // ET_EXEC
+    elf.extend(0x3eu16.to_le_bytes()); // EM_X86_64
+    elf.extend(1u32.to_le_bytes()); // EV_CURRENT
+    elf.extend((BASE + HEADERS as u64).to_le_bytes()); // entry: the code
+    elf.extend(64u64.to_le_bytes()); // program headers right after this header
+    elf.extend(0u64.to_le_bytes()); // no section headers
+    elf.extend(0u32.to_le_bytes()); // flags
+    elf.extend(64u16.to_le_bytes()); // header size
+    elf.extend(56u16.to_le_bytes()); // program header size
+    elf.extend(1u16.to_le_bytes()); // one program header
+    elf.extend(64u16.to_le_bytes()); // section header size
+    elf.extend(0u16.to_le_bytes()); // no sections
+    elf.extend(0u16.to_le_bytes()); // no section names
+    // One PT_LOAD, read + execute: the whole file at BASE.
+    elf.extend(1u32.to_le_bytes());
+    elf.extend(5u32.to_le_bytes());
+    elf.extend(0u64.to_le_bytes()); // offset
+    elf.extend(BASE.to_le_bytes()); // vaddr
+    elf.extend(BASE.to_le_bytes()); // paddr
+    elf.extend(size.to_le_bytes()); // file size
+    elf.extend(size.to_le_bytes()); // memory size
+    elf.extend(0x1000u64.to_le_bytes()); // alignment
+    assert_eq!(elf.len(), HEADERS);
+    elf.extend(code);
+    elf.extend(text);
+    Some(elf)
+}
+
+/// A one-layer image whose `/bin/hello` (the config's `Cmd`) prints `line`;
+/// `None` where [`hello_binary`] has no encoding.
+pub fn hello_image(line: &str) -> Option<Image> {
+    let binary = hello_binary(line)?;
+    Some(image(
+        host_arch(),
+        vec![vec![("bin/hello".to_owned(), binary)]],
+        json!({ "org.opencontainers.image.title": "privreg hello" }),
+    ))
+}

@@ -242,6 +242,7 @@ pub mod oci;
 pub mod operator;
 pub mod pki;
 pub mod rawtls;
+pub mod registry_pod;
 pub mod skopeo;
 pub mod store;
 pub mod trust_pod;

@@ -82,14 +82,12 @@ impl TrustPod {
 pub async fn run_trust_pod(admin: &Client, node: &str, node_root: &Path, dir: &Path) -> TrustPod {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), OPERATOR_NS);
     let selector = privreg::operator::daemonset::selector_string();
-    let want = eventually("the DaemonSet's template hash", TIMEOUT, || async {
-        daemonset_hash(admin).await
-    })
-    .await;
-    let pod = eventually(
+    let (want, pod) = eventually(
         "the DaemonSet's pod for the node, of the current template",
         TIMEOUT,
         || async {
+            // The template as it is now (the operator may roll it meanwhile).
+            let want = daemonset_hash(admin).await?;
             let list = pods
                 .list(&ListParams::default().labels(&selector))
                 .await
@@ -110,7 +108,7 @@ pub async fn run_trust_pod(admin: &Client, node: &str, node_root: &Path, dir: &P
                     current = Some(p);
                 }
             }
-            current
+            Some((want, current?))
         },
     )
     .await;
