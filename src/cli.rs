@@ -31,6 +31,10 @@ pub enum Command {
     Operator(OperatorArgs),
     /// Run the node agent: write every registry's CA trust on this node.
     Trust(TrustArgs),
+    /// Remove privreg's trust files from every node (the chart's pre-delete hook):
+    /// asks the operator to switch its trust DaemonSet to uninstalling and waits
+    /// until every node reports done.
+    TrustUninstall(TrustUninstallArgs),
     /// Print the CustomResourceDefinitions (YAML) generated from the Rust types.
     Crds,
 }
@@ -95,6 +99,11 @@ pub struct OperatorArgs {
     /// The cluster's DNS domain.
     #[arg(long, env = "PRIVREG_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+
+    /// The operator's own Deployment (in --namespace): it owns the trust
+    /// DaemonSet and bundle, so they go when the operator is uninstalled.
+    #[arg(long, env = "PRIVREG_OWNER_DEPLOYMENT")]
+    pub owner_deployment: Option<String>,
 
     /// During a CA rotation, how long the old CA stays trusted after the new one
     /// signs the server certificate: long enough for the kubelet to refresh the
@@ -170,6 +179,23 @@ pub struct TrustArgs {
     /// up, and exit (run by the chart's pre-delete hook).
     #[arg(long, env = "PRIVREG_TRUST_UNINSTALL")]
     pub uninstall: bool,
+
+    /// With --uninstall: then stay running, Ready once nothing is left, until
+    /// SIGTERM (the trust DaemonSet while the operator uninstalls node trust).
+    #[arg(long, requires = "uninstall")]
+    pub stay: bool,
+}
+
+/// Options of `privreg trust-uninstall`.
+#[derive(Debug, Clone, Args)]
+pub struct TrustUninstallArgs {
+    /// The operator's namespace.
+    #[arg(long, env = "PRIVREG_NAMESPACE", default_value = "privreg-system")]
+    pub namespace: String,
+
+    /// Give up (non-zero exit) after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_seconds: u64,
 }
 
 /// Options of `privreg serve`.

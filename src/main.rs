@@ -15,6 +15,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(privreg::registry::serve(*args)),
         Command::Operator(args) => runtime.block_on(privreg::operator::run(args)),
         Command::Trust(args) => runtime.block_on(privreg::trust::run(args)),
+        Command::TrustUninstall(args) => {
+            runtime.block_on(privreg::operator::uninstall::request_and_wait(args))
+        }
         Command::Crds => {
             print!("{}", privreg::api::crds_yaml()?);
             Ok(())

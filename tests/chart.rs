@@ -184,6 +184,10 @@ fn chart_renders_the_operator_with_least_privilege() {
             ("Deployment", ns, "reg-operator"),
             ADMISSION_POLICY,
             ADMISSION_POLICY_BINDING,
+            ("ServiceAccount", ns, "reg-operator-trust-uninstall"),
+            ("Role", ns, "reg-operator-trust-uninstall"),
+            ("RoleBinding", ns, "reg-operator-trust-uninstall"),
+            ("Job", ns, "reg-operator-trust-uninstall"),
         ])
     );
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -199,6 +203,7 @@ fn chart_renders_the_operator_with_least_privilege() {
             "PRIVREG_IMAGE",
             "PRIVREG_LOG_FORMAT",
             "PRIVREG_NAMESPACE",
+            "PRIVREG_OWNER_DEPLOYMENT",
             "PRIVREG_TRUST_PRESET",
             "PRIVREG_TRUST_TOLERATIONS",
         ]
@@ -226,10 +231,28 @@ fn chart_renders_the_operator_with_least_privilege() {
         find(&docs, "Role", ns, "reg-operator-leader")["rules"],
         find(&plain, "Role", ns, "privreg-operator-leader")["rules"]
     );
-    // And the trust Role (the DaemonSet and its pods, own namespace only).
+    // The pre-delete hook: a Job whose only right is the uninstall request.
+    let job = find(&docs, "Job", ns, "reg-operator-trust-uninstall");
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["trust-uninstall", "--timeout-seconds", "300"])
+    );
+    assert_eq!(
+        find(&docs, "Role", ns, "reg-operator-trust-uninstall")["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["privreg-uninstall"], "verbs": ["get", "patch"]},
+        ])
+    );
+    // And the trust Role (the DaemonSet, its pods, and the operator's own
+    // Deployment by name, which is the release's here).
+    let plain_trust = find(&plain, "Role", ns, "privreg-operator-trust")["rules"]
+        .to_string()
+        .replace("\"privreg-operator\"", "\"reg-operator\"");
     assert_eq!(
         find(&docs, "Role", ns, "reg-operator-trust")["rules"],
-        find(&plain, "Role", ns, "privreg-operator-trust")["rules"]
+        serde_json::from_str::<Value>(&plain_trust).unwrap()
     );
 }
 
@@ -264,6 +287,10 @@ fn chart_namespaced_mode_grants_roles_in_the_watched_namespaces_only() {
             ("Deployment", ns, "reg-operator"),
             ADMISSION_POLICY,
             ADMISSION_POLICY_BINDING,
+            ("ServiceAccount", ns, "reg-operator-trust-uninstall"),
+            ("Role", ns, "reg-operator-trust-uninstall"),
+            ("RoleBinding", ns, "reg-operator-trust-uninstall"),
+            ("Job", ns, "reg-operator-trust-uninstall"),
         ])
     );
 
@@ -345,11 +372,12 @@ fn chart_refuses_values_it_cannot_pass_on() {
     }
 }
 
+/// The operator's RBAC (not the uninstall hook's, which kubectl users do not get).
 fn is_rbac(doc: &Value) -> bool {
     matches!(
         str_of(doc, "/kind"),
         "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
-    )
+    ) && doc.pointer("/metadata/annotations/helm.sh~1hook").is_none()
 }
 
 /// Without labels (the chart's carry its release), for comparing objects.

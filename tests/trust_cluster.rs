@@ -9,22 +9,25 @@
 //! agent; the node gets the registry's files and /etc/hosts line; a CA rotation
 //! publishes both CAs, waits for the node, switches the server certificate,
 //! then drops the old CA after the overlap; deleting the registry removes the
-//! node's files. (Refusing a conflicting or disallowed host name is
+//! node's files; the chart's pre-delete hook (`privreg trust-uninstall`, under
+//! its own Role) has every agent remove what privreg wrote; deleting the
+//! operator's Deployment removes the DaemonSet and the bundle. (Refusing a conflicting or disallowed host name is
 //! proven on the real control plane by tests/tenancy.rs.)
 
 mod common;
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use privreg::api::PrivateRegistry;
-use privreg::operator::daemonset::{BUNDLE_HASH_ANNOTATION, DAEMONSET_NAME};
+use privreg::operator::daemonset::{BUNDLE_HASH_ANNOTATION, DAEMONSET_NAME, UNINSTALL_MODE};
 
 use common::cluster::{ControlPlane, eventually};
-use common::operator::{Operator, condition, install, secret_text, verifies};
+use common::operator::{Operator, apply_docs, condition, install, secret_text, verifies};
 use common::trust_pod::{
     OPERATOR_NS, daemonset_hash, ensure_node, node_root, published_bundle, run_trust_pod,
 };
@@ -75,11 +78,38 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
     let (_, op_kubeconfig) = cp
         .client_for_service_account(OPERATOR_NS, "privreg-operator")
         .await;
+    // The operator's Deployment (as deploy/03-operator.yaml names it; no pod
+    // of it runs: the operator runs as a process here). It owns the DaemonSet
+    // and the bundle.
+    let owner = Api::<Deployment>::namespaced(admin.clone(), OPERATOR_NS)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "privreg-operator", "namespace": OPERATOR_NS},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": "privreg-operator"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "privreg-operator"}},
+                        "spec": {"containers": [{"name": "operator", "image": "privreg:test"}]}
+                    }
+                }
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     // A short overlap, so the whole CA rotation fits in the test.
     let operator = Operator::start_with(
         &op_kubeconfig,
         "operator-trust",
-        &["--ca-overlap-seconds", "5"],
+        &[
+            "--ca-overlap-seconds",
+            "5",
+            "--owner-deployment",
+            "privreg-operator",
+        ],
     );
     let dir = tempfile::tempdir().unwrap();
     ensure_node(&admin, "node-1").await;
@@ -119,6 +149,21 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
             .unwrap()[BUNDLE_HASH_ANNOTATION],
         hash
     );
+    // Owned by the operator's Deployment, as is the bundle.
+    let owned_by_operator = |refs: Option<&Vec<OwnerReference>>| {
+        refs.is_some_and(|r| {
+            r.iter()
+                .any(|o| o.kind == "Deployment" && Some(&o.uid) == owner.metadata.uid.as_ref())
+        })
+    };
+    assert!(owned_by_operator(ds.metadata.owner_references.as_ref()));
+    let bundle_cm = Api::<ConfigMap>::namespaced(admin.clone(), OPERATOR_NS)
+        .get("privreg-trust-bundle")
+        .await
+        .unwrap();
+    assert!(owned_by_operator(
+        bundle_cm.metadata.owner_references.as_ref()
+    ));
     let pod = template.spec.unwrap();
     assert_eq!(pod.automount_service_account_token, Some(false));
     assert_eq!(pod.host_network, None);
@@ -339,9 +384,125 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
     drop(node);
     let next = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
     assert_ne!(next.pod_name, old_pod);
+
+    // --- The chart's pre-delete hook: node trust uninstalled everywhere -------
+    let pr2: PrivateRegistry = serde_json::from_value(serde_json::json!({
+        "apiVersion": "privreg.dev/v1alpha1", "kind": "PrivateRegistry",
+        "metadata": {"name": "reg2", "namespace": NS},
+        "spec": {"trust": {"hostsEntry": true}}
+    }))
+    .unwrap();
+    registries
+        .create(&PostParams::default(), &pr2)
+        .await
+        .unwrap();
+    eventually("the bundle lists team-a/reg2", TIMEOUT, || async {
+        let (json, hash) = published_bundle(&admin).await?;
+        (json.contains("\"team-a/reg2\"") && daemonset_hash(&admin).await? == hash).then_some(())
+    })
+    .await;
     drop(next);
+    let node = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
+    wait_trust(
+        &registries,
+        "reg2",
+        (Some(1), Some(1), "True", "AllNodesTrust"),
+    )
+    .await;
+    let endpoint2 = certs_d.join("reg2.team-a.svc:5000");
+    assert!(endpoint2.join("ca.crt").is_file());
+    assert!(
+        std::fs::read_to_string(root.join("etc/hosts"))
+            .unwrap()
+            .contains("reg2.team-a.svc")
+    );
+    // `privreg trust-uninstall` under exactly the hook's Role (the chart's).
+    apply_docs(
+        &admin,
+        vec![
+            serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "privreg-trust-uninstall", "namespace": OPERATOR_NS},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+                    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["privreg-uninstall"], "verbs": ["get", "patch"]}
+                ]
+            }),
+            serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "privreg-trust-uninstall", "namespace": OPERATOR_NS},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "privreg-trust-uninstall"},
+                "subjects": [{"kind": "ServiceAccount", "name": "privreg-trust-uninstall", "namespace": OPERATOR_NS}]
+            }),
+        ],
+    )
+    .await;
+    let (_, hook_kubeconfig) = cp
+        .client_for_service_account(OPERATOR_NS, "privreg-trust-uninstall")
+        .await;
+    let hook_log = dir.path().join("trust-uninstall.log");
+    let mut hook = std::process::Command::new(env!("CARGO_BIN_EXE_privreg"))
+        .args([
+            "trust-uninstall",
+            "--namespace",
+            OPERATOR_NS,
+            "--timeout-seconds",
+            "120",
+        ])
+        .env("KUBECONFIG", &hook_kubeconfig)
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&hook_log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("trust-uninstall.err")).unwrap())
+        .spawn()
+        .unwrap();
+    // The operator switches the DaemonSet; the next pods uninstall and stay Ready.
+    eventually("the DaemonSet uninstalls", TIMEOUT, || async {
+        (daemonset_hash(&admin).await? == UNINSTALL_MODE).then_some(())
+    })
+    .await;
+    drop(node);
+    let node = run_trust_pod(&admin, "node-1", &root, dir.path()).await;
+    let status = eventually("privreg trust-uninstall finishes", TIMEOUT, || {
+        let status = hook.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let said = std::fs::read_to_string(&hook_log).unwrap();
+    assert!(
+        status.success(),
+        "{status}: {said}{}",
+        std::fs::read_to_string(dir.path().join("trust-uninstall.err")).unwrap()
+    );
+    assert!(said.contains("node trust removed: 1 of 1 nodes"), "{said}");
+    assert!(!endpoint2.exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+        "127.0.0.1 localhost\n"
+    );
+    assert!(!root.join("var/lib/privreg-trust/state.json").exists());
+    drop(node);
 
     let log = operator.log();
     assert!(!log.contains("PRIVATE KEY"), "{log}");
     assert!(log.contains("trust bundle published"), "{log}");
+
+    // --- Uninstalling the operator removes the DaemonSet and the bundle -----
+    drop(operator);
+    Api::<Deployment>::namespaced(admin.clone(), OPERATOR_NS)
+        .delete("privreg-operator", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(
+        "the garbage collector removes the DaemonSet and the bundle",
+        TIMEOUT,
+        || async {
+            let ds = dss.get_opt(DAEMONSET_NAME).await.ok()?;
+            let cm = Api::<ConfigMap>::namespaced(admin.clone(), OPERATOR_NS)
+                .get_opt("privreg-trust-bundle")
+                .await
+                .ok()?;
+            (ds.is_none() && cm.is_none()).then_some(())
+        },
+    )
+    .await;
 }

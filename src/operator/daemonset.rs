@@ -192,8 +192,22 @@ fn probe(path: &str) -> Probe {
     }
 }
 
+/// The pod template annotation's value while the operator uninstalls node
+/// trust (instead of a bundle hash).
+pub const UNINSTALL_MODE: &str = "uninstall";
+
 /// The trust DaemonSet for the bundle whose SHA-256 is `bundle_sha256`.
 pub fn daemonset(config: &TrustDaemonSetConfig, bundle_sha256: &str) -> DaemonSet {
+    build(config, bundle_sha256, false)
+}
+
+/// The trust DaemonSet while node trust is uninstalled: every agent removes
+/// what it wrote, restores what it backed up, and is Ready once nothing is left.
+pub fn uninstalling(config: &TrustDaemonSetConfig) -> DaemonSet {
+    build(config, UNINSTALL_MODE, true)
+}
+
+fn build(config: &TrustDaemonSetConfig, bundle_sha256: &str, uninstall: bool) -> DaemonSet {
     let mounts = host_mounts(config.preset);
     let mut volumes: Vec<Volume> = mounts
         .iter()
@@ -232,7 +246,7 @@ pub fn daemonset(config: &TrustDaemonSetConfig, bundle_sha256: &str) -> DaemonSe
         ..Default::default()
     });
 
-    let args = vec![
+    let mut args = vec![
         "trust".to_owned(),
         "--preset".to_owned(),
         config.preset.to_string(),
@@ -245,28 +259,31 @@ pub fn daemonset(config: &TrustDaemonSetConfig, bundle_sha256: &str) -> DaemonSe
         "--metrics-listen".to_owned(),
         format!("0.0.0.0:{HEALTH_PORT}"),
     ];
+    let mut env = vec![EnvVar {
+        name: "PRIVREG_LOG_FORMAT".to_owned(),
+        value: Some("json".to_owned()),
+        ..Default::default()
+    }];
+    if uninstall {
+        args.extend(["--uninstall".to_owned(), "--stay".to_owned()]);
+    } else {
+        env.push(EnvVar {
+            name: "PRIVREG_TRUST_EXPECTED_BUNDLE".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{BUNDLE_HASH_ANNOTATION}']"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let container = Container {
         name: "trust".to_owned(),
         image: Some(config.image.clone()),
         args: Some(args),
-        env: Some(vec![
-            EnvVar {
-                name: "PRIVREG_LOG_FORMAT".to_owned(),
-                value: Some("json".to_owned()),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "PRIVREG_TRUST_EXPECTED_BUNDLE".to_owned(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: format!("metadata.annotations['{BUNDLE_HASH_ANNOTATION}']"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("health".to_owned()),
             container_port: i32::from(HEALTH_PORT),
@@ -510,6 +527,18 @@ mod tests {
     #[test]
     fn the_agent_parses_the_daemonsets_arguments() {
         use clap::Parser as _;
+        let ds = uninstalling(&config(Preset::Rke2));
+        let args = ds.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("privreg".to_owned()).chain(args))
+                .unwrap();
+        let crate::cli::Command::Trust(t) = cli.command else {
+            panic!("not trust")
+        };
+        assert!(t.uninstall && t.stay);
         let ds = daemonset(&config(Preset::Rke2), "0123");
         let args = ds.spec.unwrap().template.spec.unwrap().containers[0]
             .args

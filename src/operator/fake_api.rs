@@ -207,6 +207,7 @@ impl FakeApi {
             trust_stores: Default::default(),
             trust_ready: Default::default(),
             ca_overlap: std::time::Duration::from_secs(300),
+            owner_deployment: None,
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod rotation;
 pub mod status;
 pub mod trust_bundle;
 pub mod trust_status;
+pub mod uninstall;
 pub mod validate;
 
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct Context {
     pub trust_ready: std::sync::atomic::AtomicBool,
     /// How long an old CA stays trusted after a rotation.
     pub ca_overlap: Duration,
+    /// The operator's Deployment, owner of the trust DaemonSet and bundle.
+    pub owner_deployment: Option<String>,
 }
 
 impl Context {
@@ -327,6 +330,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         trust_stores: std::sync::OnceLock::new(),
         trust_ready: Default::default(),
         ca_overlap: Duration::from_secs(args.ca_overlap_seconds),
+        owner_deployment: args.owner_deployment.clone(),
     });
     tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
 

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
@@ -166,6 +166,33 @@ where
 struct Applied {
     /// The hash last published (ConfigMap and DaemonSet), and when.
     last: Option<(String, Instant)>,
+    /// The operator's Deployment, owner of the bundle and the DaemonSet.
+    owner: Option<OwnerReference>,
+}
+
+/// The operator's own Deployment as the (non-controller) owner of what the trust
+/// task creates, so that uninstalling the operator (`helm uninstall`,
+/// `kubectl delete -f deploy/`) also removes the DaemonSet and the bundle.
+async fn owner_of(
+    ctx: &super::Context,
+    namespace: &str,
+) -> Result<Option<OwnerReference>, kube::Error> {
+    let Some(name) = &ctx.owner_deployment else {
+        return Ok(None);
+    };
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(deployment) = deployments.get_opt(name).await? else {
+        tracing::warn!(deployment = %name, "the operator's Deployment was not found; the trust DaemonSet and bundle have no owner");
+        return Ok(None);
+    };
+    Ok(deployment.uid().map(|uid| OwnerReference {
+        api_version: "apps/v1".to_owned(),
+        kind: "Deployment".to_owned(),
+        name: name.clone(),
+        uid,
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    }))
 }
 
 /// One pass: publish the bundle and the DaemonSet when the bundle changed (or
@@ -177,6 +204,10 @@ async fn refresh(
     applied: &mut Applied,
     every: Duration,
 ) -> Result<usize, kube::Error> {
+    if super::uninstall::requested(&ctx.client, namespace).await? {
+        uninstall_nodes(ctx, stores, namespace, applied).await?;
+        return Ok(0);
+    }
     let bundle = build(ctx, stores);
     let count = bundle.registries.len();
     let json = bundle_json(bundle.clone());
@@ -186,14 +217,21 @@ async fn refresh(
         None => true,
     };
     if due {
+        if applied.owner.is_none() {
+            applied.owner = owner_of(ctx, namespace).await?;
+        }
+        let owners = applied.owner.clone().map(|o| vec![o]);
         // The bundle first, then the pods that expect it.
         let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
-        apply_object(&cms, BUNDLE_NAME, &configmap(namespace, json)).await?;
+        let mut cm = configmap(namespace, json);
+        cm.metadata.owner_references = owners.clone();
+        apply_object(&cms, BUNDLE_NAME, &cm).await?;
         ctx.published
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(&hash, &bundle);
-        let ds = super::daemonset::daemonset(&ctx.trust_daemonset, &hash);
+        let mut ds = super::daemonset::daemonset(&ctx.trust_daemonset, &hash);
+        ds.metadata.owner_references = owners;
         let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
         apply_object(&dss, super::daemonset::DAEMONSET_NAME, &ds).await?;
         if applied.last.as_ref().map(|(h, _)| h) != Some(&hash) {
@@ -203,6 +241,59 @@ async fn refresh(
     }
     update_statuses(ctx, stores).await;
     Ok(count)
+}
+
+/// While node trust is uninstalled: the DaemonSet in uninstall mode, and the
+/// count of nodes whose agent is done reported to the requester.
+async fn uninstall_nodes(
+    ctx: &super::Context,
+    stores: &TrustStores,
+    namespace: &str,
+    applied: &mut Applied,
+) -> Result<(), kube::Error> {
+    use super::daemonset::{BUNDLE_HASH_ANNOTATION, UNINSTALL_MODE};
+    if applied.owner.is_none() {
+        applied.owner = owner_of(ctx, namespace).await?;
+    }
+    let mut ds = super::daemonset::uninstalling(&ctx.trust_daemonset);
+    ds.metadata.owner_references = applied.owner.clone().map(|o| vec![o]);
+    let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
+    apply_object(&dss, super::daemonset::DAEMONSET_NAME, &ds).await?;
+    if applied.last.as_ref().map(|(h, _)| h.as_str()) != Some(UNINSTALL_MODE) {
+        tracing::warn!(
+            "uninstall requested: the trust agents remove privreg's files from every node"
+        );
+        applied.last = Some((UNINSTALL_MODE.to_owned(), Instant::now()));
+    }
+    let desired = stores
+        .daemonset
+        .state()
+        .into_iter()
+        .next()
+        .and_then(|d| d.status.as_ref().map(|s| s.desired_number_scheduled))
+        .unwrap_or(0);
+    let done: std::collections::BTreeSet<String> = stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| super::trust_status::pod_ready(p))
+        .filter(|p| {
+            p.annotations()
+                .get(BUNDLE_HASH_ANNOTATION)
+                .map(String::as_str)
+                == Some(UNINSTALL_MODE)
+        })
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    let done_count = i32::try_from(done.len()).unwrap_or(i32::MAX);
+    super::uninstall::report(
+        &ctx.client,
+        namespace,
+        done_count >= desired,
+        &format!("{done_count} of {desired} nodes have no privreg trust files left"),
+        applied.owner.as_ref(),
+    )
+    .await
 }
 
 /// Applies each registry's `trustedNodes`, `desiredNodes` and `TrustDistributed`

@@ -102,7 +102,8 @@ pub struct NodeCount {
     pub desired: i32,
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+/// Ready, and not on its way out.
+pub fn pod_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status

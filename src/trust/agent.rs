@@ -144,15 +144,86 @@ impl Config {
 /// `privreg trust`.
 pub async fn run(args: TrustArgs) -> Result<(), AgentError> {
     let config = Config::new(&args);
+    if args.uninstall {
+        return if args.stay {
+            uninstall_and_stay(config).await
+        } else {
+            uninstall(config).await
+        };
+    }
     if let Some(hash) = &config.expected_bundle
         && !(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         return Err(AgentError::ExpectedBundle(hash.clone()));
     }
-    if args.uninstall {
-        return uninstall(config).await;
-    }
     Agent::new(config).run().await
+}
+
+/// `privreg trust --uninstall --stay`, the trust DaemonSet's container while the
+/// operator uninstalls node trust (the chart's pre-delete hook): uninstall,
+/// retrying every `--resync-seconds` until nothing is left, then stay Ready (so
+/// the operator counts the node as done) until SIGTERM.
+async fn uninstall_and_stay(config: Config) -> Result<(), AgentError> {
+    use axum::http::StatusCode;
+    let done: Arc<std::sync::Mutex<Result<(), String>>> =
+        Arc::new(std::sync::Mutex::new(Err("not started yet".to_owned())));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Signal)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let readyz = {
+        let done = done.clone();
+        move || {
+            let done = done.clone();
+            async move {
+                match &*done.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Ok(()) => (
+                        StatusCode::OK,
+                        "ready: every trust file privreg wrote on this node is gone\n".to_owned(),
+                    ),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready:\n- {why}\n"),
+                    ),
+                }
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(readyz));
+    let stop = CancellationToken::new();
+    let server = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        })
+    };
+    loop {
+        let result = uninstall(config.clone())
+            .await
+            .map_err(|e| summary::chain(&e));
+        let finished = result.is_ok();
+        if let Err(why) = &result {
+            tracing::warn!(error = %why, "uninstall incomplete; trying again");
+        }
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = result;
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(config.resync), if !finished => {}
+            _ = std::future::pending::<()>(), if finished => {}
+        }
+    }
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
 }
 
 /// `privreg trust --uninstall`.
