@@ -136,7 +136,12 @@ pub struct OperatorArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TrustArgs {
     /// The node's filesystem as mounted into the pod (hostPath mounts below it).
-    #[arg(long, env = "PRIVREG_NODE_ROOT", default_value = "/host")]
+    #[arg(
+        long,
+        visible_alias = "host-root",
+        env = "PRIVREG_NODE_ROOT",
+        default_value = "/host"
+    )]
     pub node_root: PathBuf,
 
     /// The mounted trust bundle file (ConfigMap key bundle.json).

@@ -810,13 +810,27 @@ fn registry_work(ns: &'static str) -> Vec<Access> {
     v
 }
 
-/// Never, in any mode: deleting (the garbage collector does it), pods, the
-/// spec of a PrivateRegistry, core Events, RBAC, cluster-scoped reads.
-fn never(namespaces: &[&'static str]) -> Vec<Access> {
+const DAEMONSETS: (&str, &str) = ("apps", "daemonsets");
+const PODS: (&str, &str) = ("", "pods");
+
+/// The trust DaemonSet and reading its pods: the operator's namespace only.
+fn trust_work(own: &'static str) -> Vec<Access> {
+    let mut v = grid(CHILD_VERBS, &[DAEMONSETS], &[own]);
+    v.extend(grid(&["get", "list", "watch"], &[PODS], &[own]));
+    v
+}
+
+/// Never, in any mode: deleting (the garbage collector does it), pods outside
+/// the operator's namespace (`own`), DaemonSets elsewhere, the spec of a
+/// PrivateRegistry, core Events, RBAC, cluster-scoped reads.
+fn never(namespaces: &[&'static str], own: &'static str) -> Vec<Access> {
     let mut resources = CHILDREN.to_vec();
-    resources.extend([REGISTRIES, LEASES]);
+    resources.extend([REGISTRIES, LEASES, DAEMONSETS, PODS]);
     let mut v = grid(&["delete", "deletecollection"], &resources, namespaces);
-    v.extend(grid(&["get", "list"], &[("", "pods")], namespaces));
+    let others: Vec<&'static str> = namespaces.iter().copied().filter(|n| *n != own).collect();
+    v.extend(grid(&["get", "list"], &[PODS], &others));
+    v.extend(grid(&["get", "create", "patch"], &[DAEMONSETS], &others));
+    v.extend(grid(&["update"], &[PODS], &[own]));
     v.extend(grid(&["patch", "update"], &[REGISTRIES], namespaces));
     v.extend(grid(&["create"], &[("", "events")], namespaces));
     v.extend([
@@ -857,7 +871,8 @@ fn cluster_wide(own: &'static str) -> Expect {
     may.extend(grid(&["list", "watch"], CHILDREN, &[""]));
     may.extend(grid(&["list", "watch"], &[REGISTRIES], &[""]));
     may.extend(grid(&["get", "create", "update"], &[LEASES], &[own]));
-    let mut may_not = never(&["default", own]);
+    may.extend(trust_work(own));
+    let mut may_not = never(&["default", own], own);
     may_not.extend(grid(
         &["create", "update"],
         &[LEASES],
@@ -873,8 +888,9 @@ fn namespaced(own: &'static str) -> Expect {
     let mut may = registry_work(WATCHED);
     may.extend(grid(&["get", "create", "update"], &[LEASES], &[own]));
     may.extend(grid(CHILD_VERBS, &[CONFIGMAPS], &[own]));
+    may.extend(trust_work(own));
 
-    let mut may_not = never(&[WATCHED, UNWATCHED, own]);
+    let mut may_not = never(&[WATCHED, UNWATCHED, own], own);
     // Not a namespace it does not watch, nor all of them at once.
     may_not.extend(registry_work(UNWATCHED));
     may_not.extend(grid(&["list", "watch"], CHILDREN, &[""]));
