@@ -262,6 +262,9 @@ pub fn is_dns_name(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     pub not_after: OffsetDateTime,
+    /// When it was issued (privreg backdates notBefore by a few minutes for
+    /// clock skew; this is notBefore plus that).
+    pub issued_at: OffsetDateTime,
     /// DNS names as written, IP addresses in their canonical text form.
     pub sans: Vec<String>,
     /// SHA-256 of the DER certificate, lowercase hex with colons.
@@ -279,6 +282,7 @@ pub fn inspect(cert_pem: &str) -> Result<CertInfo, CertError> {
         .map_err(|_| CertError::Parse)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|_| CertError::Parse)?;
     let not_after = cert.validity().not_after.to_datetime();
+    let issued_at = cert.validity().not_before.to_datetime() + BACKDATE;
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = cert.subject_alternative_name() {
         for name in &ext.value.general_names {
@@ -305,6 +309,7 @@ pub fn inspect(cert_pem: &str) -> Result<CertInfo, CertError> {
         .join(":");
     Ok(CertInfo {
         not_after,
+        issued_at,
         sans,
         sha256_fingerprint: fingerprint,
     })

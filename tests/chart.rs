@@ -242,7 +242,7 @@ fn chart_renders_the_operator_with_least_privilege() {
         find(&docs, "Role", ns, "reg-operator-trust-uninstall")["rules"],
         json!([
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["privreg-uninstall"], "verbs": ["get", "patch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["privreg-uninstall"], "verbs": ["get", "patch", "delete"]},
         ])
     );
     // And the trust Role (the DaemonSet, its pods, and the operator's own

@@ -425,7 +425,7 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
                 "metadata": {"name": "privreg-trust-uninstall", "namespace": OPERATOR_NS},
                 "rules": [
                     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-                    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["privreg-uninstall"], "verbs": ["get", "patch"]}
+                    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["privreg-uninstall"], "verbs": ["get", "patch", "delete"]}
                 ]
             }),
             serde_json::json!({

@@ -2,7 +2,9 @@
 //! `<hostname>:<port>/...` from whichever registry the bundle names for it, so
 //! exactly one registry may hold each endpoint. The oldest live claimant holds
 //! it; a later one is refused (`HostnameConflict`) and kept out of the bundle,
-//! and the holder is never disturbed by a newcomer. Pure.
+//! and the holder is never disturbed by a newcomer. Only a claimant whose spec is
+//! valid under the admin's policy counts: a registry refused for its name
+//! (`HostnameNotAllowed`) cannot block the namespace that owns the name. Pure.
 
 use kube::ResourceExt;
 
@@ -48,13 +50,22 @@ pub fn holder<'a>(
 }
 
 /// Whether `pr` holds the endpoint it claims, given every registry the operator
-/// sees. A registry not (yet) in `all` is compared with the others as it is.
-pub fn holds(pr: &PrivateRegistry, all: &[std::sync::Arc<PrivateRegistry>]) -> Result<(), String> {
+/// sees, of which only those `valid` says are count. A registry not (yet) in
+/// `all` is compared with the others as it is.
+pub fn holds(
+    pr: &PrivateRegistry,
+    all: &[std::sync::Arc<PrivateRegistry>],
+    valid: impl Fn(&PrivateRegistry) -> bool,
+) -> Result<(), String> {
     let Some(endpoint) = claimed_endpoint(pr) else {
         return Ok(());
     };
     let me = key(pr);
-    let others = all.iter().map(|a| a.as_ref()).filter(|a| key(a) != me);
+    let others = all
+        .iter()
+        .map(|a| a.as_ref())
+        .filter(|a| key(a) != me)
+        .filter(|a| valid(a));
     match holder(&endpoint, others.chain(std::iter::once(pr))) {
         Some(h) if key(h) != me => Err(key(h)),
         _ => Ok(()),
@@ -88,18 +99,21 @@ mod tests {
         let all: Vec<Arc<PrivateRegistry>> = [&first, &later, &other]
             .map(|p| Arc::new(p.clone()))
             .to_vec();
-        assert_eq!(holds(&first, &all), Ok(()));
-        assert_eq!(holds(&later, &all), Err("team-a/reg".to_owned()));
-        assert_eq!(holds(&other, &all), Ok(()));
+        assert_eq!(holds(&first, &all, |_| true), Ok(()));
+        assert_eq!(holds(&later, &all, |_| true), Err("team-a/reg".to_owned()));
+        assert_eq!(holds(&other, &all, |_| true), Ok(()));
         // A claimant the store has not seen yet is still judged against the rest.
         let newcomer = pr("team-c", "new", Some("registry.internal"), 300);
-        assert_eq!(holds(&newcomer, &all), Err("team-a/reg".to_owned()));
+        assert_eq!(
+            holds(&newcomer, &all, |_| true),
+            Err("team-a/reg".to_owned())
+        );
         // When the holder goes, the next oldest holds.
         let mut leaving = first.clone();
         leaving.metadata.deletion_timestamp = first.metadata.creation_timestamp.clone();
         let all: Vec<Arc<PrivateRegistry>> =
             [&leaving, &later].map(|p| Arc::new(p.clone())).to_vec();
-        assert_eq!(holds(&later, &all), Ok(()));
+        assert_eq!(holds(&later, &all, |_| true), Ok(()));
     }
 
     #[test]
@@ -108,6 +122,19 @@ mod tests {
         assert_eq!(claimed_endpoint(&a).as_deref(), Some("reg.ns.svc:5000"));
         let b = pr("ns2", "x", Some("reg.ns.svc"), 2);
         let all = vec![Arc::new(a.clone()), Arc::new(b.clone())];
-        assert_eq!(holds(&b, &all), Err("ns/reg".to_owned()));
+        assert_eq!(holds(&b, &all, |_| true), Err("ns/reg".to_owned()));
+    }
+
+    #[test]
+    fn an_invalid_claimant_blocks_nobody() {
+        let squatter = pr("team-b", "squat", Some("reg.team-a.svc"), 1);
+        let owner = pr("team-a", "reg", None, 2);
+        let all = vec![Arc::new(squatter.clone()), Arc::new(owner.clone())];
+        let valid = |p: &PrivateRegistry| p.namespace().as_deref() != Some("team-b");
+        assert_eq!(holds(&owner, &all, valid), Ok(()));
+        assert_eq!(
+            holds(&owner, &all, |_| true),
+            Err("team-b/squat".to_owned())
+        );
     }
 }

@@ -235,6 +235,8 @@ fn build(config: &TrustDaemonSetConfig, bundle_sha256: &str, uninstall: bool) ->
         config_map: Some(ConfigMapVolumeSource {
             name: super::trust_bundle::BUNDLE_NAME.to_owned(),
             default_mode: Some(0o444),
+            // Uninstalling needs no bundle: never wait for one.
+            optional: uninstall.then_some(true),
             ..Default::default()
         }),
         ..Default::default()

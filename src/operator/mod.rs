@@ -95,7 +95,14 @@ impl Context {
             return None;
         }
         let stores = self.trust_stores.get()?;
-        let daemonset = stores.daemonset.state().into_iter().next();
+        // Only a DaemonSet whose status describes its current template says how
+        // many nodes there are; otherwise the answer is not known yet.
+        let daemonset = stores.daemonset.state().into_iter().next()?;
+        let observed = daemonset.status.as_ref()?.observed_generation;
+        if observed < daemonset.metadata.generation {
+            return None;
+        }
+        let daemonset = Some(daemonset);
         let pods = stores.pods.state();
         let published = self.published.lock().unwrap_or_else(|e| e.into_inner());
         let n = trust_status::count(
@@ -329,7 +336,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         published: Default::default(),
         trust_stores: std::sync::OnceLock::new(),
         trust_ready: Default::default(),
-        ca_overlap: Duration::from_secs(args.ca_overlap_seconds),
+        // At most a year: the arithmetic on it stays far from overflow.
+        ca_overlap: Duration::from_secs(args.ca_overlap_seconds.min(365 * 86_400)),
         owner_deployment: args.owner_deployment.clone(),
     });
     tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
@@ -596,6 +604,16 @@ fn trust_watches(
             .boxed();
         futures.push(drive(stream).boxed());
     }
+    let mut services = Vec::new();
+    for api in scope.apis::<Service>(client) {
+        let (store, writer) = reflector::store();
+        services.push(store);
+        let stream = reflector(writer, watcher(api, config(&managed)))
+            .default_backoff()
+            .filter_map(|e| async move { e.ok().map(|_| ()) })
+            .boxed();
+        futures.push(drive(stream).boxed());
+    }
     let (daemonset, writer) = reflector::store();
     let dss: Api<DaemonSet> = Api::namespaced(client.clone(), &args.namespace);
     let stream = reflector(
@@ -620,6 +638,7 @@ fn trust_watches(
     futures.push(drive(stream).boxed());
     let stores = trust_bundle::TrustStores {
         ca_configmaps,
+        services,
         daemonset,
         pods,
     };

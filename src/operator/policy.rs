@@ -47,6 +47,12 @@ impl HostnamePattern {
     }
 
     fn matches(&self, hostname: &str, namespace: &str) -> bool {
+        // A namespace called `svc` or `pod` would turn `*.{namespace}.{clusterDomain}`
+        // into every namespace's Service (or pod) names: no `{namespace}`
+        // pattern grants it anything.
+        if self.name.contains("{namespace}") && matches!(namespace, "svc" | "pod") {
+            return false;
+        }
         let name = self.name.replace("{namespace}", namespace);
         if self.wildcard {
             hostname
@@ -159,6 +165,20 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_named_like_dns_zones_claim_nothing_by_pattern() {
+        let p = Policy::with_hostnames(
+            "img",
+            &[],
+            &["*.{namespace}.{clusterDomain}".to_owned()],
+            "cluster.local",
+        )
+        .unwrap();
+        assert!(p.hostname_allowed("reg.team-a.cluster.local", "team-a"));
+        assert!(!p.hostname_allowed("victim.team-a.svc.cluster.local", "svc"));
+        assert!(!p.hostname_allowed("x.pod.cluster.local", "pod"));
+    }
 
     #[test]
     fn only_the_own_image_by_default() {

@@ -62,7 +62,9 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
         }
     };
     let owner = pr.controller_owner_ref(&()).ok_or(Error::NoUid)?;
-    if let Err(holder) = super::claims::holds(&pr, &ctx.all_registries()) {
+    if let Err(holder) = super::claims::holds(&pr, &ctx.all_registries(), |other| {
+        validate::validate(other, &ctx.policy).is_ok()
+    }) {
         return Err(Refusal::HostnameConflict {
             endpoint: desired.endpoint(),
             holder,
@@ -475,18 +477,38 @@ async fn rotate(
     let trust_both = state
         .overlap_pem()
         .and_then(|pem| ctx.nodes_trust(pr, &pem, d.trust_enabled));
+    // When the current CA's server certificate went out, if it has.
+    let leaf_from_current = if state.previous.is_some() {
+        get_secret(ctx, &d.namespace, &d.tls_secret_name())
+            .await?
+            .filter(|s| {
+                secret_text(s, "ca.crt").map(|c| c.trim().to_owned())
+                    == Some(state.current.cert_pem.trim().to_owned())
+            })
+            .and_then(|s| secret_text(&s, "tls.crt"))
+            .and_then(|leaf| certs::inspect(&leaf).ok())
+            .map(|info| info.issued_at)
+    } else {
+        None
+    };
     let step = rotation::next_step(
         &state,
         request.as_deref(),
         d.ca_renew_before,
         now,
         trust_both,
+        leaf_from_current,
+        ctx.ca_overlap,
     );
-    if step != (Step::Keep { until: None }) && !matches!(step, Step::Keep { .. }) {
+    if !matches!(step, Step::Keep { .. }) {
         tracing::info!(registry = %super::object_key(pr), ?step, ?trust_both, "CA rotation");
     }
     let mut new = state.clone();
     let (reason, message) = match step {
+        // A previous CA waiting for the new certificate to go out: look again soon.
+        Step::Keep { until: None } if state.previous.is_some() => {
+            return Ok((state, Some(ROTATION_POLL)));
+        }
         Step::Keep { until: next } => return Ok((state, next.map(until))),
         Step::Wait => return Ok((state, Some(ROTATION_POLL))),
         Step::Start(why) => {
@@ -538,7 +560,7 @@ async fn rotate(
     publish(ctx, pr, EventType::Normal, reason, "RotateCA", &message).await;
     let again = match (&new.next, new.previous_until) {
         (Some(_), _) => Some(ROTATION_POLL),
-        (None, Some(t)) => Some(until(t)),
+        (None, Some(t)) => Some(until(t).max(ROTATION_POLL)),
         _ => None,
     };
     Ok((new, again))

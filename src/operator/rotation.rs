@@ -51,6 +51,26 @@ pub struct CaState {
 #[error("its {0} is missing or not a certificate")]
 pub struct BadCaState(&'static str);
 
+/// The first certificate of a PEM text, re-encoded alone: whatever else a
+/// user's `tls.crt` holds (a chain, or by mistake the key) never travels on to
+/// the CA ConfigMap or the nodes.
+pub fn first_certificate(pem: &str) -> Option<String> {
+    use base64::Engine as _;
+    use rustls_pki_types::pem::{PemObject, SectionKind};
+    let der = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .find(|(kind, _)| *kind == SectionKind::Certificate)?
+        .1;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).ok()?);
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    Some(out)
+}
+
 fn text(s: &Secret, key: &str) -> Option<String> {
     s.data
         .as_ref()?
@@ -86,7 +106,10 @@ impl CaState {
             };
         let current = pair("tls.crt", "tls.key")?.ok_or(BadCaState("tls.crt"))?;
         let next = pair("next.crt", "next.key")?;
-        let previous = text(s, "previous.crt").filter(|p| certs::inspect(p).is_ok());
+        let previous = text(s, "previous.crt")
+            .as_deref()
+            .and_then(first_certificate)
+            .filter(|p| certs::inspect(p).is_ok());
         let annotations = s.annotations();
         let previous_until = annotations.get(PREVIOUS_UNTIL_ANNOTATION).and_then(|t| {
             OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
@@ -150,13 +173,18 @@ pub enum Step {
 
 /// The next step of the rotation. `nodes_trust_both`: whether every node that
 /// runs the trust agent trusts both the current and the next CA (`None`: not
-/// known yet, so wait).
+/// known yet, so wait). `leaf_from_current`: when the server certificate now in
+/// the TLS Secret was issued, if the current CA issued it. The previous CA is
+/// dropped only once that certificate has been out for the overlap (so the
+/// registry serves it), and not before `previous_until`.
 pub fn next_step(
     state: &CaState,
     request: Option<&str>,
     renew_before: Duration,
     now: OffsetDateTime,
     nodes_trust_both: Option<bool>,
+    leaf_from_current: Option<OffsetDateTime>,
+    overlap: Duration,
 ) -> Step {
     if state.next.is_some() {
         return if nodes_trust_both == Some(true) {
@@ -166,9 +194,17 @@ pub fn next_step(
         };
     }
     if state.previous.is_some() {
-        return match state.previous_until {
-            Some(until) if now < until => Step::Keep { until: Some(until) },
-            _ => Step::DropPrevious,
+        let overlap = time::Duration::try_from(overlap).unwrap_or(time::Duration::ZERO);
+        let served_long_enough = leaf_from_current.and_then(|t| t.checked_add(overlap));
+        let until = match (state.previous_until, served_long_enough) {
+            (_, None) => return Step::Keep { until: None },
+            (Some(a), Some(b)) => a.max(b),
+            (None, Some(b)) => b,
+        };
+        return if now < until {
+            Step::Keep { until: Some(until) }
+        } else {
+            Step::DropPrevious
         };
     }
     if let Some(r) = request
@@ -204,7 +240,9 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let mut state = CaState::new(ca(100), None);
         // Far from its end, no request: keep until the rotation is due.
-        let Step::Keep { until: Some(due) } = next_step(&state, None, 10 * HOUR, now, None) else {
+        let Step::Keep { until: Some(due) } =
+            next_step(&state, None, 10 * HOUR, now, None, None, HOUR)
+        else {
             panic!()
         };
         assert!(due > now + time::Duration::hours(89));
@@ -215,18 +253,20 @@ mod tests {
                 None,
                 10 * HOUR,
                 now + time::Duration::hours(91),
-                None
+                None,
+                None,
+                HOUR
             ),
             Step::Start(StartReason::Expiring)
         );
         // A request starts one now, once.
         assert_eq!(
-            next_step(&state, Some("1"), 10 * HOUR, now, None),
+            next_step(&state, Some("1"), 10 * HOUR, now, None, None, HOUR),
             Step::Start(StartReason::Requested)
         );
         state.handled = Some("1".into());
         assert!(matches!(
-            next_step(&state, Some("1"), 10 * HOUR, now, None),
+            next_step(&state, Some("1"), 10 * HOUR, now, None, None, HOUR),
             Step::Keep { .. }
         ));
 
@@ -236,10 +276,13 @@ mod tests {
         assert_eq!(published.matches("BEGIN CERTIFICATE").count(), 2);
         assert!(published.starts_with(old.cert_pem.trim_end()));
         for trust in [None, Some(false)] {
-            assert_eq!(next_step(&state, None, 10 * HOUR, now, trust), Step::Wait);
+            assert_eq!(
+                next_step(&state, None, 10 * HOUR, now, trust, None, HOUR),
+                Step::Wait
+            );
         }
         assert_eq!(
-            next_step(&state, None, 10 * HOUR, now, Some(true)),
+            next_step(&state, None, 10 * HOUR, now, Some(true), None, HOUR),
             Step::Promote
         );
 
@@ -251,23 +294,47 @@ mod tests {
             state.published_pem().matches("BEGIN CERTIFICATE").count(),
             2
         );
+        let five = Duration::from_secs(300);
+        // The new CA's certificate was issued now.
+        let issued = Some(now);
         assert_eq!(
-            next_step(&state, Some("2"), 10 * HOUR, now, None),
+            next_step(&state, Some("2"), 10 * HOUR, now, None, issued, five),
             Step::Keep {
                 until: state.previous_until
             },
             "a new request waits for the overlap to end"
         );
+        let later = now + time::Duration::minutes(6);
         assert_eq!(
-            next_step(
-                &state,
-                None,
-                10 * HOUR,
-                now + time::Duration::minutes(6),
-                None
-            ),
+            next_step(&state, None, 10 * HOUR, later, None, issued, five),
             Step::DropPrevious
         );
+        // No certificate from the new CA yet: the old CA stays, however late.
+        assert_eq!(
+            next_step(&state, None, 10 * HOUR, later, None, None, five),
+            Step::Keep { until: None }
+        );
+        // Issued late: the overlap counts from then.
+        let late = Some(now + time::Duration::minutes(4));
+        assert_eq!(
+            next_step(&state, None, 10 * HOUR, later, None, late, five),
+            Step::Keep {
+                until: Some(now + time::Duration::minutes(9))
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_certificate_of_a_users_tls_crt_is_kept() {
+        let ca = ca(100);
+        let mixed = format!("{}{}", ca.key_pem, ca.cert_pem);
+        let kept = first_certificate(&mixed).unwrap();
+        assert!(!kept.contains("PRIVATE KEY"));
+        assert_eq!(
+            certs::inspect(&kept).unwrap().sha256_fingerprint,
+            certs::inspect(&ca.cert_pem).unwrap().sha256_fingerprint
+        );
+        assert_eq!(first_certificate(&ca.key_pem), None);
     }
 
     #[test]

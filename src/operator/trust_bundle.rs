@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 
+use super::validate::Desired;
 use crate::api::PrivateRegistry;
 
 pub const BUNDLE_NAME: &str = "privreg-trust-bundle";
@@ -21,32 +22,36 @@ pub const BUNDLE_NAME: &str = "privreg-trust-bundle";
 /// The wire format is shared with the node agent, which owns its validation.
 pub use crate::trust::bundle::{BUNDLE_KEY, Bundle, BundleEntry};
 
-/// The bundle entry of a registry, if it trusts nodes and is far enough along.
-pub fn entry(pr: &PrivateRegistry, ca_pem: &str) -> Option<BundleEntry> {
-    if !pr.spec.trust.enabled {
+/// The bundle entry of a registry whose spec validated as `desired`, whose
+/// Service has `cluster_ip`. Everything comes from the validated spec and the
+/// operator's own Service, never from the status (which a user with rights on
+/// the status subresource could write).
+pub fn entry(
+    pr: &PrivateRegistry,
+    desired: &Desired,
+    cluster_ip: &str,
+    ca_pem: &str,
+) -> Option<BundleEntry> {
+    if !desired.trust_enabled {
         return None;
     }
-    let status = pr.status.as_ref()?;
-    let endpoint = status.endpoint.clone()?;
-    let ip = status.cluster_ip.clone()?;
-    let (host, port) = endpoint.rsplit_once(':')?;
+    let ip: std::net::IpAddr = cluster_ip.parse().ok()?;
     // `host:port` needs an IPv6 address in brackets (`[fd00::10]:5000`); the
     // /etc/hosts line below takes the bare address.
-    let ip_host = match ip.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-        _ => ip.clone(),
+    let ip_host = match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
     };
+    let port = desired.port;
     Some(BundleEntry {
         registry: format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any()),
-        endpoints: vec![endpoint.clone(), format!("{ip_host}:{port}")],
+        endpoints: vec![desired.endpoint(), format!("{ip_host}:{port}")],
         server: format!("https://{ip_host}:{port}"),
         ca_pem: ca_pem.to_owned(),
-        runtimes: pr.spec.trust.runtimes.clone(),
-        hosts_entry: pr
-            .spec
-            .trust
+        runtimes: desired.trust_runtimes.clone(),
+        hosts_entry: desired
             .hosts_entry
-            .then(|| (ip.clone(), host.to_owned())),
+            .then(|| (ip.to_string(), desired.hostname.clone())),
     })
 }
 
@@ -96,17 +101,39 @@ fn owned_by(cm: &ConfigMap, pr: &PrivateRegistry) -> bool {
             .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
 }
 
-/// Whether a registry's trust belongs in the bundle: trust enabled, its spec
-/// valid under the admin's policy (an allowed host name), and it holds the
-/// endpoint it claims (no HostnameConflict).
+/// A registry's validated spec, if its trust belongs in the bundle: trust
+/// enabled, its spec valid under the admin's policy (an allowed host name), and
+/// it holds the endpoint it claims (no HostnameConflict).
 pub fn eligible(
     pr: &PrivateRegistry,
     all: &[Arc<PrivateRegistry>],
     policy: &super::policy::Policy,
-) -> bool {
-    pr.spec.trust.enabled
-        && super::validate::validate(pr, policy).is_ok()
-        && super::claims::holds(pr, all).is_ok()
+) -> Option<Desired> {
+    if !pr.spec.trust.enabled {
+        return None;
+    }
+    let desired = super::validate::validate(pr, policy).ok()?;
+    super::claims::holds(pr, all, |other| {
+        super::validate::validate(other, policy).is_ok()
+    })
+    .ok()?;
+    Some(desired)
+}
+
+/// The ClusterIP of the registry's own Service (controlled by this registry).
+fn cluster_ip_of(pr: &PrivateRegistry, stores: &TrustStores) -> Option<String> {
+    let ns = pr.namespace()?;
+    let key = ObjectRef::<Service>::new(&pr.name_any()).within(&ns);
+    let service = stores.services.iter().find_map(|s| s.get(&key))?;
+    let uid = pr.metadata.uid.as_deref()?;
+    let controlled = service
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid);
+    let ip = service.spec.as_ref()?.cluster_ip.clone()?;
+    (controlled && ip != "None" && !ip.is_empty()).then_some(ip)
 }
 
 /// The registry's CA certificate(s) as its own CA ConfigMap publishes them.
@@ -120,28 +147,48 @@ fn ca_of(pr: &PrivateRegistry, stores: &TrustStores) -> Option<String> {
     cm.data.as_ref()?.get("ca.crt").cloned()
 }
 
-/// The caches the trust task reads: the CA ConfigMaps (every watched
-/// namespace), and the trust DaemonSet and its pods (the operator's namespace).
+/// The caches the trust task reads: the CA ConfigMaps and the registries'
+/// Services (every watched namespace), and the trust DaemonSet and its pods
+/// (the operator's namespace).
 pub struct TrustStores {
     pub ca_configmaps: Vec<Store<ConfigMap>>,
+    pub services: Vec<Store<Service>>,
     pub daemonset: Store<DaemonSet>,
     pub pods: Store<Pod>,
 }
 
-/// The bundle every eligible registry contributes to, from the caches.
+/// The bundle every eligible registry contributes to, from the caches. Entries
+/// the node agent would refuse (it checks each as hostile input) are left out
+/// here, with a warning: one refused entry would keep every node's agent from
+/// being Ready, and so stall every registry's trust status and CA rotation.
 pub fn build(ctx: &super::Context, stores: &TrustStores) -> Bundle {
     let all = ctx.all_registries();
-    let mut bundle = Bundle::default();
-    for pr in all.iter().filter(|pr| eligible(pr, &all, &ctx.policy)) {
-        if let Some(ca) = ca_of(pr, stores) {
-            // In a canonical order, so that promoting the next CA during a
-            // rotation (which reorders the ConfigMap) does not change the bundle.
-            bundle
-                .registries
-                .extend(entry(pr, &super::trust_status::canonical_pem(&ca)));
-        }
+    let mut entries = Vec::new();
+    for pr in all.iter() {
+        let Some(desired) = eligible(pr, &all, &ctx.policy) else {
+            continue;
+        };
+        let (Some(ca), Some(ip)) = (ca_of(pr, stores), cluster_ip_of(pr, stores)) else {
+            continue;
+        };
+        // In a canonical order, so that promoting the next CA during a
+        // rotation (which reorders the ConfigMap) does not change the bundle.
+        entries.extend(entry(
+            pr,
+            &desired,
+            &ip,
+            &super::trust_status::canonical_pem(&ca),
+        ));
     }
-    bundle
+    let checked = crate::trust::bundle::validate(&entries);
+    let refused = checked.rejected_registries();
+    for e in &checked.rejected {
+        tracing::warn!(error = %e, "left out of the trust bundle");
+    }
+    entries.retain(|e| !refused.contains(&e.registry));
+    Bundle {
+        registries: entries,
+    }
 }
 
 async fn apply_object<K>(api: &Api<K>, name: &str, object: &K) -> Result<(), kube::Error>
@@ -173,26 +220,30 @@ struct Applied {
 /// The operator's own Deployment as the (non-controller) owner of what the trust
 /// task creates, so that uninstalling the operator (`helm uninstall`,
 /// `kubectl delete -f deploy/`) also removes the DaemonSet and the bundle.
-async fn owner_of(
-    ctx: &super::Context,
-    namespace: &str,
-) -> Result<Option<OwnerReference>, kube::Error> {
-    let Some(name) = &ctx.owner_deployment else {
-        return Ok(None);
-    };
+/// Best effort: without it the DaemonSet and bundle are still published (and
+/// the lookup is tried again at the next pass).
+async fn owner_of(ctx: &super::Context, namespace: &str) -> Option<OwnerReference> {
+    let name = ctx.owner_deployment.as_ref()?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(deployment) = deployments.get_opt(name).await? else {
-        tracing::warn!(deployment = %name, "the operator's Deployment was not found; the trust DaemonSet and bundle have no owner");
-        return Ok(None);
+    let deployment = match deployments.get_opt(name).await {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            tracing::warn!(deployment = %name, "the operator's Deployment was not found; the trust DaemonSet and bundle have no owner yet");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(deployment = %name, error = %e, "reading the operator's Deployment failed; the trust DaemonSet and bundle have no owner yet");
+            return None;
+        }
     };
-    Ok(deployment.uid().map(|uid| OwnerReference {
+    deployment.uid().map(|uid| OwnerReference {
         api_version: "apps/v1".to_owned(),
         kind: "Deployment".to_owned(),
         name: name.clone(),
         uid,
         controller: Some(false),
         block_owner_deletion: Some(false),
-    }))
+    })
 }
 
 /// One pass: publish the bundle and the DaemonSet when the bundle changed (or
@@ -218,7 +269,7 @@ async fn refresh(
     };
     if due {
         if applied.owner.is_none() {
-            applied.owner = owner_of(ctx, namespace).await?;
+            applied.owner = owner_of(ctx, namespace).await;
         }
         let owners = applied.owner.clone().map(|o| vec![o]);
         // The bundle first, then the pods that expect it.
@@ -253,7 +304,7 @@ async fn uninstall_nodes(
 ) -> Result<(), kube::Error> {
     use super::daemonset::{BUNDLE_HASH_ANNOTATION, UNINSTALL_MODE};
     if applied.owner.is_none() {
-        applied.owner = owner_of(ctx, namespace).await?;
+        applied.owner = owner_of(ctx, namespace).await;
     }
     let mut ds = super::daemonset::uninstalling(&ctx.trust_daemonset);
     ds.metadata.owner_references = applied.owner.clone().map(|o| vec![o]);
@@ -265,13 +316,14 @@ async fn uninstall_nodes(
         );
         applied.last = Some((UNINSTALL_MODE.to_owned(), Instant::now()));
     }
-    let desired = stores
-        .daemonset
-        .state()
-        .into_iter()
-        .next()
-        .and_then(|d| d.status.as_ref().map(|s| s.desired_number_scheduled))
-        .unwrap_or(0);
+    // Only a status that describes the uninstalling template counts.
+    let Some(desired) = stores.daemonset.state().into_iter().next().and_then(|d| {
+        let status = d.status.as_ref()?;
+        (status.observed_generation >= d.metadata.generation)
+            .then_some(status.desired_number_scheduled)
+    }) else {
+        return Ok(());
+    };
     let done: std::collections::BTreeSet<String> = stores
         .pods
         .state()
@@ -367,6 +419,9 @@ pub async fn run(ctx: Arc<super::Context>, namespace: String, every: Duration) {
         for s in &stores.ca_configmaps {
             let _ = s.wait_until_ready().await;
         }
+        for s in &stores.services {
+            let _ = s.wait_until_ready().await;
+        }
         let _ = stores.daemonset.wait_until_ready().await;
         let _ = stores.pods.wait_until_ready().await;
         if let Some(registries) = ctx.registries.get() {
@@ -407,24 +462,20 @@ pub async fn run(ctx: Arc<super::Context>, namespace: String, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::PrivateRegistryStatus;
 
-    fn registry(trust: bool, hosts: bool) -> PrivateRegistry {
-        let mut pr: PrivateRegistry = serde_norway::from_str(&format!(
-            "apiVersion: privreg.dev/v1alpha1\nkind: PrivateRegistry\nmetadata: {{name: reg, namespace: tools}}\nspec: {{trust: {{enabled: {trust}, hostsEntry: {hosts}}}}}\n"
+    fn entry_for(trust: bool, hosts: bool, ip: &str, ca: &str) -> Option<BundleEntry> {
+        let pr: PrivateRegistry = serde_norway::from_str(&format!(
+            "apiVersion: privreg.dev/v1alpha1\nkind: PrivateRegistry\nmetadata: {{name: reg, namespace: tools}}\nspec: {{hostname: registry.internal, trust: {{enabled: {trust}, hostsEntry: {hosts}}}}}\n"
         ))
         .unwrap();
-        pr.status = Some(PrivateRegistryStatus {
-            endpoint: Some("registry.internal:5000".into()),
-            cluster_ip: Some("10.96.0.20".into()),
-            ..Default::default()
-        });
-        pr
+        let policy = crate::operator::validate::tests::own_image("privreg:test");
+        let desired = crate::operator::validate::validate(&pr, &policy).unwrap();
+        entry(&pr, &desired, ip, ca)
     }
 
     #[test]
     fn entries_name_both_endpoints_and_the_ip_server() {
-        let e = entry(&registry(true, true), "PEM").unwrap();
+        let e = entry_for(true, true, "10.96.0.20", "PEM").unwrap();
         assert_eq!(e.endpoints, ["registry.internal:5000", "10.96.0.20:5000"]);
         assert_eq!(e.server, "https://10.96.0.20:5000");
         assert_eq!(
@@ -432,20 +483,18 @@ mod tests {
             Some(("10.96.0.20".into(), "registry.internal".into()))
         );
         assert_eq!(
-            entry(&registry(true, false), "PEM").unwrap().hosts_entry,
+            entry_for(true, false, "10.96.0.20", "PEM")
+                .unwrap()
+                .hosts_entry,
             None
         );
-        assert!(entry(&registry(false, false), "PEM").is_none());
-        let mut pending = registry(true, false);
-        pending.status = None;
-        assert!(entry(&pending, "PEM").is_none());
+        assert!(entry_for(false, false, "10.96.0.20", "PEM").is_none());
+        assert!(entry_for(true, false, "not an ip", "PEM").is_none());
     }
 
     #[test]
     fn ipv6_cluster_ips_are_bracketed() {
-        let mut pr = registry(true, true);
-        pr.status.as_mut().unwrap().cluster_ip = Some("fd00::10".into());
-        let e = entry(&pr, "PEM").unwrap();
+        let e = entry_for(true, true, "fd00::10", "PEM").unwrap();
         assert_eq!(e.endpoints, ["registry.internal:5000", "[fd00::10]:5000"]);
         assert_eq!(e.server, "https://[fd00::10]:5000");
         assert_eq!(
@@ -459,9 +508,7 @@ mod tests {
     fn entries_pass_the_node_agents_validation() {
         let ca = crate::trust::bundle::tests::ca_pem();
         for ip in ["10.96.0.20", "fd00::10"] {
-            let mut pr = registry(true, true);
-            pr.status.as_mut().unwrap().cluster_ip = Some(ip.into());
-            let e = entry(&pr, &ca).unwrap();
+            let e = entry_for(true, true, ip, &ca).unwrap();
             let valid = crate::trust::bundle::validate_entry(&e).unwrap();
             assert_eq!(
                 valid.server.host.to_string(),
@@ -473,7 +520,7 @@ mod tests {
 
     #[test]
     fn configmap_is_deterministic() {
-        let mut a = entry(&registry(true, false), "A").unwrap();
+        let mut a = entry_for(true, false, "10.96.0.20", "A").unwrap();
         let mut b = a.clone();
         a.registry = "z/last".into();
         b.registry = "a/first".into();

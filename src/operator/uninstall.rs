@@ -84,7 +84,9 @@ pub async fn request_and_wait(args: TrustUninstallArgs) -> anyhow::Result<()> {
         )
     })?;
     tracing::info!(namespace = %args.namespace, "asked the operator to remove node trust from every node");
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_seconds);
+    let deadline = Instant::now()
+        .checked_add(Duration::from_secs(args.timeout_seconds))
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
     let mut last = String::new();
     loop {
         let data: BTreeMap<String, String> = cms
@@ -103,6 +105,14 @@ pub async fn request_and_wait(args: TrustUninstallArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            // Withdraw the request: the operator goes back to publishing trust
+            // (nodes not yet done keep their files; a later try starts over).
+            if let Err(e) = cms
+                .delete(REQUEST_NAME, &kube::api::DeleteParams::default())
+                .await
+            {
+                tracing::warn!(error = %e, "withdrawing the uninstall request failed");
+            }
             anyhow::bail!(
                 "node trust was not removed from every node within {} s (is the operator running?); last progress: {}",
                 args.timeout_seconds,

@@ -116,8 +116,8 @@ impl Config {
             state_dir: args.state_dir.clone(),
             preset: args.preset,
             layout: args.preset.layout(),
-            // A zero interval would spin; one second is the floor.
-            resync: Duration::from_secs(args.resync_seconds.max(1)),
+            // A zero interval would spin, a huge one overflow the timer: 1 s to a day.
+            resync: Duration::from_secs(args.resync_seconds.clamp(1, 86_400)),
             listen: args.metrics_listen,
             // Empty (the downward API's value for a missing annotation) means unset.
             expected_bundle: args
