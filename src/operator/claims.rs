@@ -8,6 +8,7 @@
 
 use kube::ResourceExt;
 
+use super::object_key as key;
 use super::validate::DEFAULT_PORT;
 use crate::api::PrivateRegistry;
 
@@ -25,11 +26,6 @@ pub fn claimed_endpoint(pr: &PrivateRegistry) -> Option<String> {
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(DEFAULT_PORT);
     Some(format!("{host}:{port}"))
-}
-
-/// `<namespace>/<name>`.
-pub fn key(pr: &PrivateRegistry) -> String {
-    format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any())
 }
 
 /// The registry holding `endpoint` among `all`: the oldest claimant not being

@@ -18,14 +18,14 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::objects::probe;
 use crate::labels;
 use crate::trust::render::Preset;
 
@@ -178,20 +178,6 @@ fn host_mounts(preset: Preset) -> Vec<HostMount> {
     ]
 }
 
-fn probe(path: &str) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String("health".to_owned()),
-            scheme: Some("HTTP".to_owned()),
-            ..Default::default()
-        }),
-        period_seconds: Some(5),
-        failure_threshold: Some(3),
-        ..Default::default()
-    }
-}
-
 /// The pod template annotation's value while the operator uninstalls node
 /// trust (instead of a bundle hash).
 pub const UNINSTALL_MODE: &str = "uninstall";
@@ -292,8 +278,8 @@ fn build(config: &TrustDaemonSetConfig, bundle_sha256: &str, uninstall: bool) ->
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
-        readiness_probe: Some(probe("/readyz")),
-        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(probe("/readyz", "HTTP", "health", 5)),
+        liveness_probe: Some(probe("/healthz", "HTTP", "health", 5)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_owned(), Quantity("10m".to_owned())),
@@ -525,33 +511,28 @@ mod tests {
         ));
     }
 
+    /// The agent command line a DaemonSet runs, as the real CLI parses it.
+    fn agent_cli(ds: DaemonSet) -> crate::cli::TrustArgs {
+        use clap::Parser as _;
+        let args = ds.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("privreg".to_owned()).chain(args))
+                .unwrap();
+        let crate::cli::Command::Trust(t) = cli.command else {
+            panic!("not trust")
+        };
+        t
+    }
+
     /// The agent accepts the DaemonSet's arguments as they are.
     #[test]
     fn the_agent_parses_the_daemonsets_arguments() {
-        use clap::Parser as _;
-        let ds = uninstalling(&config(Preset::Rke2));
-        let args = ds.spec.unwrap().template.spec.unwrap().containers[0]
-            .args
-            .clone()
-            .unwrap();
-        let cli =
-            crate::cli::Cli::try_parse_from(std::iter::once("privreg".to_owned()).chain(args))
-                .unwrap();
-        let crate::cli::Command::Trust(t) = cli.command else {
-            panic!("not trust")
-        };
+        let t = agent_cli(uninstalling(&config(Preset::Rke2)));
         assert!(t.uninstall && t.stay);
-        let ds = daemonset(&config(Preset::Rke2), "0123");
-        let args = ds.spec.unwrap().template.spec.unwrap().containers[0]
-            .args
-            .clone()
-            .unwrap();
-        let cli =
-            crate::cli::Cli::try_parse_from(std::iter::once("privreg".to_owned()).chain(args))
-                .unwrap();
-        let crate::cli::Command::Trust(t) = cli.command else {
-            panic!("not trust")
-        };
+        let t = agent_cli(daemonset(&config(Preset::Rke2), "0123"));
         assert_eq!(t.preset, Preset::Rke2);
         assert_eq!(
             t.state_dir,

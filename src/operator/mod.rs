@@ -98,10 +98,7 @@ impl Context {
         // Only a DaemonSet whose status describes its current template says how
         // many nodes there are; otherwise the answer is not known yet.
         let daemonset = stores.daemonset.state().into_iter().next()?;
-        let observed = daemonset.status.as_ref()?.observed_generation;
-        if observed < daemonset.metadata.generation {
-            return None;
-        }
+        trust_status::current_desired(&daemonset)?;
         let daemonset = Some(daemonset);
         let pods = stores.pods.state();
         let published = self.published.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,6 +127,7 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// `<namespace>/<name>`: how logs, claims and the trust bundle name a registry.
 pub(crate) fn object_key(pr: &PrivateRegistry) -> String {
     format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any())
 }
@@ -240,7 +238,7 @@ fn error_policy(pr: Arc<PrivateRegistry>, error: &Error, ctx: Arc<Context>) -> A
         })
         .inc();
     tracing::warn!(
-        registry = %format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any()),
+        registry = %object_key(&pr),
         error = %error,
         source = ?std::error::Error::source(error).map(|s| s.to_string()),
         "reconcile failed"
@@ -577,65 +575,39 @@ fn trust_watches(
     trust_bundle::TrustStores,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    use kube::runtime::{WatchStreamExt as _, reflector};
     let client = &ctx.client;
-    let managed = format!("{}={}", crate::labels::MANAGED_BY, crate::FIELD_MANAGER);
-    let config = |labels: &str| {
-        watcher::Config::default()
-            .labels(labels)
-            .list_semantic(watcher::ListSemantic::MostRecent)
-    };
-    let nudge = ctx.bundle_nudge.clone();
-    let drive = move |stream: futures_util::stream::BoxStream<'static, ()>| {
-        let nudge = nudge.clone();
-        stream.for_each(move |()| {
-            nudge.notify_one();
-            async {}
-        })
-    };
-    let mut futures: Vec<futures_util::future::BoxFuture<'static, ()>> = Vec::new();
+    let nudge = &ctx.bundle_nudge;
+    let config = || watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
+    let managed = config().labels(&format!(
+        "{}={}",
+        crate::labels::MANAGED_BY,
+        crate::FIELD_MANAGER
+    ));
+    let mut futures = Vec::new();
     let mut ca_configmaps = Vec::new();
     for api in scope.apis::<ConfigMap>(client) {
-        let (store, writer) = reflector::store();
+        let (store, keep) = cache(api, managed.clone(), nudge);
         ca_configmaps.push(store);
-        let stream = reflector(writer, watcher(api, config(&managed)))
-            .default_backoff()
-            .filter_map(|e| async move { e.ok().map(|_| ()) })
-            .boxed();
-        futures.push(drive(stream).boxed());
+        futures.push(keep);
     }
     let mut services = Vec::new();
     for api in scope.apis::<Service>(client) {
-        let (store, writer) = reflector::store();
+        let (store, keep) = cache(api, managed.clone(), nudge);
         services.push(store);
-        let stream = reflector(writer, watcher(api, config(&managed)))
-            .default_backoff()
-            .filter_map(|e| async move { e.ok().map(|_| ()) })
-            .boxed();
-        futures.push(drive(stream).boxed());
+        futures.push(keep);
     }
-    let (daemonset, writer) = reflector::store();
-    let dss: Api<DaemonSet> = Api::namespaced(client.clone(), &args.namespace);
-    let stream = reflector(
-        writer,
-        watcher(
-            dss,
-            watcher::Config::default()
-                .fields(&format!("metadata.name={}", daemonset::DAEMONSET_NAME))
-                .list_semantic(watcher::ListSemantic::MostRecent),
-        ),
-    )
-    .default_backoff()
-    .filter_map(|e| async move { e.ok().map(|_| ()) })
-    .boxed();
-    futures.push(drive(stream).boxed());
-    let (pods, writer) = reflector::store();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
-    let stream = reflector(writer, watcher(api, config(&daemonset::selector_string())))
-        .default_backoff()
-        .filter_map(|e| async move { e.ok().map(|_| ()) })
-        .boxed();
-    futures.push(drive(stream).boxed());
+    let (daemonset, keep) = cache(
+        Api::<DaemonSet>::namespaced(client.clone(), &args.namespace),
+        config().fields(&format!("metadata.name={}", daemonset::DAEMONSET_NAME)),
+        nudge,
+    );
+    futures.push(keep);
+    let (pods, keep) = cache(
+        Api::<Pod>::namespaced(client.clone(), &args.namespace),
+        config().labels(&daemonset::selector_string()),
+        nudge,
+    );
+    futures.push(keep);
     let stores = trust_bundle::TrustStores {
         ca_configmaps,
         services,
@@ -645,4 +617,38 @@ fn trust_watches(
     (stores, async move {
         futures_util::future::join_all(futures).await;
     })
+}
+
+/// A cache of what `api` and `config` select, and the future that keeps it
+/// filled and nudges the trust task on every change.
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    nudge: &Arc<tokio::sync::Notify>,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    futures_util::future::BoxFuture<'static, ()>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{WatchStreamExt as _, reflector};
+    let (store, writer) = reflector::store();
+    let nudge = nudge.clone();
+    let keep = reflector(writer, watcher(api, config))
+        .default_backoff()
+        .for_each(move |event| {
+            if event.is_ok() {
+                nudge.notify_one();
+            }
+            async {}
+        })
+        .boxed();
+    (store, keep)
 }

@@ -225,7 +225,8 @@ pub fn serve_args(d: &Desired) -> Vec<String> {
     args
 }
 
-fn probe(path: &str, scheme: &str, port: &str) -> Probe {
+/// An HTTP(S) GET probe of `path` on the named container `port`.
+pub(super) fn probe(path: &str, scheme: &str, port: &str, period_seconds: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -233,7 +234,7 @@ fn probe(path: &str, scheme: &str, port: &str) -> Probe {
             scheme: Some(scheme.to_owned()),
             ..Default::default()
         }),
-        period_seconds: Some(10),
+        period_seconds: Some(period_seconds),
         failure_threshold: Some(3),
         ..Default::default()
     }
@@ -320,8 +321,8 @@ pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
                 ..Default::default()
             },
         ]),
-        readiness_probe: Some(probe("/readyz", "HTTPS", "registry")),
-        liveness_probe: Some(probe("/healthz", "HTTPS", "registry")),
+        readiness_probe: Some(probe("/readyz", "HTTPS", "registry", 10)),
+        liveness_probe: Some(probe("/healthz", "HTTPS", "registry", 10)),
         resources: d.resources.clone(),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {

@@ -135,7 +135,7 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
 
 /// Whether `object` is controlled by the PrivateRegistry `owner` (by uid: a
 /// re-created registry of the same name is another owner).
-fn controlled_by(meta: &kube::api::ObjectMeta, owner: &OwnerReference) -> bool {
+pub(crate) fn controlled_by(meta: &kube::api::ObjectMeta, owner: &OwnerReference) -> bool {
     meta.owner_references
         .iter()
         .flatten()
@@ -298,8 +298,13 @@ fn now() -> Time {
 /// Server-side apply with the operator's one field manager; returns the object as
 /// the apiserver now has it.
 async fn apply<K: Owned>(ctx: &Context, ns: &str, object: K) -> Result<K> {
+    apply_with(&Api::namespaced(ctx.client.clone(), ns), object).await
+}
+
+/// [`apply`] through a given `Api` (the trust task applies in the operator's
+/// own namespace).
+pub(crate) async fn apply_with<K: Owned>(api: &Api<K>, object: K) -> Result<K> {
     let name = object.meta().name.clone().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let mut value = serde_json::to_value(&object).map_err(Error::Serialize)?;
     // Apply bodies must name their type.
     value["apiVersion"] = K::api_version(&Default::default()).into();
@@ -327,6 +332,7 @@ where
         "ConfigMap" => "ConfigMap",
         "PersistentVolumeClaim" => "PersistentVolumeClaim",
         "Deployment" => "Deployment",
+        "DaemonSet" => "DaemonSet",
         _ => "object",
     }
 }

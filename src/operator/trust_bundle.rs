@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource as _, ResourceExt};
 
 use super::validate::Desired;
 use crate::api::PrivateRegistry;
@@ -44,7 +44,7 @@ pub fn entry(
     };
     let port = desired.port;
     Some(BundleEntry {
-        registry: format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any()),
+        registry: super::object_key(pr),
         endpoints: vec![desired.endpoint(), format!("{ip_host}:{port}")],
         server: format!("https://{ip_host}:{port}"),
         ca_pem: ca_pem.to_owned(),
@@ -88,17 +88,12 @@ pub fn configmap(namespace: &str, json: String) -> ConfigMap {
     }
 }
 
-/// Whether the CA ConfigMap was written by the operator for this very registry:
-/// a ConfigMap of that name made by anyone else must never put a CA on nodes.
-fn owned_by(cm: &ConfigMap, pr: &PrivateRegistry) -> bool {
-    let uid = pr.metadata.uid.as_deref();
-    uid.is_some()
-        && cm
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+/// Whether an object was made by the operator for this very registry: a CA
+/// ConfigMap or Service of the same name made by anyone else must never reach
+/// the nodes.
+fn made_for(meta: &ObjectMeta, pr: &PrivateRegistry) -> bool {
+    pr.controller_owner_ref(&())
+        .is_some_and(|owner| super::reconcile::controlled_by(meta, &owner))
 }
 
 /// A registry's validated spec, if its trust belongs in the bundle: trust
@@ -125,15 +120,8 @@ fn cluster_ip_of(pr: &PrivateRegistry, stores: &TrustStores) -> Option<String> {
     let ns = pr.namespace()?;
     let key = ObjectRef::<Service>::new(&pr.name_any()).within(&ns);
     let service = stores.services.iter().find_map(|s| s.get(&key))?;
-    let uid = pr.metadata.uid.as_deref()?;
-    let controlled = service
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && r.uid == uid);
     let ip = service.spec.as_ref()?.cluster_ip.clone()?;
-    (controlled && ip != "None" && !ip.is_empty()).then_some(ip)
+    (made_for(&service.metadata, pr) && ip != "None" && !ip.is_empty()).then_some(ip)
 }
 
 /// The registry's CA certificate(s) as its own CA ConfigMap publishes them.
@@ -141,7 +129,7 @@ fn ca_of(pr: &PrivateRegistry, stores: &TrustStores) -> Option<String> {
     let ns = pr.namespace()?;
     let key = ObjectRef::<ConfigMap>::new(&format!("{}-ca", pr.name_any())).within(&ns);
     let cm = stores.ca_configmaps.iter().find_map(|s| s.get(&key))?;
-    if !owned_by(&cm, pr) {
+    if !made_for(&cm.metadata, pr) {
         return None;
     }
     cm.data.as_ref()?.get("ca.crt").cloned()
@@ -191,23 +179,6 @@ pub fn build(ctx: &super::Context, stores: &TrustStores) -> Bundle {
     }
 }
 
-async fn apply_object<K>(api: &Api<K>, name: &str, object: &K) -> Result<(), kube::Error>
-where
-    K: kube::Resource<DynamicType = ()> + serde::Serialize + Clone + std::fmt::Debug,
-    K: serde::de::DeserializeOwned,
-{
-    let mut value = serde_json::to_value(object).expect("objects serialize");
-    value["apiVersion"] = K::api_version(&()).into();
-    value["kind"] = K::kind(&()).into();
-    api.patch(
-        name,
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(value),
-    )
-    .await?;
-    Ok(())
-}
-
 /// What the trust task remembers between passes.
 #[derive(Default)]
 struct Applied {
@@ -254,7 +225,7 @@ async fn refresh(
     namespace: &str,
     applied: &mut Applied,
     every: Duration,
-) -> Result<usize, kube::Error> {
+) -> Result<usize, super::error::Error> {
     if super::uninstall::requested(&ctx.client, namespace).await? {
         uninstall_nodes(ctx, stores, namespace, applied).await?;
         return Ok(0);
@@ -276,7 +247,7 @@ async fn refresh(
         let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
         let mut cm = configmap(namespace, json);
         cm.metadata.owner_references = owners.clone();
-        apply_object(&cms, BUNDLE_NAME, &cm).await?;
+        super::reconcile::apply_with(&cms, cm).await?;
         ctx.published
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -284,7 +255,7 @@ async fn refresh(
         let mut ds = super::daemonset::daemonset(&ctx.trust_daemonset, &hash);
         ds.metadata.owner_references = owners;
         let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
-        apply_object(&dss, super::daemonset::DAEMONSET_NAME, &ds).await?;
+        super::reconcile::apply_with(&dss, ds).await?;
         if applied.last.as_ref().map(|(h, _)| h) != Some(&hash) {
             tracing::info!(registries = count, sha256 = %hash, "trust bundle published");
         }
@@ -301,15 +272,15 @@ async fn uninstall_nodes(
     stores: &TrustStores,
     namespace: &str,
     applied: &mut Applied,
-) -> Result<(), kube::Error> {
-    use super::daemonset::{BUNDLE_HASH_ANNOTATION, UNINSTALL_MODE};
+) -> Result<(), super::error::Error> {
+    use super::daemonset::UNINSTALL_MODE;
     if applied.owner.is_none() {
         applied.owner = owner_of(ctx, namespace).await;
     }
     let mut ds = super::daemonset::uninstalling(&ctx.trust_daemonset);
     ds.metadata.owner_references = applied.owner.clone().map(|o| vec![o]);
     let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
-    apply_object(&dss, super::daemonset::DAEMONSET_NAME, &ds).await?;
+    super::reconcile::apply_with(&dss, ds).await?;
     if applied.last.as_ref().map(|(h, _)| h.as_str()) != Some(UNINSTALL_MODE) {
         tracing::warn!(
             "uninstall requested: the trust agents remove privreg's files from every node"
@@ -317,26 +288,17 @@ async fn uninstall_nodes(
         applied.last = Some((UNINSTALL_MODE.to_owned(), Instant::now()));
     }
     // Only a status that describes the uninstalling template counts.
-    let Some(desired) = stores.daemonset.state().into_iter().next().and_then(|d| {
-        let status = d.status.as_ref()?;
-        (status.observed_generation >= d.metadata.generation)
-            .then_some(status.desired_number_scheduled)
-    }) else {
+    let Some(desired) = stores
+        .daemonset
+        .state()
+        .first()
+        .and_then(|d| super::trust_status::current_desired(d))
+    else {
         return Ok(());
     };
-    let done: std::collections::BTreeSet<String> = stores
-        .pods
-        .state()
-        .iter()
-        .filter(|p| super::trust_status::pod_ready(p))
-        .filter(|p| {
-            p.annotations()
-                .get(BUNDLE_HASH_ANNOTATION)
-                .map(String::as_str)
-                == Some(UNINSTALL_MODE)
-        })
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
+    let pods = stores.pods.state();
+    let done =
+        super::trust_status::ready_nodes(pods.iter().map(|p| p.as_ref()), |h| h == UNINSTALL_MODE);
     let done_count = i32::try_from(done.len()).unwrap_or(i32::MAX);
     super::uninstall::report(
         &ctx.client,
@@ -355,36 +317,40 @@ async fn update_statuses(ctx: &super::Context, stores: &TrustStores) {
     let all = ctx.all_registries();
     let daemonset = stores.daemonset.state().into_iter().next();
     let pods = stores.pods.state();
-    let published = ctx
-        .published
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    for pr in &all {
-        let key = format!("{}/{}", pr.namespace().unwrap_or_default(), pr.name_any());
-        let cas = ca_of(pr, stores)
-            .map(|pem| super::trust_status::ca_fingerprints(&pem))
-            .unwrap_or_default();
-        let nodes = super::trust_status::count(
-            &key,
-            &cas,
-            daemonset.as_deref(),
-            pods.iter().map(|p| p.as_ref()),
-            &published,
-        );
-        let in_bundle = published.latest_lists(&key);
-        let observation = super::trust_status::observe(pr.spec.trust.enabled, in_bundle, nodes);
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        );
-        let Some(patch) = super::status::trust_patch(
-            pr.status.as_ref(),
-            &observation,
-            pr.metadata.generation,
-            &now,
-        ) else {
-            continue;
-        };
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    // What changed, worked out under the lock; written after it is released.
+    let changed: Vec<(&Arc<PrivateRegistry>, serde_json::Value)> = {
+        let published = ctx.published.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .filter_map(|pr| {
+                let key = super::object_key(pr);
+                let cas = ca_of(pr, stores)
+                    .map(|pem| super::trust_status::ca_fingerprints(&pem))
+                    .unwrap_or_default();
+                let nodes = super::trust_status::count(
+                    &key,
+                    &cas,
+                    daemonset.as_deref(),
+                    pods.iter().map(|p| p.as_ref()),
+                    &published,
+                );
+                let observation = super::trust_status::observe(
+                    pr.spec.trust.enabled,
+                    published.latest_lists(&key),
+                    nodes,
+                );
+                super::status::trust_patch(
+                    pr.status.as_ref(),
+                    &observation,
+                    pr.metadata.generation,
+                    &now,
+                )
+                .map(|patch| (pr, patch))
+            })
+            .collect()
+    };
+    for (pr, patch) in changed {
         let api: Api<PrivateRegistry> =
             Api::namespaced(ctx.client.clone(), &pr.namespace().unwrap_or_default());
         let body = serde_json::json!({
@@ -400,7 +366,7 @@ async fn update_statuses(ctx: &super::Context, stores: &TrustStores) {
             )
             .await
         {
-            tracing::warn!(registry = %key, error = %e, "updating the trust status failed");
+            tracing::warn!(registry = %super::object_key(pr), error = %e, "updating the trust status failed");
         }
     }
 }

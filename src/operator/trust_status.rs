@@ -50,7 +50,7 @@ pub fn bundle_hash(json: &str) -> String {
 
 /// The bundles this operator published, newest last: for each, which CA
 /// certificates it listed for which registry.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Published {
     bundles: VecDeque<(String, BTreeMap<String, BTreeSet<String>>)>,
 }
@@ -103,13 +103,39 @@ pub struct NodeCount {
 }
 
 /// Ready, and not on its way out.
-pub fn pod_ready(pod: &Pod) -> bool {
+fn pod_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The DaemonSet's desired node count, if its status describes its current
+/// template (otherwise how many nodes it covers is not known yet).
+pub fn current_desired(daemonset: &DaemonSet) -> Option<i32> {
+    let status = daemonset.status.as_ref()?;
+    (status.observed_generation >= daemonset.metadata.generation)
+        .then_some(status.desired_number_scheduled)
+}
+
+/// The nodes with a Ready agent pod whose bundle-hash annotation satisfies `on`.
+pub fn ready_nodes<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+    on: impl Fn(&str) -> bool,
+) -> BTreeSet<&'a str> {
+    pods.into_iter()
+        .filter(|p| pod_ready(p))
+        .filter(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(BUNDLE_HASH_ANNOTATION))
+                .is_some_and(|h| on(h))
+        })
+        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+        .collect()
 }
 
 /// Counts the nodes whose Ready agent reports a bundle listing every one of the
@@ -125,18 +151,7 @@ pub fn count<'a>(
         .and_then(|d| d.status.as_ref())
         .map(|s| s.desired_number_scheduled)
         .unwrap_or(0);
-    let nodes: BTreeSet<&str> = pods
-        .into_iter()
-        .filter(|p| pod_ready(p))
-        .filter(|p| {
-            p.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(BUNDLE_HASH_ANNOTATION))
-                .is_some_and(|h| published.lists(h, registry, cas))
-        })
-        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
-        .collect();
+    let nodes = ready_nodes(pods, |h| published.lists(h, registry, cas));
     NodeCount {
         trusted: i32::try_from(nodes.len()).unwrap_or(i32::MAX),
         desired,

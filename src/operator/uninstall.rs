@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
+use super::error::Error;
 use crate::cli::TrustUninstallArgs;
 
 pub const REQUEST_NAME: &str = "privreg-uninstall";
@@ -27,9 +28,17 @@ const PROGRESS_KEY: &str = "progress";
 const REQUESTER: &str = "privreg-trust-uninstall";
 
 /// Whether node trust is being uninstalled (the request exists).
-pub async fn requested(client: &Client, namespace: &str) -> Result<bool, kube::Error> {
+pub async fn requested(client: &Client, namespace: &str) -> Result<bool, Error> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    Ok(cms.get_opt(REQUEST_NAME).await?.is_some())
+    let found = cms
+        .get_opt(REQUEST_NAME)
+        .await
+        .map_err(|source| Error::Get {
+            kind: "ConfigMap",
+            name: REQUEST_NAME.to_owned(),
+            source,
+        })?;
+    Ok(found.is_some())
 }
 
 /// The operator's answer: how far the nodes are, and whether all are done.
@@ -40,7 +49,7 @@ pub async fn report(
     done: bool,
     progress: &str,
     owner: Option<&OwnerReference>,
-) -> Result<(), kube::Error> {
+) -> Result<(), Error> {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let body = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -52,7 +61,12 @@ pub async fn report(
         &PatchParams::apply(crate::FIELD_MANAGER),
         &Patch::Apply(&body),
     )
-    .await?;
+    .await
+    .map_err(|source| Error::Apply {
+        kind: "ConfigMap",
+        name: REQUEST_NAME.to_owned(),
+        source,
+    })?;
     Ok(())
 }
 
