@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -22,6 +22,7 @@ use privreg::api::PrivateRegistry;
 
 use common::cluster::ControlPlane;
 use common::cluster::eventually;
+use common::kubelet::{bind, ensure_node, report_ready};
 use common::operator::{Operator, TIMEOUT, condition, install, secret_text, verifies};
 use common::{free_port, https_client};
 
@@ -209,14 +210,7 @@ async fn run_registry_pod(admin: &Client, name: &str, dir: &Path) -> Kubelet {
     })
     .await;
     // Report the pod Running and Ready on a node, as kubelet would.
-    let nodes: Api<Node> = Api::all(admin.clone());
-    if nodes.get_opt("node-1").await.unwrap().is_none() {
-        let node: Node = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}
-        }))
-        .unwrap();
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-    }
+    ensure_node(admin, "node-1").await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     let pod = eventually(
         "registry pod created by the ReplicaSet",
@@ -231,44 +225,8 @@ async fn run_registry_pod(admin: &Client, name: &str, dir: &Path) -> Kubelet {
         },
     )
     .await;
-    let pod_name = pod.name_any();
-    if pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .is_none()
-    {
-        let binding = serde_json::json!({
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": pod_name},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}
-        });
-        let req =
-            axum::http::Request::post(format!("/api/v1/namespaces/{NS}/pods/{pod_name}/binding"))
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&binding).unwrap())
-                .unwrap();
-        admin.request_text(req).await.unwrap();
-    }
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = serde_json::json!({"status": {
-        "phase": "Running",
-        "podIP": "10.244.0.10",
-        "startTime": now,
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now}
-        ],
-        "containerStatuses": [{
-            "name": "registry", "image": "privreg:test", "imageID": "", "ready": true,
-            "restartCount": 0, "started": true, "state": {"running": {"startedAt": now}}
-        }]
-    }});
-    pods.patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    bind(admin, &pod, "node-1").await;
+    report_ready(admin, &pod, Some("10.244.0.10")).await;
     kubelet
 }
 

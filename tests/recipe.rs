@@ -68,13 +68,12 @@ use privreg::operator::daemonset::DAEMONSET_NAME;
 
 use common::cluster::ControlPlane;
 use common::images::{hello_binary, hello_image, write_layout};
+use common::kubelet::ensure_node;
 use common::node::{Crictl, NodeContainerd, output_within, text};
 use common::operator::{Operator, condition, install, verifies};
 use common::registry_pod::{provide_volume, run_registry_pod, service_address};
 use common::skopeo::Skopeo;
-use common::trust_pod::{
-    OPERATOR_NS, daemonset_hash, ensure_node, published_bundle, run_trust_pod,
-};
+use common::trust_pod::{OPERATOR_NS, daemonset_hash, published_bundle, run_trust_pod};
 use common::{tool, tools_required};
 
 /// This control plane's `--service-cluster-ip-range`: loopback (see the module docs).

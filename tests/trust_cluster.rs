@@ -27,10 +27,9 @@ use privreg::api::PrivateRegistry;
 use privreg::operator::daemonset::{BUNDLE_HASH_ANNOTATION, DAEMONSET_NAME, UNINSTALL_MODE};
 
 use common::cluster::{ControlPlane, eventually};
+use common::kubelet::ensure_node;
 use common::operator::{Operator, apply_docs, condition, install, secret_text, verifies};
-use common::trust_pod::{
-    OPERATOR_NS, daemonset_hash, ensure_node, node_root, published_bundle, run_trust_pod,
-};
+use common::trust_pod::{OPERATOR_NS, daemonset_hash, node_root, run_trust_pod, wait_for_bundle};
 
 const NS: &str = "team-a";
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -127,10 +126,8 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
         .unwrap();
 
     // The bundle lists the registry, and the DaemonSet expects that bundle.
-    let (json, hash) = eventually("the bundle lists team-a/reg", TIMEOUT, || async {
-        let (json, hash) = published_bundle(&admin).await?;
-        let ok = json.contains("\"team-a/reg\"") && daemonset_hash(&admin).await? == hash;
-        ok.then_some((json, hash))
+    let (json, hash) = wait_for_bundle(&admin, "the bundle lists team-a/reg", |json| {
+        json.contains("\"team-a/reg\"")
     })
     .await;
     assert!(!json.contains("PRIVATE KEY"));
@@ -335,14 +332,10 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
     })
     .await;
     let old_body: String = old_ca.lines().filter(|l| !l.starts_with("-----")).collect();
-    eventually(
+    wait_for_bundle(
+        &admin,
         "the bundle and the DaemonSet drop the old CA",
-        TIMEOUT,
-        || async {
-            let (json, hash) = published_bundle(&admin).await?;
-            let flat = json.replace("\\n", "");
-            (!flat.contains(&old_body) && daemonset_hash(&admin).await? == hash).then_some(())
-        },
+        |json| !json.replace("\\n", "").contains(&old_body),
     )
     .await;
     drop(node);
@@ -365,9 +358,8 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
         .delete("reg", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the bundle drops team-a/reg", TIMEOUT, || async {
-        let (json, hash) = published_bundle(&admin).await?;
-        (!json.contains("\"team-a/reg\"") && daemonset_hash(&admin).await? == hash).then_some(())
+    wait_for_bundle(&admin, "the bundle drops team-a/reg", |json| {
+        !json.contains("\"team-a/reg\"")
     })
     .await;
     // The kubelet refreshes the mounted ConfigMap; the running agent follows it.
@@ -396,9 +388,8 @@ async fn every_node_trusts_every_registry_and_the_status_says_so() {
         .create(&PostParams::default(), &pr2)
         .await
         .unwrap();
-    eventually("the bundle lists team-a/reg2", TIMEOUT, || async {
-        let (json, hash) = published_bundle(&admin).await?;
-        (json.contains("\"team-a/reg2\"") && daemonset_hash(&admin).await? == hash).then_some(())
+    wait_for_bundle(&admin, "the bundle lists team-a/reg2", |json| {
+        json.contains("\"team-a/reg2\"")
     })
     .await;
     drop(next);

@@ -237,6 +237,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod daemons;
 pub mod images;
+pub mod kubelet;
 pub mod node;
 pub mod oci;
 pub mod operator;

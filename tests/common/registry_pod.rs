@@ -24,13 +24,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
 use super::cluster::eventually;
 use super::daemons::stop_child;
 use super::free_port;
-use super::trust_pod::ensure_node;
+use super::kubelet::{bind, ensure_node, report_ready};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -301,48 +301,7 @@ pub async fn run_registry_pod(
     )
     .await;
     pod.pod_name = found.name_any();
-    if found
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .is_none()
-    {
-        let binding = serde_json::json!({
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": pod.pod_name},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node}
-        });
-        let req = axum::http::Request::post(format!(
-            "/api/v1/namespaces/{namespace}/pods/{}/binding",
-            pod.pod_name
-        ))
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&binding).unwrap())
-        .unwrap();
-        admin.request_text(req).await.unwrap();
-    }
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = serde_json::json!({"status": {
-        "phase": "Running",
-        "podIP": "10.244.0.10",
-        "startTime": now,
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now}
-        ],
-        "containerStatuses": [{
-            "name": container.name, "image": container.image, "imageID": "", "ready": true,
-            "restartCount": 0, "started": true, "state": {"running": {"startedAt": now}}
-        }]
-    }});
-    pods.patch_status(
-        &pod.pod_name,
-        &PatchParams::default(),
-        &Patch::Merge(&status),
-    )
-    .await
-    .unwrap();
+    bind(admin, &found, node).await;
+    report_ready(admin, &found, Some("10.244.0.10")).await;
     pod
 }

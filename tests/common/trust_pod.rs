@@ -9,29 +9,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use privreg::operator::daemonset::{BUNDLE_HASH_ANNOTATION, DAEMONSET_NAME, HOST_ROOT};
 use privreg::operator::trust_bundle::{BUNDLE_KEY, BUNDLE_NAME};
 
 use super::cluster::eventually;
+use super::kubelet::{bind, report_ready};
 use super::node::{BundleVolume, TrustAgent};
 
 pub const OPERATOR_NS: &str = "privreg-system";
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Creates the Node object (the DaemonSet controller counts nodes from these).
-pub async fn ensure_node(admin: &Client, name: &str) {
-    let nodes: Api<Node> = Api::all(admin.clone());
-    if nodes.get_opt(name).await.unwrap().is_none() {
-        let node: Node = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name}
-        }))
-        .unwrap();
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-    }
-}
 
 /// The bundle the operator publishes now, and its SHA-256 (as the agent hashes it).
 pub async fn published_bundle(admin: &Client) -> Option<(String, String)> {
@@ -44,6 +33,20 @@ pub async fn published_bundle(admin: &Client) -> Option<(String, String)> {
         .remove(BUNDLE_KEY)?;
     let hash = privreg::operator::trust_status::bundle_hash(&json);
     Some((json, hash))
+}
+
+/// Waits (bounded) until the published bundle satisfies `wanted` and the
+/// DaemonSet's pods are made for it; returns the bundle and its hash.
+pub async fn wait_for_bundle(
+    admin: &Client,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> (String, String) {
+    eventually(what, TIMEOUT, || async {
+        let (json, hash) = published_bundle(admin).await?;
+        (wanted(&json) && daemonset_hash(admin).await? == hash).then_some((json, hash))
+    })
+    .await
 }
 
 /// The hash the DaemonSet's pod template carries.
@@ -114,20 +117,7 @@ pub async fn run_trust_pod(admin: &Client, node: &str, node_root: &Path, dir: &P
     .await;
     let pod_name = pod.name_any();
     let spec = pod.spec.clone().unwrap();
-    if spec.node_name.is_none() {
-        let binding = serde_json::json!({
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": pod_name},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node}
-        });
-        let req = axum::http::Request::post(format!(
-            "/api/v1/namespaces/{OPERATOR_NS}/pods/{pod_name}/binding"
-        ))
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&binding).unwrap())
-        .unwrap();
-        admin.request_text(req).await.unwrap();
-    }
+    bind(admin, &pod, node).await;
 
     // The volumes, as the kubelet would set them up.
     let container = &spec.containers[0];
@@ -208,24 +198,7 @@ pub async fn run_trust_pod(admin: &Client, node: &str, node_root: &Path, dir: &P
         TrustAgent::start_with_env(&args, &env, &dir.join(format!("agent-{pod_name}.log")));
     agent.wait_ready(TIMEOUT);
     // The readiness probe passed: report it, as the kubelet would.
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let status = serde_json::json!({"status": {
-        "phase": "Running",
-        "startTime": now,
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
-            {"type": "Ready", "status": "True", "lastTransitionTime": now}
-        ],
-        "containerStatuses": [{
-            "name": container.name, "image": container.image, "imageID": "", "ready": true,
-            "restartCount": 0, "started": true, "state": {"running": {"startedAt": now}}
-        }]
-    }});
-    pods.patch_status(&pod_name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    report_ready(admin, &pod, None).await;
     TrustPod {
         agent,
         pod_name,
