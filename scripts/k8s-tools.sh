@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (once) and locate the Kubernetes control plane the operator's
 # integration tests run against: etcd, kube-apiserver, kube-controller-manager
-# and kube-scheduler, all built from Go modules.
+# and kube-scheduler, and the node commands of the real-node end-to-end test
+# (kubelet, kube-proxy, kubectl), all built from Go modules.
 #
 # The versions are pinned by two wrapper modules, with their go.sum:
 #   tests/k8s/etcd/           go.etcd.io/etcd/server/v3 + etcdctl/v3
@@ -25,7 +26,8 @@
 #   source scripts/k8s-tools.sh     same as the eval line above, in the current shell
 #
 # Exports: PRIVREG_ETCD, PRIVREG_ETCDCTL, PRIVREG_KUBE_APISERVER,
-#          PRIVREG_KUBE_CONTROLLER_MANAGER, PRIVREG_KUBE_SCHEDULER (absolute paths),
+#          PRIVREG_KUBE_CONTROLLER_MANAGER, PRIVREG_KUBE_SCHEDULER, PRIVREG_KUBELET,
+#          PRIVREG_KUBE_PROXY, PRIVREG_KUBECTL (absolute paths),
 #          PRIVREG_K8S_VERSION, PRIVREG_ETCD_VERSION.
 
 # Sourced: run ourselves as a child (so `set -euo pipefail` does not leak into
@@ -65,6 +67,9 @@ ETCDCTL_BIN="$K8S_DIR/etcd-$ETCD_VERSION/etcdctl"
 APISERVER_BIN="$K8S_DIR/kube-apiserver-$K8S_VERSION/kube-apiserver"
 KCM_BIN="$K8S_DIR/kube-controller-manager-$K8S_VERSION/kube-controller-manager"
 SCHEDULER_BIN="$K8S_DIR/kube-scheduler-$K8S_VERSION/kube-scheduler"
+KUBELET_BIN="$K8S_DIR/kubelet-$K8S_VERSION/kubelet"
+KUBE_PROXY_BIN="$K8S_DIR/kube-proxy-$K8S_VERSION/kube-proxy"
+KUBECTL_BIN="$K8S_DIR/kubectl-$K8S_VERSION/kubectl"
 
 need_go() {
     command -v go >/dev/null 2>&1 || { log "go is not on PATH; install Go >= 1.26"; exit 1; }
@@ -125,6 +130,9 @@ build_k8s() {
     build_in "$CP_MOD" k8s.io/kubernetes/cmd/kube-apiserver "$APISERVER_BIN" "$ld"
     build_in "$CP_MOD" k8s.io/kubernetes/cmd/kube-controller-manager "$KCM_BIN" "$ld"
     build_in "$CP_MOD" k8s.io/kubernetes/cmd/kube-scheduler "$SCHEDULER_BIN" "$ld"
+    build_in "$CP_MOD" k8s.io/kubernetes/cmd/kubelet "$KUBELET_BIN" "$ld"
+    build_in "$CP_MOD" k8s.io/kubernetes/cmd/kube-proxy "$KUBE_PROXY_BIN" "$ld"
+    build_in "$CP_MOD" k8s.io/kubernetes/cmd/kubectl "$KUBECTL_BIN" "$ld"
 }
 
 build_all() {
@@ -133,7 +141,8 @@ build_all() {
 }
 
 all_bins() {
-    printf '%s\n' "$ETCD_BIN" "$ETCDCTL_BIN" "$APISERVER_BIN" "$KCM_BIN" "$SCHEDULER_BIN"
+    printf '%s\n' "$ETCD_BIN" "$ETCDCTL_BIN" "$APISERVER_BIN" "$KCM_BIN" "$SCHEDULER_BIN" \
+        "$KUBELET_BIN" "$KUBE_PROXY_BIN" "$KUBECTL_BIN"
 }
 
 print_env() {
@@ -142,6 +151,9 @@ print_env() {
     printf 'export PRIVREG_KUBE_APISERVER=%q\n' "$APISERVER_BIN"
     printf 'export PRIVREG_KUBE_CONTROLLER_MANAGER=%q\n' "$KCM_BIN"
     printf 'export PRIVREG_KUBE_SCHEDULER=%q\n' "$SCHEDULER_BIN"
+    printf 'export PRIVREG_KUBELET=%q\n' "$KUBELET_BIN"
+    printf 'export PRIVREG_KUBE_PROXY=%q\n' "$KUBE_PROXY_BIN"
+    printf 'export PRIVREG_KUBECTL=%q\n' "$KUBECTL_BIN"
     printf 'export PRIVREG_K8S_VERSION=%q\n' "$K8S_VERSION"
     printf 'export PRIVREG_ETCD_VERSION=%q\n' "$ETCD_VERSION"
 }
@@ -186,8 +198,7 @@ case "${1:-}" in
         ;;
     ""|--build)
         build_all
-        printf 'etcd                     %s\netcdctl                  %s\nkube-apiserver           %s\nkube-controller-manager  %s\nkube-scheduler           %s\n' \
-            "$ETCD_BIN" "$ETCDCTL_BIN" "$APISERVER_BIN" "$KCM_BIN" "$SCHEDULER_BIN"
+        all_bins
         ;;
     -h|--help)
         sed -n '2,/^$/s/^# \{0,1\}//p' "$0"

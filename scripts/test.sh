@@ -4,7 +4,8 @@
 #
 # Needs: Rust stable (rustfmt, clippy), Go (builds the test tools once, cached
 # under ~/.cache/privreg), and Debian's skopeo, containerd, runc, docker-registry,
-# curl, python3. `.ci/run` installs the Debian packages first.
+# curl, python3, and for the real node containernetworking-plugins, iptables,
+# iproute2, util-linux. `.ci/run` installs the Debian packages first.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +20,10 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+
+step "container image (scripts/image.py: release build, OCI archive)"
+# tests/realnode.rs imports it into a real node's containerd.
+python3 scripts/image.py
 
 step "cargo test"
 # Missing tools fail tests instead of skipping them.

@@ -271,6 +271,20 @@ pub struct CertInfo {
     pub sha256_fingerprint: String,
 }
 
+/// A DER certificate as PEM: one `CERTIFICATE` block, base64 in lines of 64.
+pub fn certificate_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        // Base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// Reads the first certificate of a PEM bundle.
 pub fn inspect(cert_pem: &str) -> Result<CertInfo, CertError> {
     use rustls_pki_types::CertificateDer;

@@ -111,6 +111,12 @@ pub struct OperatorArgs {
     #[arg(long, env = "PRIVREG_CA_OVERLAP_SECONDS", default_value_t = 300)]
     pub ca_overlap_seconds: u64,
 
+    /// Ready only once the registry's Service presents the current server
+    /// certificate (a TLS handshake with the ClusterIP). Turn off only where the
+    /// operator cannot reach Services (`--check-serving=false`).
+    #[arg(long, env = "PRIVREG_CHECK_SERVING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub check_serving: bool,
+
     /// How the nodes run containerd, for the trust DaemonSet: where its certs.d
     /// and config live (`containerd`, `k3s`, `rke2`, `microk8s`).
     #[arg(long, env = "PRIVREG_TRUST_PRESET", value_enum, default_value_t = crate::trust::render::Preset::Containerd)]

@@ -25,4 +25,13 @@ pub mod labels {
     pub const COMPONENT: &str = "app.kubernetes.io/component";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const PART_OF: &str = "app.kubernetes.io/part-of";
+
+    /// Labels as a label selector query (`k=v,k=v`, in the map's order).
+    pub fn selector(labels: &std::collections::BTreeMap<String, String>) -> String {
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }

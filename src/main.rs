@@ -3,7 +3,26 @@
 use clap::Parser;
 use privreg::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // In the log format chosen (JSON for the operator's and registry's
+            // pods), so a crash-looping pod's reason is one parsable line:
+            // e.g. `Permission denied` creating the data directory on a volume
+            // the registry's uid cannot write. Before logging is set up, the
+            // subscriber is not there and this goes to stderr as text.
+            if tracing::dispatcher::has_been_set() {
+                tracing::error!(error = format!("{error:#}"), "privreg exits on an error");
+            } else {
+                eprintln!("Error: {error:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // One process-wide crypto provider, so rustls never has to guess which one.
     rustls::crypto::ring::default_provider()
         .install_default()

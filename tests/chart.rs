@@ -182,6 +182,7 @@ fn chart_renders_the_operator_with_least_privilege() {
             ("Role", ns, "reg-operator-trust"),
             ("RoleBinding", ns, "reg-operator-trust"),
             ("Deployment", ns, "reg-operator"),
+            ("Service", ns, "reg-operator-metrics"),
             ADMISSION_POLICY,
             ADMISSION_POLICY_BINDING,
             ("ServiceAccount", ns, "reg-operator-trust-uninstall"),
@@ -200,6 +201,8 @@ fn chart_renders_the_operator_with_least_privilege() {
         names,
         [
             "POD_NAME",
+            "PRIVREG_CA_OVERLAP_SECONDS",
+            "PRIVREG_CHECK_SERVING",
             "PRIVREG_IMAGE",
             "PRIVREG_LOG_FORMAT",
             "PRIVREG_NAMESPACE",
@@ -208,6 +211,8 @@ fn chart_renders_the_operator_with_least_privilege() {
             "PRIVREG_TRUST_TOLERATIONS",
         ]
     );
+    assert_eq!(env(&docs)["PRIVREG_CA_OVERLAP_SECONDS"]["value"], "300");
+    assert_eq!(env(&docs)["PRIVREG_CHECK_SERVING"]["value"], "true");
     assert_eq!(
         env(&docs)["PRIVREG_TRUST_TOLERATIONS"]["value"],
         r#"[{"operator":"Exists"}]"#
@@ -285,6 +290,7 @@ fn chart_namespaced_mode_grants_roles_in_the_watched_namespaces_only() {
             ("Role", ns, "reg-operator-trust"),
             ("RoleBinding", ns, "reg-operator-trust"),
             ("Deployment", ns, "reg-operator"),
+            ("Service", ns, "reg-operator-metrics"),
             ADMISSION_POLICY,
             ADMISSION_POLICY_BINDING,
             ("ServiceAccount", ns, "reg-operator-trust-uninstall"),
@@ -361,6 +367,14 @@ fn chart_refuses_values_it_cannot_pass_on() {
             "allowedImages={ghcr.io/*/privreg:1}",
             "does not match pattern",
         ),
+        (
+            "metrics.serviceMonitor.interval=often",
+            "does not match pattern",
+        ),
+        (
+            "metrics.servicemonitor.enabled=true",
+            "additional properties",
+        ),
     ] {
         let out = run_failing(
             Command::new(&helm)
@@ -370,6 +384,51 @@ fn chart_refuses_values_it_cannot_pass_on() {
         );
         assert!(out.contains(why), "--set {set}: {out}");
     }
+}
+
+#[test]
+fn chart_serves_metrics_and_optionally_a_service_monitor() {
+    let Some(helm) = tool("helm", "PRIVREG_HELM") else {
+        return;
+    };
+    let docs = render(&helm, "reg", NAMESPACE, &[]);
+    let service = docs
+        .iter()
+        .find(|d| {
+            str_of(d, "/kind") == "Service" && str_of(d, "/metadata/name") == "reg-operator-metrics"
+        })
+        .expect("a metrics Service by default");
+    let deployment = docs
+        .iter()
+        .find(|d| str_of(d, "/kind") == "Deployment")
+        .unwrap();
+    assert_eq!(
+        service.pointer("/spec/selector"),
+        deployment.pointer("/spec/selector/matchLabels"),
+        "the Service selects the operator's pods"
+    );
+    assert_eq!(str_of(service, "/spec/ports/0/targetPort"), "metrics");
+    assert!(!docs.iter().any(|d| str_of(d, "/kind") == "ServiceMonitor"));
+
+    let docs = render(
+        &helm,
+        "reg",
+        NAMESPACE,
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.labels.release=prom",
+        ],
+    );
+    let monitor = docs
+        .iter()
+        .find(|d| str_of(d, "/kind") == "ServiceMonitor")
+        .expect("a ServiceMonitor when enabled");
+    assert_eq!(str_of(monitor, "/metadata/labels/release"), "prom");
+    assert_eq!(str_of(monitor, "/spec/endpoints/0/port"), "metrics");
+    assert_eq!(
+        monitor.pointer("/spec/selector/matchLabels"),
+        deployment.pointer("/spec/selector/matchLabels")
+    );
 }
 
 /// The operator's RBAC (not the uninstall hook's, which kubectl users do not get).

@@ -112,20 +112,23 @@ fn parse_docs(source: &str, text: &str) -> Vec<Doc> {
     docs
 }
 
-/// Every document of every `deploy/*.yaml`, files in name order.
+/// Every document of every `deploy/*.yaml`, then of `deploy/examples/*.yaml`,
+/// files in name order.
 fn deploy_docs() -> Vec<Doc> {
-    let dir = root().join("deploy");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
     let mut docs = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let name = format!("deploy/{}", f.file_name().unwrap().to_string_lossy());
-        docs.extend(parse_docs(&name, &text));
+    for sub in ["deploy", "deploy/examples"] {
+        let dir = root().join(sub);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let name = format!("{sub}/{}", f.file_name().unwrap().to_string_lossy());
+            docs.extend(parse_docs(&name, &text));
+        }
     }
     docs
 }
@@ -428,8 +431,8 @@ async fn deploy_manifests(client: &Client, resolver: &mut Resolver, docs: &[Doc]
     // filled in by the server.
     let (_, example) = accepted
         .iter()
-        .find(|(label, _)| label.contains("deploy/example-registry.yaml"))
-        .expect("deploy/example-registry.yaml was dry-run applied");
+        .find(|(label, _)| label.contains("deploy/examples/minimal.yaml"))
+        .expect("deploy/examples/minimal.yaml was dry-run applied");
     assert_eq!(
         example.data["spec"]["trust"]["enabled"],
         json!(true),
@@ -807,6 +810,8 @@ fn registry_work(ns: &'static str) -> Vec<Access> {
         &[("events.k8s.io", "events")],
         &[ns],
     ));
+    // Why a registry pod fails: a list by label, nothing more.
+    v.extend(grid(&["list"], &[PODS], &[ns]));
     v
 }
 
@@ -820,21 +825,21 @@ fn trust_work(own: &'static str) -> Vec<Access> {
     v
 }
 
-/// Never, in any mode: deleting (the garbage collector does it), pods outside
-/// the operator's namespace (`own`), DaemonSets elsewhere, the spec of a
-/// PrivateRegistry, core Events, RBAC, cluster-scoped reads.
+/// Never, in any mode: deleting (the garbage collector does it), reading a pod
+/// by name or watching pods outside the operator's namespace (`own`; a list by
+/// label is allowed), DaemonSets elsewhere, the spec of a PrivateRegistry,
+/// core Events, RBAC, cluster-scoped reads.
 fn never(namespaces: &[&'static str], own: &'static str) -> Vec<Access> {
     let mut resources = CHILDREN.to_vec();
     resources.extend([REGISTRIES, LEASES, DAEMONSETS, PODS]);
     let mut v = grid(&["delete", "deletecollection"], &resources, namespaces);
     let others: Vec<&'static str> = namespaces.iter().copied().filter(|n| *n != own).collect();
-    v.extend(grid(&["get", "list"], &[PODS], &others));
+    v.extend(grid(&["get", "watch"], &[PODS], &others));
     v.extend(grid(&["get", "create", "patch"], &[DAEMONSETS], &others));
     v.extend(grid(&["update"], &[PODS], &[own]));
     v.extend(grid(&["patch", "update"], &[REGISTRIES], namespaces));
     v.extend(grid(&["create"], &[("", "events")], namespaces));
     v.extend([
-        access("list", "", "pods", "", ""),
         access("list", "", "namespaces", "", ""),
         access("get", "", "nodes", "", ""),
         access(
@@ -895,6 +900,7 @@ fn namespaced(own: &'static str) -> Expect {
     may_not.extend(registry_work(UNWATCHED));
     may_not.extend(grid(&["list", "watch"], CHILDREN, &[""]));
     may_not.extend(grid(&["list", "watch"], &[REGISTRIES], &[""]));
+    may_not.push(access("list", "", "pods", "", ""));
     // In its own namespace, the trust bundle ConfigMap and the Lease only.
     let mut children_but_configmaps = CHILDREN.to_vec();
     children_but_configmaps.retain(|r| *r != CONFIGMAPS);
@@ -1039,5 +1045,51 @@ async fn operator_rbac(
         rbac.len(),
         expect.may.len(),
         expect.may_not.len(),
+    );
+}
+
+/// The image reference has one source, Cargo.toml (`[package.metadata.privreg]
+/// image` and the version, which scripts/image.py tags): the operator's default
+/// `--image`, deploy/03-operator.yaml and the chart follow it.
+#[test]
+fn the_image_reference_comes_from_cargo_toml() {
+    let cargo: toml::Table = std::fs::read_to_string(root().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let package = &cargo["package"];
+    let version = package["version"].as_str().unwrap();
+    let repository = package["metadata"]["privreg"]["image"].as_str().unwrap();
+    let reference = format!("{repository}:{version}");
+
+    let deploy = std::fs::read_to_string(root().join("deploy/03-operator.yaml")).unwrap();
+    assert!(
+        deploy.contains(&format!("image: {reference}")),
+        "deploy/03-operator.yaml runs {reference}"
+    );
+    let chart: Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("charts/privreg/Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(chart["appVersion"], json!(version), "Chart.yaml appVersion");
+    assert_eq!(chart["version"], json!(version), "Chart.yaml version");
+    let values: Value = serde_norway::from_str(
+        &std::fs::read_to_string(root().join("charts/privreg/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        values["image"]["repository"],
+        json!(repository),
+        "values.yaml image.repository"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_privreg"))
+        .args(["operator", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains(&format!("[default: {reference}]")),
+        "privreg operator's default --image is {reference}:\n{help}"
     );
 }

@@ -28,7 +28,15 @@ use common::{free_port, https_client};
 
 const NS: &str = "apps";
 /// The story names its registry `registry.test`: the admin allows `*.test`.
-const ALLOW_TEST_NAMES: &[&str] = &["--allowed-hostnames", "*.test,*.{namespace}.svc"];
+/// Test host names; and no serving check: this control plane's ClusterIPs
+/// (10.96.0.0/16) lead nowhere on the host, and the registry this test runs
+/// listens on a loopback port (tests/recipe.rs and tests/realnode.rs check
+/// that Ready waits for the Service to present the certificate).
+const ALLOW_TEST_NAMES: &[&str] = &[
+    "--allowed-hostnames",
+    "*.test,*.{namespace}.svc",
+    "--check-serving=false",
+];
 
 /// Resource versions of everything a registry owns.
 async fn child_versions(client: &Client, name: &str) -> BTreeMap<String, String> {
@@ -391,7 +399,7 @@ spec:
     // --- the test plays provisioner and kubelet: Ready, and a real push ----------
     provide_volume(&admin, "reg").await;
     let pod_dir = work.path().join("pod");
-    let kubelet = run_registry_pod(&admin, "reg", &pod_dir).await;
+    let mut kubelet = run_registry_pod(&admin, "reg", &pod_dir).await;
     // kcm binds the volume on its own schedule; bounded, generously.
     let ready = eventually("Ready=True", Duration::from_secs(180), || async {
         let pr = registries.get("reg").await.ok()?;
@@ -458,6 +466,33 @@ spec:
         ca_version,
         "same CA"
     );
+    // New names replace the registry pod (its template carries a hash of the
+    // certificate's names, so the new pod starts with the new certificate):
+    // the test plays kubelet for the swap, confirming the old pod's end.
+    drop(kubelet);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let old_pods = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=reg"))
+        .await
+        .unwrap();
+    let old_names: Vec<String> = old_pods.items.iter().map(|p| p.name_any()).collect();
+    eventually("the registry pod is replaced", TIMEOUT, || async {
+        for name in &old_names {
+            let _ = pods
+                .delete(name, &DeleteParams::default().grace_period(0))
+                .await;
+        }
+        let now = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/instance=reg"))
+            .await
+            .ok()?;
+        now.items
+            .iter()
+            .any(|p| !old_names.contains(&p.name_any()))
+            .then_some(())
+    })
+    .await;
+    kubelet = run_registry_pod(&admin, "reg", &work.path().join("pod-renamed")).await;
 
     // --- renewal happens on schedule -------------------------------------------
     // The shortest lifetimes admission allows (validity 3h, renewBefore 1h) would

@@ -123,9 +123,9 @@ proptest! {
         prop_assert!(d.renew_before.as_secs() * 3 < d.cert_validity.as_secs() * 2);
         let owner = owner();
         let _ = objects::service(&d, &owner);
-        let _ = objects::deployment(&d, &owner);
         let _ = objects::pvc(&d, &owner);
         let sans = d.sans(cluster_ip.as_deref());
+        let _ = objects::deployment(&d, &owner, &sans);
         // ECDSA keeps the property fast; the algorithm does not change the date math.
         let permitted: Vec<String> = sans.iter().map(|s| certs::constraint_for(s)).collect();
         let ca = certs::generate_constrained_ca(

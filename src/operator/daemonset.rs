@@ -100,11 +100,7 @@ pub fn selector_labels() -> BTreeMap<String, String> {
 
 /// `app.kubernetes.io/name=privreg,app.kubernetes.io/component=trust`.
 pub fn selector_string() -> String {
-    selector_labels()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    labels::selector(&selector_labels())
 }
 
 fn all_labels() -> BTreeMap<String, String> {

@@ -208,6 +208,9 @@ impl FakeApi {
             trust_ready: Default::default(),
             ca_overlap: std::time::Duration::from_secs(300),
             owner_deployment: None,
+            // Nothing serves the fake's ClusterIPs; serving.rs and the
+            // real-node test cover the check.
+            check_serving: false,
         })
     }
 }

@@ -13,11 +13,13 @@ pub mod error;
 mod fake_api;
 pub mod leader;
 pub mod objects;
+pub mod pod_problem;
 pub mod policy;
 pub mod reconcile;
 #[cfg(test)]
 mod reconcile_tests;
 pub mod rotation;
+pub mod serving;
 pub mod status;
 pub mod trust_bundle;
 pub mod trust_status;
@@ -82,6 +84,8 @@ pub struct Context {
     pub ca_overlap: Duration,
     /// The operator's Deployment, owner of the trust DaemonSet and bundle.
     pub owner_deployment: Option<String>,
+    /// Whether Ready waits for the Service to present the current certificate.
+    pub check_serving: bool,
 }
 
 impl Context {
@@ -337,6 +341,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         // At most a year: the arithmetic on it stays far from overflow.
         ca_overlap: Duration::from_secs(args.ca_overlap_seconds.min(365 * 86_400)),
         owner_deployment: args.owner_deployment.clone(),
+        check_serving: args.check_serving,
     });
     tokio::spawn(serve_health(ctx.clone(), args.metrics_listen));
 

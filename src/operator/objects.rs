@@ -30,6 +30,11 @@ pub const DATA_MOUNT: &str = "/var/lib/privreg";
 /// The unprivileged user the registry runs as (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 
+/// The registry pods' label selector, as a query string.
+pub fn selector(d: &Desired) -> String {
+    labels::selector(&selector_labels(d))
+}
+
 fn selector_labels(d: &Desired) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::NAME.to_owned(), "privreg".to_owned()),
@@ -240,7 +245,15 @@ pub(super) fn probe(path: &str, scheme: &str, port: &str, period_seconds: i32) -
     }
 }
 
-pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
+/// Pod template annotation: the SHA-256 of the names the server certificate
+/// must carry. When they change (a new ClusterIP, another hostname) the pod is
+/// replaced, and the new one starts with the new certificate at once instead
+/// of serving the old one until the kubelet refreshes the Secret volume (up to
+/// a minute plus its cache TTL). Renewals keep the names and need no restart:
+/// the registry reloads the refreshed files.
+pub const CERTIFICATE_NAMES_ANNOTATION: &str = "privreg.dev/certificate-names";
+
+pub fn deployment(d: &Desired, owner: &OwnerReference, sans: &[String]) -> Deployment {
     let mut volumes = vec![
         Volume {
             name: "tls".to_owned(),
@@ -301,6 +314,9 @@ pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
     let container = Container {
         name: "registry".to_owned(),
         image: Some(d.image.clone()),
+        // A crash's last log line (privreg's own error) becomes the
+        // container's termination message, which the operator reports.
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         args: Some(serve_args(d)),
         env: Some(vec![EnvVar {
             name: "PRIVREG_LOG_FORMAT".to_owned(),
@@ -353,6 +369,10 @@ pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(all_labels(d)),
+                    annotations: Some(BTreeMap::from([(
+                        CERTIFICATE_NAMES_ANNOTATION.to_owned(),
+                        names_hash(sans),
+                    )])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -379,6 +399,20 @@ pub fn deployment(d: &Desired, owner: &OwnerReference) -> Deployment {
         }),
         ..Default::default()
     }
+}
+
+/// Hex SHA-256 of the sorted names, one per line.
+fn names_hash(sans: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut names: Vec<&str> = sans.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut h = Sha256::new();
+    for n in names {
+        h.update(n.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]
@@ -416,7 +450,7 @@ pub(crate) mod tests {
             "{auth: {htpasswdSecretRef: {name: users}, anonymousPull: true}}",
         ] {
             let d = desired(spec);
-            let dep = deployment(&d, &owner());
+            let dep = deployment(&d, &owner(), &[]);
             let c = &dep.spec.unwrap().template.spec.unwrap().containers[0];
             let mut args = c.args.clone().unwrap();
             // Each env var must be one the CLI declares; feed it as its flag so its
@@ -451,7 +485,7 @@ pub(crate) mod tests {
     #[test]
     fn only_the_htpasswd_key_is_mounted() {
         let d = desired("{auth: {htpasswdSecretRef: {name: users}}}");
-        let pod = deployment(&d, &owner())
+        let pod = deployment(&d, &owner(), &[])
             .spec
             .unwrap()
             .template
@@ -477,7 +511,7 @@ pub(crate) mod tests {
     #[test]
     fn deployment_is_hardened_and_recreates() {
         let d = desired("{}");
-        let dep = deployment(&d, &owner());
+        let dep = deployment(&d, &owner(), &[]);
         let spec = dep.spec.unwrap();
         assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
         let pod = spec.template.spec.unwrap();
@@ -522,5 +556,42 @@ pub(crate) mod tests {
         .unwrap();
         let cm = ca_configmap(&desired("{}"), &ca.cert_pem, &owner());
         assert!(!serde_json::to_string(&cm).unwrap().contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn the_pod_is_replaced_when_the_certificate_names_change_only() {
+        let d = desired("{}");
+        let names = |dep: &Deployment| {
+            dep.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[CERTIFICATE_NAMES_ANNOTATION]
+                .clone()
+        };
+        let sans = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = names(&deployment(
+            &d,
+            &owner(),
+            &sans(&["reg.ns.svc", "10.96.0.7"]),
+        ));
+        let same = names(&deployment(
+            &d,
+            &owner(),
+            &sans(&["10.96.0.7", "reg.ns.svc"]),
+        ));
+        let new_ip = names(&deployment(
+            &d,
+            &owner(),
+            &sans(&["reg.ns.svc", "10.96.0.8"]),
+        ));
+        assert_eq!(a, same, "order does not matter");
+        assert_ne!(a, new_ip, "a new ClusterIP replaces the pod");
+        assert_eq!(a.len(), 64);
     }
 }

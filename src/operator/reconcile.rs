@@ -96,7 +96,7 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
     };
     let published_ca = ca_state.published_pem();
     let ca = ca_state.current;
-    let (not_after, renew_at) = ensure_leaf(&ctx, &pr, &desired, &owner, &ca, &sans).await?;
+    let leaf = ensure_leaf(&ctx, &pr, &desired, &owner, &ca, &sans).await?;
 
     apply(
         &ctx,
@@ -105,7 +105,23 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
     )
     .await?;
     let pvc = apply(&ctx, &ns, objects::pvc(&desired, &owner)).await?;
-    let deployment = apply(&ctx, &ns, objects::deployment(&desired, &owner)).await?;
+    let deployment = apply(&ctx, &ns, objects::deployment(&desired, &owner, &sans)).await?;
+    let available_replicas = deployment
+        .status
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    let serving = match cluster_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+        Some(ip) if ctx.check_serving && available_replicas > 0 => {
+            Some(super::serving::probe(ip, desired.port, &desired.hostname, &leaf.cert_pem).await)
+        }
+        _ => None,
+    };
+    let serving_current = matches!(serving, None | Some(super::serving::Serving::Current));
+    let pod_problem = if available_replicas == 0 {
+        registry_pod_problem(&ctx, &desired).await
+    } else {
+        None
+    };
 
     let observed = Observed {
         endpoint: desired.endpoint(),
@@ -113,23 +129,51 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
         ca_fingerprint: certs::inspect(&ca.cert_pem)
             .ok()
             .map(|i| i.sha256_fingerprint),
-        not_after: Some(not_after),
+        not_after: Some(leaf.not_after),
         pvc_phase: pvc.status.and_then(|s| s.phase),
-        available_replicas: deployment
-            .status
-            .and_then(|s| s.available_replicas)
-            .unwrap_or(0),
+        available_replicas,
+        serving,
+        pod_problem: pod_problem.clone(),
     };
     let new = status::compute(pr.status.as_ref(), &observed, pr.meta().generation, &now());
+    let ready_reason = |s: &crate::api::PrivateRegistryStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == status::READY)
+            .map(|c| c.reason.clone())
+    };
+    let newly_failing = ready_reason(&new).as_deref() == Some(status::POD_FAILING)
+        && pr.status.as_ref().and_then(ready_reason).as_deref() != Some(status::POD_FAILING);
     patch_status(&registries, &pr, new).await?;
+    if newly_failing && let Some(problem) = &pod_problem {
+        publish(
+            &ctx,
+            &pr,
+            EventType::Warning,
+            status::POD_FAILING,
+            "CheckRegistryPod",
+            &format!("the registry pod does not start: {problem}"),
+        )
+        .await;
+    }
 
     // Come back when the certificate is due, or at the resync interval. A
     // renewal time already past means the certificate is capped by its CA's end
     // and was kept: nothing to do until the resync.
-    let until_renewal = (renew_at - time::OffsetDateTime::now_utc())
+    let until_renewal = (leaf.renew_at - time::OffsetDateTime::now_utc())
         .try_into()
         .unwrap_or(RESYNC);
-    let next = rotation_due.map_or(until_renewal, |r| r.min(until_renewal));
+    let mut next = rotation_due.map_or(until_renewal, |r| r.min(until_renewal));
+    if available_replicas == 0 {
+        // A pod that starts and then crash-loops, or waits for its image,
+        // changes the pod, not the Deployment we watch: look again.
+        next = next.min(POD_RECHECK);
+    }
+    if !serving_current {
+        // Nothing in the API changes when kube-proxy starts routing or the
+        // kubelet refreshes the Secret volume: look again soon.
+        next = next.min(SERVING_RECHECK);
+    }
     Ok(Action::requeue(next.clamp(Duration::from_secs(1), RESYNC)))
 }
 
@@ -573,6 +617,38 @@ async fn rotate(
 }
 
 /// Keeps or (re)issues the server certificate; returns its notAfter and renewal time.
+/// The server certificate in the TLS Secret after [`ensure_leaf`].
+struct Leaf {
+    cert_pem: String,
+    not_after: time::OffsetDateTime,
+    renew_at: time::OffsetDateTime,
+}
+
+/// How soon a registry whose Service does not present the current
+/// certificate yet is looked at again.
+const SERVING_RECHECK: Duration = Duration::from_secs(2);
+
+/// How soon a registry with no available pod is looked at again.
+const POD_RECHECK: Duration = Duration::from_secs(15);
+
+/// Why the registry's pods are not available (`pod_problem`), from a list of
+/// its pods by label. Best effort: a failed list says nothing.
+async fn registry_pod_problem(ctx: &Context, d: &Desired) -> Option<String> {
+    let selector = objects::selector(d);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(ctx.client.clone(), &d.namespace);
+    match pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => super::pod_problem::describe(&list.items),
+        Err(e) => {
+            tracing::debug!(error = %e, namespace = %d.namespace, "listing the registry's pods");
+            None
+        }
+    }
+}
+
 async fn ensure_leaf(
     ctx: &Context,
     pr: &PrivateRegistry,
@@ -580,7 +656,7 @@ async fn ensure_leaf(
     owner: &OwnerReference,
     ca: &CertAndKey,
     sans: &[String],
-) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
+) -> Result<Leaf> {
     let existing = get_secret(ctx, &d.namespace, &d.tls_secret_name()).await?;
     let texts = existing.as_ref().map(|s| {
         (
@@ -607,7 +683,11 @@ async fn ensure_leaf(
             renew_at,
         } => {
             // Nothing is written: a settled registry costs no API writes.
-            Ok((not_after, renew_at))
+            Ok(Leaf {
+                cert_pem: current.cert_pem.unwrap_or_default().to_owned(),
+                not_after,
+                renew_at,
+            })
         }
         LeafDecision::Issue(reason) => {
             let leaf = {
@@ -646,7 +726,11 @@ async fn ensure_leaf(
                 .ok()
                 .and_then(|r| info.not_after.checked_sub(r))
                 .unwrap_or(info.not_after);
-            Ok((info.not_after, renew_at))
+            Ok(Leaf {
+                cert_pem: leaf.cert_pem,
+                not_after: info.not_after,
+                renew_at,
+            })
         }
     }
 }

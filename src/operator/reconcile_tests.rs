@@ -180,6 +180,17 @@ async fn a_new_registry_gets_every_object_and_one_ca() {
 #[tokio::test]
 async fn a_settled_registry_changes_nothing() {
     let fake = settled().await;
+    // The kubelet's part: the registry pod is available.
+    let mut deployment: Deployment = fake.get(NS, NAME).expect("Deployment");
+    deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+        available_replicas: Some(1),
+        ..Default::default()
+    });
+    fake.insert(&deployment);
+    let pr = fake.get(NS, NAME).expect("the registry");
+    run(&fake, pr)
+        .await
+        .expect("the reconcile that sees the pod");
     let before = fake.objects();
     fake.take_requests();
     let pr = fake.get(NS, NAME).expect("the registry");
@@ -203,6 +214,16 @@ async fn a_settled_registry_changes_nothing() {
     assert_eq!(writes, applied);
     assert!(fake.event_reasons().is_empty());
     assert_eq!(fake.objects(), before);
+}
+
+#[tokio::test]
+async fn a_registry_without_an_available_pod_is_looked_at_again_soon() {
+    // A pod that crash-loops or waits for its image changes the pod, not the
+    // Deployment the controller watches.
+    let fake = settled().await;
+    let pr = fake.get(NS, NAME).expect("the registry");
+    let action = run(&fake, pr).await.expect("second reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
 }
 
 /// A CA Secret like the one a racing reconcile of the registry with `uid`

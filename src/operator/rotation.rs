@@ -55,20 +55,12 @@ pub struct BadCaState(&'static str);
 /// user's `tls.crt` holds (a chain, or by mistake the key) never travels on to
 /// the CA ConfigMap or the nodes.
 pub fn first_certificate(pem: &str) -> Option<String> {
-    use base64::Engine as _;
     use rustls_pki_types::pem::{PemObject, SectionKind};
     let der = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes())
         .filter_map(Result::ok)
         .find(|(kind, _)| *kind == SectionKind::Certificate)?
         .1;
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).ok()?);
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    Some(out)
+    Some(certs::certificate_pem(&der))
 }
 
 fn text(s: &Secret, key: &str) -> Option<String> {

@@ -24,7 +24,15 @@ pub struct Observed {
     pub pvc_phase: Option<String>,
     /// Available replicas of the registry Deployment.
     pub available_replicas: i32,
+    /// What the Service presents (None: not checked, by configuration or
+    /// because no pod is available yet).
+    pub serving: Option<super::serving::Serving>,
+    /// Why no registry pod is available (see `pod_problem`), if known.
+    pub pod_problem: Option<String>,
 }
+
+/// The Ready and Available reason while the registry's pod fails.
+pub const POD_FAILING: &str = "RegistryPodFailing";
 
 /// One condition, carrying over the transition time of `previous` if unchanged.
 fn condition(
@@ -85,34 +93,59 @@ pub fn compute(
         now,
     );
     let available_ok = observed.available_replicas > 0;
+    let pod_problem = observed.pod_problem.as_deref().filter(|_| !available_ok);
     let available = condition(
         previous,
         AVAILABLE,
         available_ok,
-        if available_ok {
-            "MinimumReplicasAvailable"
-        } else {
-            "NotAvailable"
+        match (available_ok, pod_problem) {
+            (true, _) => "MinimumReplicasAvailable",
+            (false, Some(_)) => POD_FAILING,
+            (false, None) => "NotAvailable",
         },
-        format!("{} registry pod(s) available", observed.available_replicas),
+        match pod_problem {
+            Some(problem) => format!("registry pod: {problem}"),
+            None => format!("{} registry pod(s) available", observed.available_replicas),
+        },
         generation,
         now,
     );
-    let ready_ok = cert_ok && storage_ok && available_ok;
+    let pod_wait = pod_problem.map_or_else(
+        || "registry pod".to_owned(),
+        |p| format!("registry pod: {p}"),
+    );
+    use super::serving::Serving;
+    let serving_ok = matches!(observed.serving, None | Some(Serving::Current));
+    let ready_ok = cert_ok && storage_ok && available_ok && serving_ok;
+    let serving_wait = match &observed.serving {
+        Some(Serving::Stale) => "the Service to present the current certificate".to_owned(),
+        Some(Serving::Unreachable(why)) => format!("the Service to answer ({why})"),
+        _ => String::new(),
+    };
     let waiting: Vec<&str> = [
         (cert_ok, "certificate"),
         (storage_ok, "storage"),
-        (available_ok, "registry pod"),
+        (available_ok, pod_wait.as_str()),
+        (serving_ok, serving_wait.as_str()),
     ]
     .iter()
     .filter(|(ok, _)| !ok)
     .map(|(_, what)| *what)
     .collect();
+    let reason = match (&observed.serving, ready_ok) {
+        (_, true) => "Ready",
+        (Some(Serving::Stale), _) if cert_ok && storage_ok && available_ok => {
+            "CertificateNotServed"
+        }
+        (Some(Serving::Unreachable(_)), _) if cert_ok && storage_ok && available_ok => "NotServing",
+        _ if cert_ok && storage_ok && pod_problem.is_some() => POD_FAILING,
+        _ => "Waiting",
+    };
     let ready = condition(
         previous,
         READY,
         ready_ok,
-        if ready_ok { "Ready" } else { "Waiting" },
+        reason,
         if ready_ok {
             format!("serving at {}", observed.endpoint)
         } else {
@@ -232,6 +265,44 @@ mod tests {
             .unwrap();
         assert_eq!(cert.last_transition_time, now(100));
         assert_eq!(ready.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn ready_waits_for_the_service_to_present_the_current_certificate() {
+        use crate::operator::serving::Serving;
+        let mut obs = Observed {
+            endpoint: "reg.ns.svc:5000".into(),
+            not_after: Some(time::OffsetDateTime::now_utc()),
+            pvc_phase: Some("Bound".into()),
+            available_replicas: 1,
+            serving: Some(Serving::Stale),
+            ..Default::default()
+        };
+        let ready = |obs: &Observed| compute(None, obs, Some(1), &now(1)).conditions[0].clone();
+        let stale = ready(&obs);
+        assert_eq!(
+            (stale.status.as_str(), stale.reason.as_str()),
+            ("False", "CertificateNotServed")
+        );
+        assert!(
+            stale.message.contains("current certificate"),
+            "{}",
+            stale.message
+        );
+        obs.serving = Some(Serving::Unreachable(
+            "10.96.0.9:5000: connection refused".into(),
+        ));
+        let unreachable = ready(&obs);
+        assert_eq!(unreachable.reason, "NotServing");
+        assert!(
+            unreachable.message.contains("connection refused"),
+            "{}",
+            unreachable.message
+        );
+        obs.serving = Some(Serving::Current);
+        assert_eq!(ready(&obs).status, "True");
+        obs.serving = None;
+        assert_eq!(ready(&obs).status, "True", "not checked: as before");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::api::Runtime;
@@ -504,14 +503,7 @@ fn clean_ca_pem(text: &str) -> Result<String, Problem> {
             Ok(([], _)) => {}
             _ => return Err(Problem::BadCertificate(count)),
         }
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
-        for chunk in b64.as_bytes().chunks(64) {
-            // Base64 output is ASCII, so every chunk is valid UTF-8.
-            out.push_str(&String::from_utf8_lossy(chunk));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
+        out.push_str(&crate::certs::certificate_pem(&der));
     }
     if count == 0 {
         return Err(Problem::NoCertificate);

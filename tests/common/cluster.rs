@@ -83,40 +83,17 @@ impl Binaries {
     /// Finds every binary (env var, else the k8s-tools cache). In CI a missing one
     /// panics; elsewhere this prints SKIPPED and returns None.
     pub fn find() -> Option<Binaries> {
-        let cache = std::env::var_os("PRIVREG_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/privreg")))
-            .unwrap_or_default()
-            .join("k8s");
         let k = kubernetes_version();
-        let find = |name: &str, version: &str, var: &str| -> Result<PathBuf, String> {
-            if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
-                return if p.is_file() {
-                    Ok(p)
-                } else {
-                    Err(format!("{var}={} is not a file", p.display()))
-                };
-            }
-            let p = cache.join(format!("{name}-{version}")).join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!(
-                    "{name} not found (set {var}, or build {})",
-                    p.display()
-                ))
-            }
-        };
         let found = (|| {
             Ok::<_, String>(Binaries {
-                etcd: find("etcd", etcd_version(), "PRIVREG_ETCD")?,
-                kube_apiserver: find("kube-apiserver", k, "PRIVREG_KUBE_APISERVER")?,
-                kube_controller_manager: find(
+                etcd: k8s_tool("etcd", etcd_version(), "PRIVREG_ETCD")?,
+                kube_apiserver: k8s_tool("kube-apiserver", k, "PRIVREG_KUBE_APISERVER")?,
+                kube_controller_manager: k8s_tool(
                     "kube-controller-manager",
                     k,
                     "PRIVREG_KUBE_CONTROLLER_MANAGER",
                 )?,
-                kube_scheduler: find("kube-scheduler", k, "PRIVREG_KUBE_SCHEDULER")?,
+                kube_scheduler: k8s_tool("kube-scheduler", k, "PRIVREG_KUBE_SCHEDULER")?,
             })
         })();
         match found {
@@ -129,6 +106,33 @@ impl Binaries {
                 None
             }
         }
+    }
+}
+
+/// A binary `scripts/k8s-tools.sh` builds: `$var`, else
+/// `${PRIVREG_CACHE:-~/.cache/privreg}/k8s/<name>-<version>/<name>`.
+pub fn k8s_tool(name: &str, version: &str, var: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{var}={} is not a file", p.display()))
+        };
+    }
+    let p = std::env::var_os("PRIVREG_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/privreg")))
+        .unwrap_or_default()
+        .join("k8s")
+        .join(format!("{name}-{version}"))
+        .join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{name} not found (set {var}, or build {})",
+            p.display()
+        ))
     }
 }
 
@@ -431,14 +435,23 @@ impl ControlPlane {
     /// so the host reaches a ClusterIP with no route and no address to add).
     pub async fn start_with_service_cidr(cidr: &str) -> Option<ControlPlane> {
         let bins = Binaries::find()?;
-        Some(Self::start_full(bins, cidr).await)
+        Some(Self::start_full(bins, cidr, None).await)
     }
 
     pub async fn start_with(bins: Binaries) -> ControlPlane {
-        Self::start_full(bins, SERVICE_CIDR).await
+        Self::start_full(bins, SERVICE_CIDR, None).await
     }
 
-    async fn start_full(bins: Binaries, service_cidr: &str) -> ControlPlane {
+    /// The control plane of a real node (tests/common/realnode.rs), started
+    /// from a thread inside the node's network namespace: the apiserver also
+    /// listens on `node_ip` and advertises it (the `kubernetes` Service's
+    /// endpoint, so pods reach it through kube-proxy), its certificate names it,
+    /// and it reaches the kubelet with a client certificate (logs).
+    pub async fn start_for_node(bins: Binaries, service_cidr: &str, node_ip: &str) -> ControlPlane {
+        Self::start_full(bins, service_cidr, Some(node_ip)).await
+    }
+
+    async fn start_full(bins: Binaries, service_cidr: &str, node_ip: Option<&str>) -> ControlPlane {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let t0 = Instant::now();
         let mut times = StartTimes::default();
@@ -456,18 +469,17 @@ impl ControlPlane {
         write_private(&pki.join("ca.crt"), ca.cert_pem.as_bytes());
         write_private(&pki.join("ca.key"), ca.key_pem().as_bytes());
         let kubernetes_service_ip = first_service_ip(service_cidr).to_string();
-        let serving = ca.serving_cert(
-            "kube-apiserver",
-            &[
-                "127.0.0.1",
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-                &kubernetes_service_ip,
-            ],
-        );
+        let mut sans = vec![
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            &kubernetes_service_ip,
+        ];
+        sans.extend(node_ip);
+        let serving = ca.serving_cert("kube-apiserver", &sans);
         write_private(&pki.join("apiserver.crt"), serving.cert_pem.as_bytes());
         write_private(&pki.join("apiserver.key"), serving.key_pem.as_bytes());
         let sa = KeyPair::generate().expect("service-account key");
@@ -519,9 +531,8 @@ impl ControlPlane {
         let t = Instant::now();
         let port = free_port();
         let p = |f: &str| pki.join(f).display().to_string();
-        let apiserver_args: Vec<String> = vec![
+        let mut apiserver_args: Vec<String> = vec![
             format!("--etcd-servers={client_url}"),
-            "--bind-address=127.0.0.1".into(),
             format!("--secure-port={port}"),
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
@@ -535,6 +546,29 @@ impl ControlPlane {
             "--profiling=false".into(),
             format!("--cert-dir={}", root.join("apiserver-certs").display()),
         ];
+        match node_ip {
+            None => apiserver_args.push("--bind-address=127.0.0.1".into()),
+            Some(ip) => {
+                // Only lo and the node's veth exist in the namespace.
+                let kubelet_client =
+                    ca.client_cert("kube-apiserver-kubelet-client", &["system:masters"]);
+                write_private(
+                    &pki.join("kubelet-client.crt"),
+                    kubelet_client.cert_pem.as_bytes(),
+                );
+                write_private(
+                    &pki.join("kubelet-client.key"),
+                    kubelet_client.key_pem.as_bytes(),
+                );
+                apiserver_args.extend([
+                    "--bind-address=0.0.0.0".into(),
+                    format!("--advertise-address={ip}"),
+                    format!("--kubelet-client-certificate={}", p("kubelet-client.crt")),
+                    format!("--kubelet-client-key={}", p("kubelet-client.key")),
+                    "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
+                ]);
+            }
+        }
         let apiserver = Daemon::spawn(
             "kube-apiserver",
             &bins.kube_apiserver,

@@ -230,6 +230,16 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// An image whose layers hold exactly `layers` (one file list per layer).
 pub fn image(arch: &str, layers: Vec<Vec<(String, Vec<u8>)>>, annotations: Value) -> Image {
+    image_running(arch, layers, annotations, "/bin/hello")
+}
+
+/// [`image`] whose config runs `command` (a path in the image, no arguments).
+pub fn image_running(
+    arch: &str,
+    layers: Vec<Vec<(String, Vec<u8>)>>,
+    annotations: Value,
+    command: &str,
+) -> Image {
     let tars: Vec<Vec<u8>> = layers.iter().map(|files| tar(files)).collect();
     let blobs: Vec<Blob> = tars
         .iter()
@@ -241,7 +251,7 @@ pub fn image(arch: &str, layers: Vec<Vec<(String, Vec<u8>)>>, annotations: Value
         &json!({
             "architecture": arch,
             "os": "linux",
-            "config": { "Env": ["PATH=/bin"], "Cmd": ["/bin/hello"], "WorkingDir": "/" },
+            "config": { "Env": ["PATH=/bin"], "Cmd": [command], "WorkingDir": "/" },
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "history": tars.iter().map(|_| json!({ "created_by": "privreg tests" })).collect::<Vec<_>>(),
         }),
@@ -388,8 +398,6 @@ pub fn hello_binary(line: &str) -> Option<Vec<u8>> {
     if std::env::consts::ARCH != "x86_64" {
         return None;
     }
-    const BASE: u64 = 0x40_0000;
-    const HEADERS: usize = 64 + 56;
     let text = line.as_bytes();
     let len = u32::try_from(text.len()).expect("a short line");
     let mut code: Vec<u8> = Vec::new();
@@ -405,8 +413,15 @@ pub fn hello_binary(line: &str) -> Option<Vec<u8>> {
     code.extend([0x0f, 0x05]); // syscall
     let rel = i32::try_from(code.len() - lea_end).unwrap();
     code[lea_end - 4..lea_end].copy_from_slice(&rel.to_le_bytes());
-    let size = (HEADERS + code.len() + text.len()) as u64;
+    Some(elf_executable(&code, text))
+}
 
+/// A static x86-64 ELF executable: one read+execute PT_LOAD of the whole file
+/// at 0x400000, entry at `code`, `data` right after it.
+pub fn elf_executable(code: &[u8], data: &[u8]) -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    const HEADERS: usize = 64 + 56;
+    let size = (HEADERS + code.len() + data.len()) as u64;
     let mut elf: Vec<u8> = Vec::with_capacity(size as usize);
     // ELF header: 64-bit, little-endian, version 1, System V ABI.
     elf.extend([0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -434,8 +449,8 @@ pub fn hello_binary(line: &str) -> Option<Vec<u8>> {
     elf.extend(0x1000u64.to_le_bytes()); // alignment
     assert_eq!(elf.len(), HEADERS);
     elf.extend(code);
-    elf.extend(text);
-    Some(elf)
+    elf.extend(data);
+    elf
 }
 
 /// A one-layer image whose `/bin/hello` (the config's `Cmd`) prints `line`;

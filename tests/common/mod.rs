@@ -243,6 +243,7 @@ pub mod oci;
 pub mod operator;
 pub mod pki;
 pub mod rawtls;
+pub mod realnode;
 pub mod registry_pod;
 pub mod skopeo;
 pub mod store;

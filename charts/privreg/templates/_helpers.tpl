@@ -24,7 +24,8 @@ app.kubernetes.io/component: operator
 What the operator may do to PrivateRegistries and their children: cluster-wide
 in a ClusterRole (watchNamespaces empty), else in a Role in each watched
 namespace. Writes are server-side apply (patch) plus create; no delete (owner
-references let the garbage collector do that), no pods.
+references let the garbage collector do that). Pods: list only, by the
+registry's labels, to report why a registry pod fails (its status).
 */}}
 {{- define "privreg.rules" -}}
 - apiGroups: [privreg.dev]
@@ -39,6 +40,9 @@ references let the garbage collector do that), no pods.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
