@@ -247,6 +247,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PRIVREG_ANONYMOUS_PULL", requires = "htpasswd")]
     pub anonymous_pull: bool,
 
+    /// With --anonymous-pull: let unauthenticated clients list the catalog too.
+    /// Off by default: anonymous pull of a known name should not reveal every name.
+    #[arg(long, env = "PRIVREG_ANONYMOUS_CATALOG", requires = "anonymous_pull")]
+    pub anonymous_catalog: bool,
+
+    /// Failed logins allowed per user name and per client address per minute;
+    /// beyond it, 429 with Retry-After and no password check (0: no limit).
+    #[arg(long, env = "PRIVREG_AUTH_FAILURES_PER_MINUTE", default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub auth_failures_per_minute: u32,
+
+    /// Seconds between checks of the htpasswd file for changes (a Secret update).
+    #[arg(long, env = "PRIVREG_HTPASSWD_RELOAD_SECONDS", default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub htpasswd_reload_seconds: u64,
+
     /// Refuse every write (push, delete) with UNSUPPORTED; pulls keep working.
     #[arg(long, env = "PRIVREG_READ_ONLY")]
     pub read_only: bool,

@@ -22,7 +22,7 @@ use common::oci::{
     index_manifest, random_bytes, sha512,
 };
 use common::{sha256, store};
-use privreg::registry::auth::Authenticator;
+use privreg::registry::auth::{AuthPolicy, Authenticator};
 use privreg::registry::metrics::Metrics;
 use privreg::registry::storage::FsStore;
 use privreg::registry::{AppState, RegistryConfig};
@@ -961,6 +961,64 @@ async fn catalog_paginates_with_link() {
     let r = reg.get(&next).await;
     assert_eq!(r.json()["repositories"], json!(["d", "e"]));
     assert_eq!(r.h("link"), None);
+}
+
+/// Reads never write: not for unknown repositories, and not for a repository
+/// another registry wrote (no referrers index: the query scans instead).
+#[tokio::test]
+async fn reads_never_write() {
+    let reg = Reg::new();
+    let (subject, subject_bytes) = reg.push_image("r", "app", OCI_MANIFEST).await;
+    let empty = b"{}";
+    reg.push_blob("r", empty).await;
+    let sig = image_manifest(
+        OCI_MANIFEST,
+        empty,
+        &[],
+        json!({"artifactType": "application/vnd.example.sig",
+               "subject": descriptor(OCI_MANIFEST, &subject_bytes)}),
+    );
+    let sig_digest = sha256(&sig);
+    reg.put_manifest("r", &sig_digest, OCI_MANIFEST, &sig)
+        .await
+        .status(201);
+    // As registry:2 would have left it: no index at all.
+    let repo_dir = reg.data.join("docker/registry/v2/repositories/r");
+    std::fs::remove_dir_all(repo_dir.join("_referrers")).unwrap();
+
+    let before = store::paths(reg.tmp.path());
+    let before_files = reg.files();
+    let r = reg.get(&format!("/v2/r/referrers/{subject}")).await;
+    r.status(200);
+    assert_eq!(r.json()["manifests"][0]["digest"], sig_digest.as_str());
+    for uri in [
+        format!("/v2/nobody/referrers/{subject}"),
+        format!("/v2/a/b/c/referrers/{subject}"),
+        "/v2/nobody/tags/list".to_owned(),
+        "/v2/nobody/manifests/latest".to_owned(),
+        format!("/v2/nobody/blobs/{subject}"),
+        "/v2/_catalog".to_owned(),
+        format!("/v2/nobody/blobs/uploads/{ZERO_UUID}"),
+    ] {
+        let r = reg.get(&uri).await;
+        assert!(r.status == 200 || r.status == 404, "{uri}: {}", r.status);
+        reg.head(&uri).await;
+    }
+    assert_eq!(
+        reg.get(&format!("/v2/nobody/referrers/{subject}"))
+            .await
+            .json()["manifests"],
+        json!([])
+    );
+    assert_eq!(store::paths(reg.tmp.path()), before, "reads created paths");
+    reg.assert_unchanged(&before_files, "reads");
+
+    // The index of such a directory is built by the store, at `serve` start.
+    let store = FsStore::new(&reg.data).unwrap();
+    assert_eq!(store.index_all_referrers().unwrap(), 1);
+    assert_eq!(store.index_all_referrers().unwrap(), 0, "built once");
+    let r = reg.get(&format!("/v2/r/referrers/{subject}")).await;
+    assert_eq!(r.json()["manifests"][0]["digest"], sig_digest.as_str());
 }
 
 #[tokio::test]
@@ -2099,13 +2157,19 @@ async fn read_only_mode_serves_reads_and_refuses_writes() {
 // ---------------------------------------------------------------------------
 
 fn htpasswd(anonymous_pull: bool) -> Authenticator {
+    htpasswd_with(AuthPolicy {
+        anonymous_pull,
+        // These tests send many wrong passwords on purpose; the limit has its own test.
+        failures_per_minute: 0,
+        ..AuthPolicy::default()
+    })
+}
+
+fn htpasswd_with(policy: AuthPolicy) -> Authenticator {
     let alice = bcrypt::hash("alice-pw", 4).unwrap();
     let bob = bcrypt::hash("bob-pw", 4).unwrap();
-    Authenticator::from_htpasswd(
-        &format!("# test users\nalice:{alice}\nbob:{bob}\n"),
-        anonymous_pull,
-    )
-    .unwrap()
+    Authenticator::from_htpasswd(&format!("# test users\nalice:{alice}\nbob:{bob}\n"), policy)
+        .unwrap()
 }
 
 #[track_caller]
@@ -2203,6 +2267,58 @@ async fn htpasswd_basic_auth() {
 }
 
 #[tokio::test]
+async fn anonymous_catalog_is_a_separate_permission() {
+    let reg = Reg::with(
+        config(),
+        Some(htpasswd_with(AuthPolicy {
+            anonymous_pull: true,
+            anonymous_catalog: true,
+            ..AuthPolicy::default()
+        })),
+    );
+    let r = reg.get("/v2/_catalog").await;
+    r.status(200);
+    assert_eq!(r.json(), json!({"repositories": []}));
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_with_retry_after() {
+    let reg = Reg::with(
+        config(),
+        Some(htpasswd_with(AuthPolicy {
+            failures_per_minute: 5,
+            ..AuthPolicy::default()
+        })),
+    );
+    let alice = basic("alice", "alice-pw");
+    // Logged in before the attack: keeps working through it.
+    reg.call("GET", "/v2/", &[("authorization", &alice)], Body::empty())
+        .await
+        .status(200);
+    let guess = basic("alice", "guess");
+    for _ in 0..5 {
+        assert_unauthorized(
+            &reg.call("GET", "/v2/", &[("authorization", &guess)], Body::empty())
+                .await,
+        );
+    }
+    let r = reg
+        .call("GET", "/v2/", &[("authorization", &guess)], Body::empty())
+        .await;
+    r.error(429, "TOOMANYREQUESTS");
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=12).contains(&retry), "retry-after {retry}");
+    reg.call("GET", "/v2/", &[("authorization", &alice)], Body::empty())
+        .await
+        .status(200);
+    // Another user is not affected (no address here: in-process requests have none).
+    let bob = basic("bob", "bob-pw");
+    reg.call("GET", "/v2/", &[("authorization", &bob)], Body::empty())
+        .await
+        .status(200);
+}
+
+#[tokio::test]
 async fn anonymous_pull_with_authenticated_push() {
     let reg = Reg::with(config(), Some(htpasswd(true)));
     let alice = basic("alice", "alice-pw");
@@ -2234,7 +2350,11 @@ async fn anonymous_pull_with_authenticated_push() {
     assert_eq!(reg.get(&format!("/v2/r/blobs/{d}")).await.body, data);
     reg.head(&format!("/v2/r/blobs/{d}")).await.status(200);
     reg.get("/v2/r/tags/list").await.status(200);
-    reg.get("/v2/_catalog").await.status(200);
+    // The catalog names every repository: it needs a login unless allowed.
+    assert_unauthorized(&reg.get("/v2/_catalog").await);
+    reg.call("GET", "/v2/_catalog", &auth, Body::empty())
+        .await
+        .status(200);
 
     // Anonymous writes are refused and change nothing.
     let before = reg.files();

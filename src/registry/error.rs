@@ -42,6 +42,11 @@ pub enum RegistryError {
     TooLarge(&'static str),
     #[error("authentication required")]
     Unauthorized,
+    #[error("{what}; retry after {} s", retry_after.as_secs().max(1))]
+    TooManyRequests {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error("the operation is unsupported: {0}")]
     Unsupported(&'static str),
     #[error("no such endpoint")]
@@ -72,6 +77,7 @@ impl RegistryError {
             SizeInvalid(_) => ("SIZE_INVALID", StatusCode::BAD_REQUEST),
             TooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
             Unauthorized => ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
+            TooManyRequests { .. } => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND),
             Storage(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
@@ -104,6 +110,11 @@ impl IntoResponse for RegistryError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"privreg\", charset=\"UTF-8\""),
                 );
+            }
+            RegistryError::TooManyRequests { retry_after, .. } => {
+                // Whole seconds, rounded up: never tell a client to come back early.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
             RegistryError::RangeInvalid { size } => {
                 headers.insert(header::RANGE, range_header(size));

@@ -30,7 +30,7 @@ use storage::uploads::Uploads;
 pub struct AppState {
     pub store: FsStore,
     pub uploads: Uploads,
-    pub auth: Option<Authenticator>,
+    pub auth: Option<Arc<Authenticator>>,
     pub read_only: bool,
     pub max_manifest_bytes: u64,
     pub metrics: Arc<Metrics>,
@@ -54,7 +54,7 @@ impl AppState {
         Arc::new(AppState {
             uploads: Uploads::new(store.clone(), config.max_blob_bytes, metrics.clone()),
             store,
-            auth,
+            auth: auth.map(Arc::new),
             read_only: config.read_only,
             max_manifest_bytes: config.max_manifest_bytes,
             metrics,

@@ -1,12 +1,13 @@
 //! The HTTP surface: one fallback that parses the path (see `routes`), checks
 //! access, and calls a handler; a layer that counts, times and stamps responses.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use axum::routing::get;
 use http_body_util::BodyExt;
 
 use super::AppState;
+use super::auth::{Access, Denied};
 use super::error::{RegistryError, Result};
 use super::handlers::{self, Query};
 use super::metrics::{EndpointLabels, RequestLabels, StorageLabels};
@@ -82,10 +84,25 @@ async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
     })?;
     let method = req.method().clone();
     let read = method == Method::GET || method == Method::HEAD;
-    if let Some(auth) = &state.auth
-        && !auth.allows(req.headers(), read)
-    {
-        return Err(RegistryError::Unauthorized);
+    if let Some(auth) = &state.auth {
+        let access = match (&endpoint, read) {
+            (Endpoint::Catalog, _) => Access::Catalog,
+            (_, true) => Access::Pull,
+            (_, false) => Access::Push,
+        };
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        auth.check(req.headers(), access, peer)
+            .await
+            .map_err(|denied| match denied {
+                Denied::Unauthorized => RegistryError::Unauthorized,
+                Denied::TooManyAttempts { retry_after } => RegistryError::TooManyRequests {
+                    what: "too many failed logins for this user or address",
+                    retry_after,
+                },
+            })?;
     }
     if !read && state.read_only {
         return Err(RegistryError::Unsupported("the registry is read-only"));

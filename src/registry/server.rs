@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 
-use super::auth::Authenticator;
+use super::auth::{AuthPolicy, Authenticator};
 use super::metrics::Metrics;
 use super::storage::FsStore;
 use super::tls::{self, LocalPki, ReloadingResolver};
@@ -26,7 +26,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auth = args
         .htpasswd
         .as_deref()
-        .map(|p| Authenticator::from_file(p, args.anonymous_pull))
+        .map(|p| {
+            Authenticator::from_file(
+                p,
+                AuthPolicy {
+                    anonymous_pull: args.anonymous_pull,
+                    anonymous_catalog: args.anonymous_catalog,
+                    failures_per_minute: args.auth_failures_per_minute,
+                },
+            )
+        })
         .transpose()
         .context("loading the htpasswd file")?;
     let metrics = Arc::new(Metrics::new());
@@ -35,7 +44,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_manifest_bytes: args.max_manifest_bytes,
         max_blob_bytes: (args.max_blob_bytes > 0).then_some(args.max_blob_bytes),
     };
+    if !args.read_only {
+        // A data directory another registry wrote has no referrers index; build
+        // it here, so that queries never write.
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || match store.index_all_referrers() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(repositories = n, "referrers index built"),
+            Err(e) => tracing::warn!(error = %e, "referrers index not built; queries scan instead"),
+        });
+    }
     let state = AppState::new(store, auth, config, metrics);
+    if let Some(auth) = &state.auth {
+        auth.clone()
+            .watch(Duration::from_secs(args.htpasswd_reload_seconds));
+    }
     let app = router(state.clone());
 
     let handle: Handle<SocketAddr> = Handle::new();
@@ -71,7 +94,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "serving plain HTTP: clients must be told this registry is insecure");
         axum_server::bind(args.listen)
             .handle(handle)
-            .serve(app.into_make_service())
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
             .await?;
         return Ok(());
     }
@@ -96,7 +119,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         auth = auth_mode, read_only = args.read_only, "privreg registry listening (HTTPS)");
     axum_server::bind_rustls(args.listen, rustls_config)
         .handle(handle)
-        .serve(app.into_make_service())
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await?;
     tracing::info!("stopped");
     Ok(())

@@ -10,9 +10,8 @@ use super::{Query, run};
 use crate::registry::AppState;
 use crate::registry::digest::Digest;
 use crate::registry::error::Result;
-use crate::registry::manifest::{self, OCI_INDEX, ParsedManifest};
+use crate::registry::manifest::{self, OCI_INDEX};
 use crate::registry::names::RepoName;
-use crate::registry::storage::{FsStore, StorageError};
 
 #[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -33,27 +32,8 @@ pub async fn list(
     query: &Query,
 ) -> Result<Response> {
     let (store, r, s) = (state.store.clone(), repo.clone(), subject.clone());
-    let read_only = state.read_only;
     let mut referrers = run(move || {
-        let digests = if store.referrers_indexed(&r)? {
-            store.referrers(&r, &s)?
-        } else {
-            // Manifests written before privreg served this directory (registry:2
-            // keeps no referrers index): scan every revision once and keep the
-            // index, unless read-only, where nothing is written.
-            let found = subjects_of_revisions(&store, &r)?;
-            if !read_only {
-                for (subject, d) in &found {
-                    store.index_referrer(&r, subject, d)?;
-                }
-                store.mark_referrers_indexed(&r)?;
-            }
-            found
-                .into_iter()
-                .filter(|(subject, _)| *subject == s)
-                .map(|(_, d)| d)
-                .collect()
-        };
+        let digests = store.referrers(&r, &s)?;
         let mut out = Vec::new();
         for d in digests {
             let bytes = store.read_blob(&d)?;
@@ -94,28 +74,4 @@ pub async fn list(
         );
     }
     Ok(response)
-}
-
-/// (subject, manifest) for every manifest of `repo` that has a subject.
-fn subjects_of_revisions(
-    store: &FsStore,
-    repo: &RepoName,
-) -> Result<Vec<(Digest, Digest)>, StorageError> {
-    let mut found = Vec::new();
-    for d in store.manifest_revisions(repo)? {
-        if !store.has_manifest(repo, &d)? {
-            continue;
-        }
-        let Ok(bytes) = store.read_blob(&d) else {
-            continue;
-        };
-        if let Ok(ParsedManifest {
-            subject: Some(subject),
-            ..
-        }) = manifest::parse(None, &bytes)
-        {
-            found.push((subject, d));
-        }
-    }
-    Ok(found)
 }

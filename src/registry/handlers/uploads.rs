@@ -116,8 +116,9 @@ async fn try_mount(
     Ok(mounted.then_some(digest))
 }
 
-/// `Content-Range: <start>-<end>` of a chunk, checked against `Content-Length`.
-fn chunk_start(headers: &HeaderMap, size: u64) -> Result<Option<u64>> {
+/// `Content-Range: <start>-<end>` of a chunk, checked against `Content-Length`;
+/// `size` (the upload's current size) goes into the error.
+pub fn chunk_start(headers: &HeaderMap, size: u64) -> Result<Option<u64>> {
     let Some(raw) = header_str(headers, header::CONTENT_RANGE) else {
         return Ok(None);
     };
@@ -132,12 +133,14 @@ fn chunk_start(headers: &HeaderMap, size: u64) -> Result<Option<u64>> {
         a.trim().parse().map_err(|_| bad())?,
         b.trim().parse().map_err(|_| bad())?,
     );
-    if end < start {
-        return Err(bad());
-    }
+    // `0-18446744073709551615` is u64::MAX + 1 bytes: checked, never wrapped.
+    let span = end
+        .checked_sub(start)
+        .and_then(|d| d.checked_add(1))
+        .ok_or_else(bad)?;
     if let Some(len) =
         header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
-        && len != end - start + 1
+        && len != span
     {
         return Err(bad());
     }
@@ -231,5 +234,7 @@ mod tests {
         assert!(chunk_start(&headers("0-9", Some("5")), 0).is_err());
         assert!(chunk_start(&headers("9-0", None), 0).is_err());
         assert!(chunk_start(&headers("junk", None), 0).is_err());
+        assert!(chunk_start(&headers("0-18446744073709551615", Some("0")), 0).is_err());
+        assert!(chunk_start(&headers("0-18446744073709551615", None), 0).is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 mod fsio;
 pub mod paths;
+mod referrers;
 pub mod uploads;
 
 use std::fs::{self, File};
@@ -125,10 +126,15 @@ impl FsStore {
         tag: Option<&Tag>,
         subject: Option<&Digest>,
     ) -> Result<()> {
+        // A repository privreg creates is indexed from its first manifest on.
+        let new_repo = !self.layout.repo(repo).join("_manifests").is_dir();
         if self.blob_size(d)?.is_none() {
             write_atomic(&self.layout.blob_data(d), content)?;
         }
         write_link(&self.layout.revision_link_dir(repo, d), d)?;
+        if new_repo {
+            self.mark_referrers_indexed(repo)?;
+        }
         if let Some(subject) = subject {
             self.index_referrer(repo, subject, d)?;
         }
@@ -234,28 +240,6 @@ impl FsStore {
         Ok(found)
     }
 
-    /// Whether the referrers index of `repo` covers every manifest in it. A
-    /// repository written by another registry (registry:2 keeps no such index)
-    /// is indexed once, on its first referrers query.
-    pub fn referrers_indexed(&self, repo: &RepoName) -> Result<bool> {
-        let marker = self.layout.referrers_marker(repo);
-        match fs::metadata(&marker) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).ctx("stat referrers index", &marker),
-        }
-    }
-
-    /// Records that the referrers index of `repo` is complete.
-    pub fn mark_referrers_indexed(&self, repo: &RepoName) -> Result<()> {
-        write_atomic(&self.layout.referrers_marker(repo), b"")
-    }
-
-    /// Adds `d` to the referrers of `subject` in `repo`.
-    pub fn index_referrer(&self, repo: &RepoName, subject: &Digest, d: &Digest) -> Result<()> {
-        write_link(&self.layout.referrer_link_dir(repo, subject, d), d)
-    }
-
     /// Every manifest revision of `repo`.
     pub fn manifest_revisions(&self, repo: &RepoName) -> Result<Vec<Digest>> {
         let base = self.layout.revisions(repo);
@@ -263,22 +247,6 @@ impl FsStore {
         for alg in list_dirs(&base)? {
             for hex in list_dirs(&base.join(&alg))? {
                 if let Some(d) = read_link(&base.join(&alg).join(&hex).join("link"))? {
-                    out.push(d);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Manifests in `repo` whose subject is `subject`.
-    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>> {
-        let base = self.layout.referrers_of(repo, subject);
-        let mut out = Vec::new();
-        for alg in list_dirs(&base)? {
-            for hex in list_dirs(&base.join(&alg))? {
-                if let Some(d) = read_link(&base.join(&alg).join(&hex).join("link"))?
-                    && self.has_manifest(repo, &d)?
-                {
                     out.push(d);
                 }
             }

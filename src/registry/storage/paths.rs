@@ -16,8 +16,9 @@
 //!                                               is <subject>; Distribution ignores
 //!                                               underscore directories it does not know
 //!     _referrers/indexed                        the index covers every revision (absent
-//!                                               in a directory registry:2 wrote: then the
-//!                                               first referrers query builds it)
+//!                                               in a directory registry:2 wrote: `privreg
+//!                                               serve` builds it at start; until then a
+//!                                               query scans the revisions, writing nothing)
 //! ```
 //!
 //! Everything is committed by writing a temporary file beside the target, fsync,

@@ -1,0 +1,105 @@
+//! The referrers index: `_referrers/<subject>/<manifest>` links, kept by manifest
+//! writes and deletes. A repository another registry wrote has no index; it is
+//! built once by `index_all_referrers` (at `privreg serve` start). Queries never
+//! write: without an index they scan the repository's revisions.
+
+use std::fs;
+use std::io;
+
+use super::fsio::{IoContext, list_dirs, read_link, write_atomic, write_link};
+use super::{FsStore, Result};
+use crate::registry::digest::Digest;
+use crate::registry::manifest::{self, ParsedManifest};
+use crate::registry::names::RepoName;
+
+impl FsStore {
+    /// Whether the referrers index of `repo` covers every manifest in it.
+    pub fn referrers_indexed(&self, repo: &RepoName) -> Result<bool> {
+        let marker = self.layout.referrers_marker(repo);
+        match fs::metadata(&marker) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx("stat referrers index", &marker),
+        }
+    }
+
+    /// Records that the referrers index of `repo` is complete.
+    pub(super) fn mark_referrers_indexed(&self, repo: &RepoName) -> Result<()> {
+        write_atomic(&self.layout.referrers_marker(repo), b"")
+    }
+
+    /// Adds `d` to the referrers of `subject` in `repo`.
+    pub(super) fn index_referrer(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        d: &Digest,
+    ) -> Result<()> {
+        write_link(&self.layout.referrer_link_dir(repo, subject, d), d)
+    }
+
+    /// Manifests in `repo` whose subject is `subject`. Reads only.
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Digest>> {
+        if !self.referrers_indexed(repo)? {
+            return Ok(self
+                .scan_subjects(repo)?
+                .into_iter()
+                .filter(|(s, _)| s == subject)
+                .map(|(_, d)| d)
+                .collect());
+        }
+        let base = self.layout.referrers_of(repo, subject);
+        let mut out = Vec::new();
+        for alg in list_dirs(&base)? {
+            for hex in list_dirs(&base.join(&alg))? {
+                if let Some(d) = read_link(&base.join(&alg).join(&hex).join("link"))?
+                    && self.has_manifest(repo, &d)?
+                {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builds the index of every repository that has none. Returns how many
+    /// repositories were indexed.
+    pub fn index_all_referrers(&self) -> Result<usize> {
+        let mut indexed = 0;
+        for name in self.repositories()? {
+            let Some(repo) = RepoName::parse(&name) else {
+                continue;
+            };
+            if self.referrers_indexed(&repo)? {
+                continue;
+            }
+            for (subject, d) in self.scan_subjects(&repo)? {
+                self.index_referrer(&repo, &subject, &d)?;
+            }
+            self.mark_referrers_indexed(&repo)?;
+            indexed += 1;
+        }
+        Ok(indexed)
+    }
+
+    /// (subject, manifest) for every manifest of `repo` that has a subject.
+    fn scan_subjects(&self, repo: &RepoName) -> Result<Vec<(Digest, Digest)>> {
+        let mut found = Vec::new();
+        for d in self.manifest_revisions(repo)? {
+            if !self.has_manifest(repo, &d)? {
+                continue;
+            }
+            let Ok(bytes) = self.read_blob(&d) else {
+                continue;
+            };
+            if let Ok(ParsedManifest {
+                subject: Some(subject),
+                ..
+            }) = manifest::parse(None, &bytes)
+            {
+                found.push((subject, d));
+            }
+        }
+        Ok(found)
+    }
+}
