@@ -283,6 +283,54 @@ pub struct ServeArgs {
     #[arg(long, env = "PRIVREG_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
 
+    /// Requests receiving an upload body at once; more get 429 TOOMANYREQUESTS.
+    #[arg(long, env = "PRIVREG_MAX_CONCURRENT_UPLOADS", default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_uploads: u32,
+
+    /// Open upload sessions; a new one beyond it gets 429 TOOMANYREQUESTS.
+    #[arg(long, env = "PRIVREG_MAX_UPLOAD_SESSIONS", default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_upload_sessions: u32,
+
+    /// Upload sessions untouched for this many seconds are deleted.
+    #[arg(long, env = "PRIVREG_UPLOAD_MAX_AGE_SECONDS", default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub upload_max_age_seconds: u64,
+
+    /// Seconds between purges of abandoned upload sessions (one also runs at start).
+    #[arg(long, env = "PRIVREG_UPLOAD_PURGE_INTERVAL_SECONDS", default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub upload_purge_interval_seconds: u64,
+
+    /// Client connections open at once; more are closed at accept.
+    #[arg(long, env = "PRIVREG_MAX_CONNECTIONS", default_value_t = 2048,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Seconds a new connection gets for its TLS handshake and a request's
+    /// headers get to arrive (slow-header clients are cut off after it).
+    #[arg(long, env = "PRIVREG_HEADER_TIMEOUT_SECONDS", default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_seconds: u64,
+
+    /// Seconds a connection may move no byte either way (idle between requests,
+    /// a stalled body, a client that stopped reading) before it is closed.
+    #[arg(long, env = "PRIVREG_IDLE_TIMEOUT_SECONDS", default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_seconds: u64,
+
+    /// Seconds an upload waits for the next piece of its request body, even on an
+    /// HTTP/2 connection that other streams keep busy.
+    #[arg(long, env = "PRIVREG_BODY_TIMEOUT_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub body_timeout_seconds: u64,
+
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "PRIVREG_MAX_STREAMS_PER_CONNECTION", default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
     /// Seconds between checks of the certificate files for rotation.
     #[arg(long, env = "PRIVREG_TLS_RELOAD_SECONDS", default_value_t = 10)]
     pub tls_reload_seconds: u64,

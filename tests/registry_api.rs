@@ -25,7 +25,7 @@ use common::{sha256, store};
 use privreg::registry::auth::{AuthPolicy, Authenticator};
 use privreg::registry::metrics::Metrics;
 use privreg::registry::storage::FsStore;
-use privreg::registry::{AppState, RegistryConfig};
+use privreg::registry::{AppState, RegistryConfig, UploadLimits};
 
 const MIB: u64 = 1 << 20;
 const ZERO_UUID: &str = "00000000-0000-4000-8000-000000000000";
@@ -34,7 +34,10 @@ fn config() -> RegistryConfig {
     RegistryConfig {
         read_only: false,
         max_manifest_bytes: 4 * MIB,
-        max_blob_bytes: None,
+        uploads: UploadLimits {
+            max_blob_bytes: None,
+            ..UploadLimits::default()
+        },
     }
 }
 
@@ -2009,7 +2012,10 @@ async fn client_gone_mid_body_rolls_back() {
 async fn blob_size_limit_is_413() {
     let reg = Reg::with(
         RegistryConfig {
-            max_blob_bytes: Some(100),
+            uploads: UploadLimits {
+                max_blob_bytes: Some(100),
+                ..UploadLimits::default()
+            },
             ..config()
         },
         None,
@@ -2460,4 +2466,185 @@ async fn escaping_names_over_a_real_socket() {
     before.retain(|p| !p.ends_with(".log"));
     assert_eq!(after, before, "an invalid name created something");
     reg.stop();
+}
+
+// ---------------------------------------------------------------------------
+// Uploads: slow and stalled bodies, limits, abandoned sessions
+// ---------------------------------------------------------------------------
+
+/// A body whose frames the test sends one by one; it ends when the sender drops.
+fn held_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    (tx, Body::from_stream(stream))
+}
+
+fn limits(max_concurrent: usize, max_sessions: usize, body_timeout_secs: u64) -> RegistryConfig {
+    RegistryConfig {
+        uploads: UploadLimits {
+            max_concurrent,
+            max_sessions,
+            body_timeout: std::time::Duration::from_secs(body_timeout_secs),
+            ..UploadLimits::default()
+        },
+        ..config()
+    }
+}
+
+/// Trickling bodies hold no blocking thread: with the blocking pool smaller
+/// than the number of uploads in progress, pushes and pulls still go through.
+#[test]
+fn slow_uploads_leave_the_blocking_pool_free() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let reg = Reg::with(limits(64, 1000, 300), None);
+        let mut senders = Vec::new();
+        let mut pending = Vec::new();
+        for _ in 0..16 {
+            let location = reg.start_upload("slow").await;
+            let (tx, body) = held_body();
+            tx.send(Bytes::from_static(b"x")).await.unwrap();
+            senders.push(tx);
+            let app = reg.app.clone();
+            pending.push(tokio::spawn(async move {
+                let req = Request::builder()
+                    .method("PATCH")
+                    .uri(location)
+                    .body(body)
+                    .unwrap();
+                app.oneshot(req).await.unwrap().status().as_u16()
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // A hang here is the failure; the bound only keeps the test from hanging.
+        let served = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            let (digest, manifest) = reg.push_image("fast", "v1", OCI_MANIFEST).await;
+            let r = reg.get(&format!("/v2/fast/manifests/{digest}")).await;
+            r.status(200);
+            assert_eq!(r.body, manifest);
+        })
+        .await;
+        assert!(
+            served.is_ok(),
+            "a push waited behind 16 trickling uploads (blocking pool exhausted)"
+        );
+        drop(senders);
+        for p in pending {
+            assert_eq!(p.await.unwrap(), 202, "a slow body that ends is accepted");
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_limits_answer_429_and_stalled_bodies_roll_back() {
+    let reg = Reg::with(limits(1, 3, 1), None);
+    // One body in progress takes the only slot.
+    let first = reg.start_upload("r").await;
+    let (tx, body) = held_body();
+    tx.send(Bytes::from_static(b"abc")).await.unwrap();
+    let app = reg.app.clone();
+    let uri = first.clone();
+    let stalled = tokio::spawn(async move {
+        let req = Request::builder()
+            .method("PATCH")
+            .uri(uri)
+            .body(body)
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let second = reg.start_upload("r").await;
+    let r = reg.call("PATCH", &second, &[], b"zzz".to_vec()).await;
+    r.error(429, "TOOMANYREQUESTS");
+    assert_eq!(r.header("retry-after"), "1");
+    // Sessions are capped too (three open: two here, and one more).
+    reg.start_upload("r").await;
+    reg.call("POST", "/v2/r/blobs/uploads/", &[], Body::empty())
+        .await
+        .error(429, "TOOMANYREQUESTS");
+
+    // The held body sends nothing more: after the body timeout the request
+    // fails and the session is back where it was, holding nothing.
+    let (status, body) = stalled.await.unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("BLOB_UPLOAD_INVALID"));
+    drop(tx);
+    let r = reg.get(&first).await;
+    r.status(204);
+    assert_eq!(r.header("range"), "0-0");
+    assert!(reg.upload_data(&first).is_empty());
+    // With the slot free again, the refused session takes its chunk.
+    reg.call("PATCH", &second, &[], b"zzz".to_vec())
+        .await
+        .status(202);
+}
+
+#[tokio::test]
+async fn abandoned_uploads_are_purged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let store = FsStore::new(&data).unwrap();
+    let state = AppState::new(store, None, config(), Arc::new(Metrics::new()));
+    let reg = Reg {
+        app: privreg::registry::router(state.clone()),
+        data,
+        tmp,
+    };
+    let old = reg.start_upload("r").await;
+    reg.call("PATCH", &old, &[], b"partial".to_vec())
+        .await
+        .status(202);
+    let fresh = reg.start_upload("r").await;
+    // A session of a repository that holds nothing else, left by a restart.
+    let orphan = reg.start_upload("only/uploads").await;
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(25 * 3600);
+    for location in [&old, &orphan] {
+        let rel = location
+            .strip_prefix("/v2/")
+            .unwrap()
+            .replace("/blobs/uploads/", "/_uploads/");
+        let session = store::v2(&reg.data).join("repositories").join(rel);
+        std::fs::File::options()
+            .write(true)
+            .open(session.join("data"))
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+    }
+    assert_eq!(state.uploads.open_sessions(), 3);
+    let purged = state
+        .uploads
+        .purge(std::time::Duration::from_secs(24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+    assert_eq!(state.uploads.open_sessions(), 1);
+    reg.get(&old).await.error(404, "BLOB_UPLOAD_UNKNOWN");
+    reg.get(&orphan).await.error(404, "BLOB_UPLOAD_UNKNOWN");
+    reg.get(&fresh).await.status(204);
+    let left: Vec<String> = store::paths(reg.tmp.path())
+        .into_iter()
+        .filter(|p| p.contains("_uploads/"))
+        .collect();
+    assert!(
+        left.iter()
+            .all(|p| p.contains(fresh.rsplit('/').next().unwrap())),
+        "{left:?}"
+    );
+    assert!(
+        state
+            .metrics
+            .encode()
+            .contains("privreg_uploads_purged_total 2")
+    );
 }

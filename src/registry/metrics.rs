@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -32,6 +33,11 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub upload_seconds: Histogram,
     pub storage_errors: Family<StorageLabels, Counter>,
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
+    pub connections_timed_out: Counter,
+    pub uploads_refused: Counter,
+    pub uploads_purged: Counter,
 }
 
 impl Default for Metrics {
@@ -81,8 +87,43 @@ impl Metrics {
             "Storage failures by operation",
             storage_errors.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because --max-connections were open",
+            connections_refused.clone(),
+        );
+        let connections_timed_out = Counter::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections closed after --idle-timeout-seconds without a byte either way",
+            connections_timed_out.clone(),
+        );
+        let uploads_refused = Counter::default();
+        registry.register(
+            "uploads_refused",
+            "Upload requests or sessions refused by a limit (429)",
+            uploads_refused.clone(),
+        );
+        let uploads_purged = Counter::default();
+        registry.register(
+            "uploads_purged",
+            "Abandoned upload sessions deleted by the purge",
+            uploads_purged.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_refused,
+            connections_timed_out,
+            uploads_refused,
+            uploads_purged,
             requests,
             request_seconds,
             bytes_received,

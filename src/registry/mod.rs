@@ -4,6 +4,7 @@
 //! failure to the spec's JSON once, `server` wires TLS, metrics and shutdown.
 
 pub mod auth;
+pub mod connections;
 pub mod digest;
 pub mod error;
 pub mod handlers;
@@ -24,12 +25,13 @@ pub use server::serve;
 use auth::Authenticator;
 use metrics::Metrics;
 use storage::FsStore;
+pub use storage::uploads::UploadLimits;
 use storage::uploads::Uploads;
 
 /// Everything a request handler needs.
 pub struct AppState {
     pub store: FsStore,
-    pub uploads: Uploads,
+    pub uploads: Arc<Uploads>,
     pub auth: Option<Arc<Authenticator>>,
     pub read_only: bool,
     pub max_manifest_bytes: u64,
@@ -41,7 +43,7 @@ pub struct AppState {
 pub struct RegistryConfig {
     pub read_only: bool,
     pub max_manifest_bytes: u64,
-    pub max_blob_bytes: Option<u64>,
+    pub uploads: UploadLimits,
 }
 
 impl AppState {
@@ -52,7 +54,7 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Arc<AppState> {
         Arc::new(AppState {
-            uploads: Uploads::new(store.clone(), config.max_blob_bytes, metrics.clone()),
+            uploads: Arc::new(Uploads::new(store.clone(), config.uploads, metrics.clone())),
             store,
             auth: auth.map(Arc::new),
             read_only: config.read_only,

@@ -12,13 +12,14 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use super::auth::{AuthPolicy, Authenticator};
+use super::connections::LimitAcceptor;
 use super::metrics::Metrics;
 use super::storage::FsStore;
 use super::tls::{self, LocalPki, ReloadingResolver};
-use super::{AppState, RegistryConfig, router};
+use super::{AppState, RegistryConfig, UploadLimits, router};
 use crate::cli::ServeArgs;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -42,7 +43,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = RegistryConfig {
         read_only: args.read_only,
         max_manifest_bytes: args.max_manifest_bytes,
-        max_blob_bytes: (args.max_blob_bytes > 0).then_some(args.max_blob_bytes),
+        uploads: UploadLimits {
+            max_blob_bytes: (args.max_blob_bytes > 0).then_some(args.max_blob_bytes),
+            max_concurrent: args.max_concurrent_uploads as usize,
+            max_sessions: args.max_upload_sessions as usize,
+            body_timeout: Duration::from_secs(args.body_timeout_seconds),
+        },
     };
     if !args.read_only {
         // A data directory another registry wrote has no referrers index; build
@@ -55,6 +61,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let state = AppState::new(store, auth, config, metrics);
+    if !args.read_only {
+        state.uploads.clone().purge_on_schedule(
+            Duration::from_secs(args.upload_max_age_seconds),
+            Duration::from_secs(args.upload_purge_interval_seconds),
+        );
+    }
     if let Some(auth) = &state.auth {
         auth.clone()
             .watch(Duration::from_secs(args.htpasswd_reload_seconds));
@@ -89,11 +101,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(_), false) => "htpasswd",
         (Some(_), true) => "htpasswd, anonymous pull",
     };
+    let header_timeout = Duration::from_secs(args.header_timeout_seconds);
+    let limits = LimitAcceptor::new(
+        args.max_connections as usize,
+        Duration::from_secs(args.idle_timeout_seconds),
+        state.metrics.clone(),
+    );
     if args.insecure_http {
         tracing::warn!(addr = %args.listen, data = %args.data.display(), auth = auth_mode,
             "serving plain HTTP: clients must be told this registry is insecure");
-        axum_server::bind(args.listen)
+        let mut server = axum_server::bind(args.listen)
+            .acceptor(limits)
             .handle(handle)
+            .first_request_timeout(header_timeout);
+        configure_http(server.http_builder(), &args);
+        server
             .serve(app.into_make_service_with_connect_info::<SocketAddr>())
             .await?;
         return Ok(());
@@ -117,12 +139,32 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rustls_config = RustlsConfig::from_config(Arc::new(tls::server_config(resolver)));
     tracing::info!(addr = %args.listen, data = %args.data.display(), cert = %cert.display(),
         auth = auth_mode, read_only = args.read_only, "privreg registry listening (HTTPS)");
-    axum_server::bind_rustls(args.listen, rustls_config)
+    let acceptor = RustlsAcceptor::new(rustls_config)
+        .handshake_timeout(header_timeout)
+        .acceptor(limits);
+    let mut server = axum_server::bind(args.listen)
+        .acceptor(acceptor)
         .handle(handle)
+        .first_request_timeout(header_timeout);
+    configure_http(server.http_builder(), &args);
+    server
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// HTTP-level limits: header read time (HTTP/1), streams per connection (HTTP/2).
+fn configure_http(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    args: &ServeArgs,
+) {
+    builder
+        .http1()
+        .header_read_timeout(Duration::from_secs(args.header_timeout_seconds));
+    builder
+        .http2()
+        .max_concurrent_streams(args.max_streams_per_connection);
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {

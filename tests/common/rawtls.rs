@@ -231,6 +231,31 @@ impl TlsConn {
         }
     }
 
+    /// Waits up to `limit` for the server to close the connection (EOF, reset,
+    /// close_notify); `false` if it is still open then. Reads and drops any bytes.
+    pub fn wait_closed(&mut self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = self.stream.sock.set_read_timeout(Some(left));
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
     /// Closes the TCP connection at once, without a TLS close_notify.
     pub fn abort(self) {
         let _ = self.stream.sock.shutdown(std::net::Shutdown::Both);

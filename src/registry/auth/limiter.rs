@@ -72,6 +72,15 @@ impl<K: Hash + Eq + Clone> FailureLimiter<K> {
         );
     }
 
+    /// Gives back a failure spent in advance for an attempt that succeeded.
+    pub fn refund(&mut self, key: &K, now: Instant) {
+        let full = f64::from(self.per_minute);
+        if let Some(b) = self.buckets.get(key).copied() {
+            let tokens = (self.refilled(b, now) + 1.0).min(full);
+            self.buckets.insert(key.clone(), Bucket { tokens, at: now });
+        }
+    }
+
     fn make_room(&mut self, now: Instant) {
         let full = f64::from(self.per_minute);
         let rate = self.rate_per_second();
@@ -113,6 +122,8 @@ mod tests {
         assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20));
         assert_eq!(l.blocked(&"other", t0), None, "keys are separate");
         assert_eq!(l.blocked(&"k", t0 + Duration::from_secs(20)), None);
+        l.refund(&"k", t0);
+        assert_eq!(l.blocked(&"k", t0), None, "a refund gives one back");
     }
 
     #[test]

@@ -154,10 +154,15 @@ impl Authenticator {
         }
         let keys = limit_keys(user, peer);
         {
-            let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            // Every check spends a failure up front (refunded on success), so
+            // concurrent guesses cannot all pass the budget before one fails.
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             if let Some(retry_after) = keys.iter().filter_map(|k| failures.blocked(k, now)).max() {
                 return Err(Denied::TooManyAttempts { retry_after });
+            }
+            for k in &keys {
+                failures.record_failure(k, now);
             }
         }
         let matched = {
@@ -168,24 +173,26 @@ impl Authenticator {
                 .await
                 .unwrap_or(false)
         };
-        if matched && known {
-            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-            verified.retain(|u, _| users.hash_for(u).1);
-            verified.insert(
-                user.to_owned(),
-                Verified {
-                    fingerprint,
-                    used: Instant::now(),
-                },
-            );
-            return Ok(());
+        if !(matched && known) {
+            return Err(Denied::Unauthorized);
         }
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        for k in &keys {
-            failures.record_failure(k, now);
+        {
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for k in &keys {
+                failures.refund(k, now);
+            }
         }
-        Err(Denied::Unauthorized)
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified.retain(|u, _| users.hash_for(u).1);
+        verified.insert(
+            user.to_owned(),
+            Verified {
+                fingerprint,
+                used: Instant::now(),
+            },
+        );
+        Ok(())
     }
 
     fn remembered(&self, user: &str, fingerprint: &[u8; 32]) -> bool {

@@ -215,6 +215,50 @@ impl FsStore {
         Ok(Some(tags))
     }
 
+    /// (repository, session id) of every upload session whose data was last
+    /// written more than `max_age` ago, in any repository (also ones that hold
+    /// no manifest yet).
+    pub fn stale_uploads(&self, max_age: std::time::Duration) -> Result<Vec<(RepoName, String)>> {
+        let now = std::time::SystemTime::now();
+        let mut stale = Vec::new();
+        let mut stack = vec![String::new()];
+        while let Some(prefix) = stack.pop() {
+            let dir = self.layout.repositories().join(&prefix);
+            for name in list_dirs(&dir)? {
+                if name == "_uploads" {
+                    let Some(repo) = RepoName::parse(&prefix) else {
+                        continue;
+                    };
+                    for id in list_dirs(&dir.join("_uploads"))? {
+                        let session = self.layout.upload_dir(&repo, &id);
+                        // A session without data (crashed between mkdir and create)
+                        // is dated by its directory.
+                        let modified = fs::metadata(session.join("data"))
+                            .or_else(|_| fs::metadata(&session))
+                            .and_then(|m| m.modified());
+                        let age = modified
+                            .ok()
+                            .and_then(|m| now.duration_since(m).ok())
+                            .unwrap_or_default();
+                        if age > max_age {
+                            stale.push((repo.clone(), id));
+                        }
+                    }
+                } else if !name.starts_with('_') {
+                    let child = if prefix.is_empty() {
+                        name
+                    } else {
+                        format!("{prefix}/{name}")
+                    };
+                    if RepoName::parse(&child).is_some() {
+                        stack.push(child);
+                    }
+                }
+            }
+        }
+        Ok(stale)
+    }
+
     /// Every repository that holds manifests, sorted.
     pub fn repositories(&self) -> Result<Vec<String>> {
         let mut found = Vec::new();

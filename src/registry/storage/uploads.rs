@@ -3,11 +3,17 @@
 //! lives in memory; after a restart it is rebuilt from the data file, so sessions
 //! survive restarts. A request that fails half-way (client gone, limit hit) is
 //! rolled back to where it started, so file and hash always agree.
+//!
+//! Bodies are received on the async side and written in pieces of up to
+//! `PIECE` bytes, one piece at a time on the blocking pool: a client that
+//! trickles holds no thread, only its connection. Concurrent body-carrying
+//! requests, open sessions and the wait for each piece of a body are bounded.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -19,9 +25,10 @@ use crate::registry::error::{RegistryError, Result};
 use crate::registry::metrics::Metrics;
 use crate::registry::names::RepoName;
 
-const WRITE_BUFFER: usize = 256 << 10;
-/// Chunks in flight between the receiving task and the writer.
-const CHANNEL_CHUNKS: usize = 8;
+const READ_BUFFER: usize = 256 << 10;
+/// Bytes received before a piece goes to the writer; one piece is written while
+/// the next is received.
+const PIECE: usize = 1 << 20;
 /// Start writeback of what was written every this many bytes, so the fsync at
 /// commit has little left to flush.
 const WRITEBACK_EVERY: u64 = 32 << 20;
@@ -37,21 +44,55 @@ struct Session {
 
 type SessionRef = Arc<tokio::sync::Mutex<Session>>;
 
+/// Bounds on what uploads may hold.
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    /// Largest blob (None: no limit).
+    pub max_blob_bytes: Option<u64>,
+    /// Requests receiving a body at once; more get 429.
+    pub max_concurrent: usize,
+    /// Open sessions; more get 429 on POST.
+    pub max_sessions: usize,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_blob_bytes: None,
+            max_concurrent: 256,
+            max_sessions: 4096,
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// All upload sessions of one registry.
 pub struct Uploads {
     store: FsStore,
     open: Mutex<HashMap<String, SessionRef>>,
-    max_blob_bytes: Option<u64>,
+    limits: UploadLimits,
+    receiving: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
 impl Uploads {
-    pub fn new(store: FsStore, max_blob_bytes: Option<u64>, metrics: Arc<Metrics>) -> Uploads {
+    pub fn new(store: FsStore, limits: UploadLimits, metrics: Arc<Metrics>) -> Uploads {
         Uploads {
             store,
             open: Mutex::new(HashMap::new()),
-            max_blob_bytes,
+            receiving: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            limits,
             metrics,
+        }
+    }
+
+    fn refuse(&self, what: &'static str) -> RegistryError {
+        self.metrics.uploads_refused.inc();
+        RegistryError::TooManyRequests {
+            what,
+            retry_after: Duration::from_secs(1),
         }
     }
 
@@ -61,6 +102,9 @@ impl Uploads {
 
     /// Opens a new session and returns its id.
     pub async fn start(&self, repo: &RepoName) -> Result<String> {
+        if self.lock_map().len() >= self.limits.max_sessions {
+            return Err(self.refuse("too many open upload sessions"));
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.store.layout().upload_dir(repo, &id);
         let started = time::OffsetDateTime::now_utc()
@@ -140,6 +184,9 @@ impl Uploads {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let Ok(_receiving) = self.receiving.clone().try_acquire_owned() else {
+            return Err(self.refuse("too many uploads in progress"));
+        };
         let session = self.session(repo, id).await?;
         let mut s = session.lock().await;
         if s.closed {
@@ -160,9 +207,9 @@ impl Uploads {
         Ok(size)
     }
 
-    /// Streams `body` into the upload file from offset `start`. The async side only
-    /// receives; a blocking writer hashes and writes, so TLS, hashing and disk use
-    /// both cores. On any failure the file is cut back to `start`.
+    /// Streams `body` into the upload file from offset `start`: received here,
+    /// written piece by piece on the blocking pool (one piece written while the
+    /// next arrives). On any failure the file is cut back to `start`.
     async fn write_body<S, E>(
         &self,
         path: &std::path::Path,
@@ -174,47 +221,66 @@ impl Uploads {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
-        let writer_path = path.to_owned();
-        let writer =
-            tokio::task::spawn_blocking(move || write_chunks(&writer_path, start, hasher, rx));
+        let opened = {
+            let p = path.to_owned();
+            blocking(move || PieceWriter::open(&p, start, hasher)).await
+        };
+        let mut writer = Some(opened?);
+        let mut in_flight: Option<tokio::task::JoinHandle<PieceResult>> = None;
+        let mut piece: Vec<Bytes> = Vec::new();
+        let mut piece_len = 0usize;
         let mut size = start;
         let received: Result<()> = async {
-            while let Some(chunk) = body.next().await {
+            loop {
+                let next = tokio::time::timeout(self.limits.body_timeout, body.next())
+                    .await
+                    .map_err(|_| {
+                        RegistryError::BlobUploadInvalid(format!(
+                            "no body data for {} s",
+                            self.limits.body_timeout.as_secs()
+                        ))
+                    })?;
+                let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(|e| {
                     RegistryError::BlobUploadInvalid(format!("request body failed: {e}"))
                 })?;
-                size += chunk.len() as u64;
-                if self.max_blob_bytes.is_some_and(|max| size > max) {
+                size = size
+                    .checked_add(chunk.len() as u64)
+                    .ok_or(RegistryError::TooLarge("blob"))?;
+                if self.limits.max_blob_bytes.is_some_and(|max| size > max) {
                     return Err(RegistryError::TooLarge("blob"));
                 }
-                if tx.send(chunk).await.is_err() {
-                    // The writer stopped early; its own error says why.
-                    break;
+                piece_len += chunk.len();
+                piece.push(chunk);
+                if piece_len >= PIECE {
+                    let w = next_writer(&mut writer, &mut in_flight, path).await?;
+                    let full = std::mem::take(&mut piece);
+                    piece_len = 0;
+                    in_flight = Some(tokio::task::spawn_blocking(move || w.write(full)));
                 }
             }
+            let w = next_writer(&mut writer, &mut in_flight, path).await?;
+            let rest = std::mem::take(&mut piece);
+            writer = Some(blocking(move || w.write(rest)).await?);
             Ok(())
         }
         .await;
-        drop(tx);
-        let written = match writer.await {
-            Ok(r) => r.map_err(RegistryError::from),
-            Err(e) => Err(RegistryError::Storage(StorageError {
-                op: "upload writer",
-                path: path.to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })),
-        };
-        match (received, written) {
-            (Ok(()), Ok((hasher, written))) if written == size => Ok((size, hasher)),
-            (received, written) => {
-                // Roll back to the session's last good state.
-                let _ = truncate(path, start).await;
-                Err(received.err().or(written.err()).unwrap_or_else(|| {
-                    RegistryError::BlobUploadInvalid("upload ended early".into())
-                }))
+        if received.is_ok()
+            && let Some(w) = writer.take()
+        {
+            let (hasher, written) = w.finish();
+            if written == size {
+                return Ok((size, hasher));
             }
         }
+        // Let a piece still being written finish before cutting the file back.
+        if let Some(pending) = in_flight.take() {
+            let _ = pending.await;
+        }
+        let _ = truncate(path, start).await;
+        Err(received
+            .err()
+            .unwrap_or_else(|| RegistryError::BlobUploadInvalid("upload ended early".into())))
     }
 
     /// Verifies the upload against `digest` and commits it as a blob of `repo`.
@@ -279,57 +345,188 @@ impl Uploads {
         Ok(())
     }
 
+    /// Deletes sessions that received nothing for `max_age` (by the data file's
+    /// modification time), on disk and in memory; a session receiving a body
+    /// right now is left alone. Returns how many were deleted.
+    pub async fn purge(&self, max_age: Duration) -> Result<usize> {
+        let store = self.store.clone();
+        let stale = blocking(move || store.stale_uploads(max_age)).await?;
+        let mut purged = 0;
+        for (repo, id) in stale {
+            let in_memory = self.lock_map().get(&session_key(&repo, &id)).cloned();
+            let guard = match &in_memory {
+                Some(session) => match session.clone().try_lock_owned() {
+                    Ok(g) => Some(g),
+                    Err(_) => continue, // busy: not abandoned
+                },
+                None => None,
+            };
+            if let Some(mut g) = guard {
+                if g.closed {
+                    continue;
+                }
+                g.closed = true;
+            }
+            let dir = self.store.layout().upload_dir(&repo, &id);
+            blocking(move || remove_tree(&dir)).await?;
+            self.forget(&repo, &id);
+            purged += 1;
+        }
+        self.metrics.uploads_purged.inc_by(purged as u64);
+        Ok(purged)
+    }
+
+    /// Purges at once and then every `every`, logging what it did.
+    pub fn purge_on_schedule(self: Arc<Self>, max_age: Duration, every: Duration) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match self.purge(max_age).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sessions = n, "abandoned uploads purged"),
+                    Err(e) => tracing::warn!(error = %e, "upload purge failed"),
+                }
+            }
+        });
+    }
+
+    /// Open sessions known to this process.
+    pub fn open_sessions(&self) -> usize {
+        self.lock_map().len()
+    }
+
     fn forget(&self, repo: &RepoName, id: &str) {
         self.lock_map().remove(&session_key(repo, id));
     }
 }
 
-/// The writer side of `write_body`: hash and append every chunk; returns the hash
-/// and the file length.
-fn write_chunks(
+type PieceResult = std::result::Result<PieceWriter, StorageError>;
+
+/// Waits for the piece in flight (if any) and returns the writer for the next.
+async fn next_writer(
+    writer: &mut Option<PieceWriter>,
+    in_flight: &mut Option<tokio::task::JoinHandle<PieceResult>>,
     path: &std::path::Path,
-    start: u64,
-    mut hasher: Hasher,
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-) -> std::result::Result<(Hasher, u64), StorageError> {
-    use std::io::{Seek, Write};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .ctx("open upload", path)?;
-    file.seek(std::io::SeekFrom::Start(start))
-        .ctx("seek upload", path)?;
-    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut size = start;
-    let mut unsynced = 0u64;
-    let mut writeback: Option<std::thread::JoinHandle<()>> = None;
-    while let Some(chunk) = rx.blocking_recv() {
-        hasher.update(&chunk);
-        out.write_all(&chunk).ctx("write upload", path)?;
-        size += chunk.len() as u64;
-        unsynced += chunk.len() as u64;
-        if unsynced >= WRITEBACK_EVERY && writeback.as_ref().is_none_or(|w| w.is_finished()) {
-            // fdatasync on a second handle runs beside further writes; it only
-            // brings the final fsync forward, so its result does not matter here.
-            out.flush().ctx("write upload", path)?;
-            if let Ok(clone) = out.get_ref().try_clone() {
-                writeback = Some(std::thread::spawn(move || {
-                    let _ = clone.sync_data();
+) -> Result<PieceWriter> {
+    if let Some(pending) = in_flight.take() {
+        let w = match pending.await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => {
+                return Err(RegistryError::Storage(StorageError {
+                    op: "upload writer",
+                    path: path.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
                 }));
             }
-            unsynced = 0;
-        }
+        };
+        *writer = Some(w);
     }
-    out.flush().ctx("write upload", path)?;
-    if unsynced >= WRITE_BUFFER as u64 && writeback.as_ref().is_none_or(|w| w.is_finished()) {
-        // A chunk of a longer upload: start its writeback now rather than at commit.
-        if let Ok(clone) = out.get_ref().try_clone() {
-            std::thread::spawn(move || {
+    writer.take().ok_or_else(|| {
+        RegistryError::Storage(StorageError {
+            op: "upload writer",
+            path: path.to_owned(),
+            source: std::io::Error::other("writer lost after a failed piece"),
+        })
+    })
+}
+
+/// The upload file, its running hash and length, and the writeback of what was
+/// written so far. Moves to the blocking pool for each piece and back.
+struct PieceWriter {
+    file: std::fs::File,
+    path: PathBuf,
+    hasher: Hasher,
+    size: u64,
+    unsynced: u64,
+    writeback: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PieceWriter {
+    fn open(
+        path: &std::path::Path,
+        start: u64,
+        hasher: Hasher,
+    ) -> std::result::Result<PieceWriter, StorageError> {
+        use std::io::Seek;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .ctx("open upload", path)?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .ctx("seek upload", path)?;
+        Ok(PieceWriter {
+            file,
+            path: path.to_owned(),
+            hasher,
+            size: start,
+            unsynced: 0,
+            writeback: None,
+        })
+    }
+
+    /// Hashes and appends `chunks` (blocking).
+    fn write(mut self, chunks: Vec<Bytes>) -> PieceResult {
+        use std::io::{IoSlice, Write};
+        for c in &chunks {
+            self.hasher.update(c);
+        }
+        let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Err(StorageError {
+                        op: "write upload",
+                        path: self.path,
+                        source: e,
+                    });
+                }
+                Ok(n) => {
+                    self.size += n as u64;
+                    self.unsynced += n as u64;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(StorageError {
+                        op: "write upload",
+                        path: self.path,
+                        source: e,
+                    });
+                }
+            }
+        }
+        if self.unsynced >= WRITEBACK_EVERY {
+            self.start_writeback();
+        }
+        Ok(self)
+    }
+
+    /// fdatasync on a second handle, beside further writes: it only brings the
+    /// fsync at commit forward, so its result does not matter here.
+    fn start_writeback(&mut self) {
+        if self.writeback.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        if let Ok(clone) = self.file.try_clone() {
+            self.writeback = Some(std::thread::spawn(move || {
                 let _ = clone.sync_data();
-            });
+            }));
+            self.unsynced = 0;
         }
     }
-    Ok((hasher, size))
+
+    /// The hash and length; a chunk of a longer upload starts its writeback now
+    /// rather than at commit.
+    fn finish(mut self) -> (Hasher, u64) {
+        if self.unsynced >= READ_BUFFER as u64 {
+            self.start_writeback();
+        }
+        (self.hasher, self.size)
+    }
 }
 
 async fn truncate(path: &std::path::Path, len: u64) -> std::io::Result<()> {
@@ -368,7 +565,7 @@ fn hash_file(
     algorithm: Algorithm,
 ) -> std::result::Result<(Hasher, u64), StorageError> {
     let mut hasher = algorithm.hasher();
-    let mut buf = vec![0u8; WRITE_BUFFER];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut size = 0u64;
     loop {
         let n = file.read(&mut buf).ctx("read upload", path)?;
