@@ -271,6 +271,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PRIVREG_MAX_MANIFEST_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_manifest_bytes: u64,
 
+    /// Accept manifests and indexes that name blobs or child manifests this
+    /// registry does not hold (an index copied with one platform only). Off:
+    /// every reference must be present, so every pull of a tag can complete.
+    #[arg(long, env = "PRIVREG_ALLOW_SPARSE_MANIFESTS")]
+    pub allow_sparse_manifests: bool,
+
     /// Largest blob accepted, in bytes (0: no limit).
     #[arg(long, env = "PRIVREG_MAX_BLOB_BYTES", default_value_t = 0)]
     pub max_blob_bytes: u64,

@@ -179,8 +179,15 @@ fn reference_registry_baseline_is_reported() {
 /// Runs the redesigned suite (conformance v2, OCI 1.1 profile: sha512, anonymous
 /// mount, nested indexes, non-distributable layers...). Returns (exit success,
 /// "N passed, M failed" over its test lines, full output).
-fn run_suite_v2(suite: &Path, host: &str, ca: &Path, out: &Path) -> (bool, String, String) {
+fn run_suite_v2(
+    suite: &Path,
+    host: &str,
+    ca: &Path,
+    out: &Path,
+    extra_env: &[(&str, &str)],
+) -> (bool, String, String) {
     let output = Command::new(suite)
+        .envs(extra_env.iter().copied())
         .current_dir(out)
         .env("OCI_REGISTRY", host)
         .env("OCI_TLS", "enabled")
@@ -233,10 +240,20 @@ fn privreg_passes_the_conformance_v2_suite() {
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
+            "--allow-sparse-manifests",
         ],
     );
     let out = report_dir("privreg-v2");
-    let (ok, summary, text) = run_suite_v2(&suite, &reg.host(), &ca, &out);
+    // The development profile turns on the optional cases (tag parameters on a
+    // PUT by digest, upload cancel, digest headers); sparse manifests are opt-in
+    // on both sides.
+    let (ok, summary, text) = run_suite_v2(
+        &suite,
+        &reg.host(),
+        &ca,
+        &out,
+        &[("OCI_VERSION", "1.1+dev"), ("OCI_DATA_SPARSE", "true")],
+    );
     println!(
         "privreg conformance v2: {summary} (report: {})",
         out.display()
@@ -256,7 +273,7 @@ fn reference_registry_v2_baseline_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, port, _stop) = start_reference(dir.path());
     let out = report_dir("reference-v2");
-    let (_ok, summary, text) = run_suite_v2(&suite, &format!("127.0.0.1:{port}"), &ca, &out);
+    let (_ok, summary, text) = run_suite_v2(&suite, &format!("127.0.0.1:{port}"), &ca, &out, &[]);
     println!("reference docker-registry conformance v2: {summary} (not gating)");
     assert!(
         text.contains("OCI Conformance Test"),

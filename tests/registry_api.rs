@@ -34,6 +34,7 @@ fn config() -> RegistryConfig {
     RegistryConfig {
         read_only: false,
         max_manifest_bytes: 4 * MIB,
+        allow_sparse_manifests: false,
         uploads: UploadLimits {
             max_blob_bytes: None,
             ..UploadLimits::default()
@@ -2647,4 +2648,150 @@ async fn abandoned_uploads_are_purged() {
             .encode()
             .contains("privreg_uploads_purged_total 2")
     );
+}
+
+// ---------------------------------------------------------------------------
+// Newer parts of the spec: tag parameters, sparse manifests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn put_by_digest_with_tag_parameters() {
+    let reg = Reg::new();
+    let config_blob = br#"{"architecture":"amd64","os":"linux"}"#;
+    reg.push_blob("r", config_blob).await;
+    let m = image_manifest(OCI_MANIFEST, config_blob, &[], json!({}));
+    // sha512: the spec's case for tag parameters (a tag PUT would hash with sha256).
+    let d = sha512(&m);
+    let r = reg
+        .call(
+            "PUT",
+            &format!("/v2/r/manifests/{d}?tag=one&tag=two&tag=one"),
+            &[("content-type", OCI_MANIFEST)],
+            m.clone(),
+        )
+        .await;
+    r.status(201);
+    let tags: Vec<&str> = r
+        .headers
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["one", "two"]);
+    assert_eq!(r.header("docker-content-digest"), d);
+    for t in ["one", "two"] {
+        let got = reg.get(&format!("/v2/r/manifests/{t}")).await;
+        got.status(200);
+        assert_eq!(got.body, m);
+        assert_eq!(got.header("docker-content-digest"), d);
+    }
+    assert_eq!(
+        reg.get("/v2/r/tags/list").await.json()["tags"],
+        json!(["one", "two"])
+    );
+
+    // A bad tag refuses the whole request, and nothing is stored.
+    let before = reg.files();
+    let other = image_manifest(
+        OCI_MANIFEST,
+        config_blob,
+        &[],
+        json!({"annotations": {"a": "b"}}),
+    );
+    reg.call(
+        "PUT",
+        &format!("/v2/r/manifests/{}?tag=ok&tag=-bad", sha256(&other)),
+        &[("content-type", OCI_MANIFEST)],
+        other.clone(),
+    )
+    .await
+    .error(400, "TAG_INVALID");
+    let many: String = (0..65).map(|i| format!("tag=t{i}&")).collect();
+    reg.call(
+        "PUT",
+        &format!("/v2/r/manifests/{}?{many}", sha256(&other)),
+        &[("content-type", OCI_MANIFEST)],
+        other,
+    )
+    .await
+    .error(400, "SIZE_INVALID");
+    reg.assert_unchanged(&before, "refused tag parameters");
+}
+
+#[tokio::test]
+async fn sparse_manifests_only_when_allowed() {
+    let layer_never_pushed = random_bytes(100);
+    let config_blob = br#"{"architecture":"arm64","os":"linux"}"#;
+    let m = image_manifest(OCI_MANIFEST, config_blob, &[&layer_never_pushed], json!({}));
+    let index = index_manifest(OCI_INDEX, &[(OCI_MANIFEST, &m)], json!({}));
+
+    let reg = Reg::new();
+    reg.push_blob("r", config_blob).await;
+    reg.put_manifest("r", "img", OCI_MANIFEST, &m)
+        .await
+        .error(400, "MANIFEST_BLOB_UNKNOWN");
+    reg.put_manifest("r", "idx", OCI_INDEX, &index)
+        .await
+        .error(400, "MANIFEST_BLOB_UNKNOWN");
+
+    let reg = reg.reopen(
+        RegistryConfig {
+            allow_sparse_manifests: true,
+            ..config()
+        },
+        None,
+    );
+    // An index whose child was never pushed (a one-platform copy).
+    reg.put_manifest("r", "idx", OCI_INDEX, &index)
+        .await
+        .status(201);
+    assert_eq!(reg.get("/v2/r/manifests/idx").await.body, index);
+    reg.get(&format!("/v2/r/manifests/{}", sha256(&m)))
+        .await
+        .error(404, "MANIFEST_UNKNOWN");
+    // An image whose layer was never pushed.
+    reg.put_manifest("r", "img", OCI_MANIFEST, &m)
+        .await
+        .status(201);
+    reg.get(&format!("/v2/r/blobs/{}", sha256(&layer_never_pushed)))
+        .await
+        .error(404, "BLOB_UNKNOWN");
+}
+
+/// Empty frames (HTTP/2 DATA frames of length 0, an empty PATCH) are fine.
+#[tokio::test]
+async fn empty_body_frames_are_accepted() {
+    let reg = Reg::new();
+    let location = reg.start_upload("r").await;
+    reg.call("PATCH", &location, &[], stream_body(vec![vec![], vec![]]))
+        .await
+        .status(202);
+    reg.call(
+        "PATCH",
+        &location,
+        &[],
+        stream_body(vec![vec![], b"abc".to_vec(), vec![]]),
+    )
+    .await
+    .status(202);
+    let d = sha256(b"abc");
+    let sep = if location.contains('?') { '&' } else { '?' };
+    reg.call(
+        "PUT",
+        &format!("{location}{sep}digest={d}"),
+        &[],
+        Body::empty(),
+    )
+    .await
+    .status(201);
+    assert_eq!(reg.get(&format!("/v2/r/blobs/{d}")).await.body, b"abc");
+    let empty = sha256(b"");
+    reg.call(
+        "POST",
+        &format!("/v2/r/blobs/uploads/?digest={empty}"),
+        &[],
+        stream_body(vec![vec![]]),
+    )
+    .await
+    .status(201);
 }

@@ -35,6 +35,7 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     pub read_only: bool,
     pub max_manifest_bytes: u64,
+    pub allow_sparse_manifests: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -43,7 +44,20 @@ pub struct AppState {
 pub struct RegistryConfig {
     pub read_only: bool,
     pub max_manifest_bytes: u64,
+    /// Accept manifests and indexes whose blobs or children were never pushed.
+    pub allow_sparse_manifests: bool,
     pub uploads: UploadLimits,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            read_only: false,
+            max_manifest_bytes: 4 << 20,
+            allow_sparse_manifests: false,
+            uploads: UploadLimits::default(),
+        }
+    }
 }
 
 impl AppState {
@@ -59,6 +73,7 @@ impl AppState {
             auth: auth.map(Arc::new),
             read_only: config.read_only,
             max_manifest_bytes: config.max_manifest_bytes,
+            allow_sparse_manifests: config.allow_sparse_manifests,
             metrics,
         })
     }

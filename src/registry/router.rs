@@ -118,7 +118,7 @@ async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
             handlers::manifests::get(state, &repo, &r, req.headers(), head).await
         }
         (Method::PUT, E::Manifest(repo, r)) => {
-            handlers::manifests::put(state, &repo, &r, req).await
+            handlers::manifests::put(state, &repo, &r, &query, req).await
         }
         (Method::DELETE, E::Manifest(repo, r)) => {
             handlers::manifests::delete(state, &repo, &r).await

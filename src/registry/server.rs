@@ -43,6 +43,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = RegistryConfig {
         read_only: args.read_only,
         max_manifest_bytes: args.max_manifest_bytes,
+        allow_sparse_manifests: args.allow_sparse_manifests,
         uploads: UploadLimits {
             max_blob_bytes: (args.max_blob_bytes > 0).then_some(args.max_blob_bytes),
             max_concurrent: args.max_concurrent_uploads as usize,

@@ -8,12 +8,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Limited};
 
-use super::{digest_header, header_str, header_value, run};
+use super::{Query, digest_header, header_str, header_value, run};
 use crate::registry::AppState;
 use crate::registry::digest::{Algorithm, Digest};
 use crate::registry::error::{RegistryError, Result};
 use crate::registry::manifest::{self, ParsedManifest};
-use crate::registry::names::RepoName;
+use crate::registry::names::{RepoName, Tag};
 use crate::registry::routes::Reference;
 
 /// Finds the digest a reference names in `repo`, and the manifest's bytes.
@@ -95,12 +95,38 @@ pub async fn get(
         .into_response())
 }
 
+/// Tags one manifest PUT may set with `?tag=` parameters.
+const MAX_TAG_PARAMS: usize = 64;
+
+/// The tags a PUT sets: the reference when it is a tag, and every `?tag=`
+/// parameter (the distribution-spec's way to tag a push by digest).
+fn tags_to_set(reference: &Reference, query: &Query) -> Result<Vec<Tag>> {
+    let mut tags: Vec<Tag> = match reference {
+        Reference::Tag(t) => vec![t.clone()],
+        Reference::Digest(_) => Vec::new(),
+    };
+    for raw in query.get_all("tag") {
+        let tag = Tag::parse(raw).ok_or(RegistryError::TagInvalid)?;
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+        if tags.len() > MAX_TAG_PARAMS {
+            return Err(RegistryError::SizeInvalid(format!(
+                "at most {MAX_TAG_PARAMS} tags per manifest PUT"
+            )));
+        }
+    }
+    Ok(tags)
+}
+
 pub async fn put(
     state: &Arc<AppState>,
     repo: &RepoName,
     reference: &Reference,
+    query: &Query,
     req: Request,
 ) -> Result<Response> {
+    let tags = tags_to_set(reference, query)?;
     let limit = state.max_manifest_bytes;
     if header_str(req.headers(), header::CONTENT_LENGTH)
         .and_then(|l| l.parse::<u64>().ok())
@@ -136,19 +162,18 @@ pub async fn put(
         )));
     }
     let parsed = manifest::parse(content_type.as_deref(), &body)?;
-    check_references(state, repo, &parsed).await?;
+    if !state.allow_sparse_manifests {
+        check_references(state, repo, &parsed).await?;
+    }
 
-    let tag = match reference {
-        Reference::Tag(t) => Some(t.clone()),
-        Reference::Digest(_) => None,
-    };
-    let (store, r, d, subject) = (
+    let (store, r, d, subject, t) = (
         state.store.clone(),
         repo.clone(),
         digest.clone(),
         parsed.subject.clone(),
+        tags.clone(),
     );
-    run(move || store.put_manifest(&r, &d, &body, tag.as_ref(), subject.as_ref())).await?;
+    run(move || store.put_manifest(&r, &d, &body, &t, subject.as_ref())).await?;
 
     let mut response = (
         StatusCode::CREATED,
@@ -166,6 +191,13 @@ pub async fn put(
         response
             .headers_mut()
             .insert("oci-subject", header_value(&subject.to_string()));
+    }
+    if matches!(reference, Reference::Digest(_)) {
+        for tag in &tags {
+            response
+                .headers_mut()
+                .append("oci-tag", header_value(tag.as_str()));
+        }
     }
     Ok(response)
 }

@@ -123,7 +123,7 @@ impl FsStore {
         repo: &RepoName,
         d: &Digest,
         content: &[u8],
-        tag: Option<&Tag>,
+        tags: &[Tag],
         subject: Option<&Digest>,
     ) -> Result<()> {
         // A repository privreg creates is indexed from its first manifest on.
@@ -138,7 +138,7 @@ impl FsStore {
         if let Some(subject) = subject {
             self.index_referrer(repo, subject, d)?;
         }
-        if let Some(tag) = tag {
+        for tag in tags {
             write_atomic(
                 &self.layout.tag_index_link(repo, tag, d),
                 d.to_string().as_bytes(),
@@ -317,7 +317,8 @@ mod tests {
         let m = br#"{"schemaVersion":2}"#;
         let d = Digest::sha256_of(m);
         assert_eq!(s.tags(&repo).unwrap(), None);
-        s.put_manifest(&repo, &d, m, Some(&tag), None).unwrap();
+        s.put_manifest(&repo, &d, m, std::slice::from_ref(&tag), None)
+            .unwrap();
         assert_eq!(s.resolve_tag(&repo, &tag).unwrap(), Some(d.clone()));
         assert_eq!(s.tags(&repo).unwrap(), Some(vec!["v1".to_owned()]));
         assert_eq!(s.repositories().unwrap(), vec!["a/b".to_owned()]);
@@ -335,7 +336,7 @@ mod tests {
         let subject = Digest::sha256_of(b"subject");
         let sig = br#"{"sig":1}"#;
         let sd = Digest::sha256_of(sig);
-        s.put_manifest(&repo, &sd, sig, None, Some(&subject))
+        s.put_manifest(&repo, &sd, sig, &[], Some(&subject))
             .unwrap();
         assert_eq!(s.referrers(&repo, &subject).unwrap(), vec![sd.clone()]);
         s.delete_manifest(&repo, &sd, Some(&subject)).unwrap();

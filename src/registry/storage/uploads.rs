@@ -472,7 +472,12 @@ impl PieceWriter {
         for c in &chunks {
             self.hasher.update(c);
         }
-        let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        // Empty frames would make write_vectored return 0 (WriteZero); skip them.
+        let mut slices: Vec<IoSlice<'_>> = chunks
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| IoSlice::new(c))
+            .collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             match self.file.write_vectored(rest) {
