@@ -37,6 +37,31 @@ pub enum Command {
     TrustUninstall(TrustUninstallArgs),
     /// Print the CustomResourceDefinitions (YAML) generated from the Rust types.
     Crds,
+    /// Delete blobs no manifest references (offline mark and sweep over a data
+    /// directory, also one `registry:2` wrote). Stop the registry first, or run
+    /// it `--read-only`; a running `privreg serve` can collect online instead.
+    Gc(GcArgs),
+}
+
+/// Options of `privreg gc`.
+#[derive(Debug, Clone, Args)]
+pub struct GcArgs {
+    /// Data directory (as given to `privreg serve --data`).
+    #[arg(long, env = "PRIVREG_DATA", default_value = "./data")]
+    pub data: PathBuf,
+
+    /// Print what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also delete manifests that no tag reaches (keeping children of tagged
+    /// indexes and referrers of kept manifests), and then their blobs.
+    #[arg(long)]
+    pub delete_untagged: bool,
+
+    /// Keep unreferenced blobs written less than this many seconds ago.
+    #[arg(long, default_value_t = 0)]
+    pub grace_seconds: u64,
 }
 
 /// Options of `privreg operator`. The Kubernetes connection comes from the

@@ -37,6 +37,7 @@ fn run() -> anyhow::Result<()> {
         Command::TrustUninstall(args) => {
             runtime.block_on(privreg::operator::uninstall::request_and_wait(args))
         }
+        Command::Gc(args) => privreg::registry::gc::run(&args),
         Command::Crds => {
             print!("{}", privreg::api::crds_yaml()?);
             Ok(())

@@ -1017,10 +1017,17 @@ async fn reads_never_write() {
     assert_eq!(store::paths(reg.tmp.path()), before, "reads created paths");
     reg.assert_unchanged(&before_files, "reads");
 
-    // The index of such a directory is built by the store, at `serve` start.
-    let store = FsStore::new(&reg.data).unwrap();
-    assert_eq!(store.index_all_referrers().unwrap(), 1);
-    assert_eq!(store.index_all_referrers().unwrap(), 0, "built once");
+    // The index of such a repository is built on privreg's first write there.
+    reg.put_manifest("r", "again", OCI_MANIFEST, &subject_bytes)
+        .await
+        .status(201);
+    assert!(repo_dir.join("_referrers/indexed").is_file());
+    assert!(
+        repo_dir
+            .join("_referrers/sha256")
+            .join(subject.strip_prefix("sha256:").unwrap())
+            .is_dir()
+    );
     let r = reg.get(&format!("/v2/r/referrers/{subject}")).await;
     assert_eq!(r.json()["manifests"][0]["digest"], sig_digest.as_str());
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod connections;
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod handlers;
 pub mod manifest;
 pub mod metrics;

@@ -51,16 +51,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_timeout: Duration::from_secs(args.body_timeout_seconds),
         },
     };
-    if !args.read_only {
-        // A data directory another registry wrote has no referrers index; build
-        // it here, so that queries never write.
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || match store.index_all_referrers() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(repositories = n, "referrers index built"),
-            Err(e) => tracing::warn!(error = %e, "referrers index not built; queries scan instead"),
-        });
-    }
     let state = AppState::new(store, auth, config, metrics);
     if !args.read_only {
         state.uploads.clone().purge_on_schedule(

@@ -4,6 +4,7 @@
 //! only upload bodies stream through the async `uploads` module.
 
 mod fsio;
+pub mod gc;
 pub mod paths;
 mod referrers;
 pub mod uploads;
@@ -134,6 +135,9 @@ impl FsStore {
         write_link(&self.layout.revision_link_dir(repo, d), d)?;
         if new_repo {
             self.mark_referrers_indexed(repo)?;
+        } else if !self.referrers_indexed(repo)? {
+            // A repository another registry wrote: index it on this first write.
+            self.index_referrers(repo)?;
         }
         if let Some(subject) = subject {
             self.index_referrer(repo, subject, d)?;

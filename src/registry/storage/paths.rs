@@ -16,9 +16,10 @@
 //!                                               is <subject>; Distribution ignores
 //!                                               underscore directories it does not know
 //!     _referrers/indexed                        the index covers every revision (absent
-//!                                               in a directory registry:2 wrote: `privreg
-//!                                               serve` builds it at start; until then a
-//!                                               query scans the revisions, writing nothing)
+//!                                               in a directory registry:2 wrote: privreg
+//!                                               builds it on its first manifest write
+//!                                               there; until then a query scans the
+//!                                               revisions, writing nothing)
 //! ```
 //!
 //! Everything is committed by writing a temporary file beside the target, fsync,

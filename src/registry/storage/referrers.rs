@@ -1,7 +1,7 @@
 //! The referrers index: `_referrers/<subject>/<manifest>` links, kept by manifest
 //! writes and deletes. A repository another registry wrote has no index; it is
-//! built once by `index_all_referrers` (at `privreg serve` start). Queries never
-//! write: without an index they scan the repository's revisions.
+//! built on privreg's first manifest write there. Queries never write: without
+//! an index they scan the repository's revisions.
 
 use std::fs;
 use std::io;
@@ -62,24 +62,12 @@ impl FsStore {
         Ok(out)
     }
 
-    /// Builds the index of every repository that has none. Returns how many
-    /// repositories were indexed.
-    pub fn index_all_referrers(&self) -> Result<usize> {
-        let mut indexed = 0;
-        for name in self.repositories()? {
-            let Some(repo) = RepoName::parse(&name) else {
-                continue;
-            };
-            if self.referrers_indexed(&repo)? {
-                continue;
-            }
-            for (subject, d) in self.scan_subjects(&repo)? {
-                self.index_referrer(&repo, &subject, &d)?;
-            }
-            self.mark_referrers_indexed(&repo)?;
-            indexed += 1;
+    /// Builds the index of `repo` from its revisions and marks it complete.
+    pub(super) fn index_referrers(&self, repo: &RepoName) -> Result<()> {
+        for (subject, d) in self.scan_subjects(repo)? {
+            self.index_referrer(repo, &subject, &d)?;
         }
-        Ok(indexed)
+        self.mark_referrers_indexed(repo)
     }
 
     /// (subject, manifest) for every manifest of `repo` that has a subject.

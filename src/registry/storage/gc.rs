@@ -1,0 +1,264 @@
+//! Garbage collection: mark every blob a kept manifest references, sweep the
+//! rest. Offline (`privreg gc`) it runs alone on a data directory, also one
+//! `registry:2` wrote; online (`privreg serve`) a `SweepGuard` keeps blobs that
+//! a push in progress may be about to reference.
+//!
+//! Kept manifests: every manifest revision of every repository, or with
+//! `delete_untagged` only those reachable from a tag: a tagged manifest, the
+//! children of a kept index, and the referrers (OCI `subject`) of a kept
+//! manifest. Distribution 2.8 deletes untagged children of a tagged index too
+//! (an image list loses its platforms); privreg does not.
+//!
+//! After the sweep, repository links to blobs that no longer exist are removed:
+//! otherwise a later push of the same content elsewhere would make the blob
+//! readable again through a repository that had lost it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use super::fsio::{list_dirs, read_link, remove_tree};
+use super::{FsStore, Result};
+use crate::registry::digest::Digest;
+use crate::registry::manifest;
+use crate::registry::names::{RepoName, Tag};
+
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// Report only; change nothing.
+    pub dry_run: bool,
+    /// Delete manifests that no tag reaches.
+    pub delete_untagged: bool,
+    /// Blobs written or reused more recently than this are kept even when
+    /// unreferenced (a push in progress uploads blobs before its manifest).
+    pub grace: Duration,
+}
+
+/// What a collection found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// (repository, manifest) deleted because no tag reaches it.
+    pub manifests_deleted: Vec<(String, Digest)>,
+    pub blobs_deleted: Vec<Digest>,
+    pub bytes_freed: u64,
+    pub blobs_kept: usize,
+    /// Unreferenced blobs kept because they are younger than the grace period
+    /// or a push in progress referenced them.
+    pub blobs_spared: usize,
+    pub layer_links_removed: usize,
+}
+
+/// Decides, at the moment of deletion, whether an unmarked blob may go.
+/// The online collector holds its push lock while asking.
+pub trait SweepGuard {
+    fn may_delete(&self, blob: &Digest) -> bool;
+}
+
+/// Nothing runs beside an offline collection.
+pub struct Offline;
+
+impl SweepGuard for Offline {
+    fn may_delete(&self, _: &Digest) -> bool {
+        true
+    }
+}
+
+impl FsStore {
+    /// Every blob in the global store.
+    pub fn all_blobs(&self) -> Result<Vec<Digest>> {
+        let base = self.layout.root().join("blobs");
+        let mut out = Vec::new();
+        for alg in list_dirs(&base)? {
+            for prefix in list_dirs(&base.join(&alg))? {
+                for hex in list_dirs(&base.join(&alg).join(&prefix))? {
+                    if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>()
+                        && self.layout.blob_data(&d).is_file()
+                    {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The digest each tag of `repo` points to now.
+    fn tag_targets(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for name in list_dirs(&self.layout.tags(repo))? {
+            if let Some(tag) = Tag::parse(&name)
+                && let Some(d) = read_link(&self.layout.tag_current_link(repo, &tag))?
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks what `repo` keeps; deletes (unless dry-run) manifests no tag
+    /// reaches when `delete_untagged`.
+    fn mark_repo(
+        &self,
+        repo: &RepoName,
+        opts: &GcOptions,
+        marked: &mut HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let mut parsed = HashMap::new();
+        for d in self.manifest_revisions(repo)? {
+            if !self.has_manifest(repo, &d)? {
+                continue;
+            }
+            // A manifest that no longer parses (schema 1, foreign types) keeps
+            // only itself.
+            let m = self
+                .read_blob(&d)
+                .ok()
+                .and_then(|b| manifest::parse(None, &b).ok());
+            parsed.insert(d, m);
+        }
+        let kept: HashSet<Digest> = if opts.delete_untagged {
+            reachable_from_tags(&parsed, self.tag_targets(repo)?)
+        } else {
+            parsed.keys().cloned().collect()
+        };
+        for (d, m) in &parsed {
+            if kept.contains(d) {
+                marked.insert(d.clone());
+                if let Some(m) = m {
+                    marked.extend(m.blobs.iter().cloned());
+                    marked.extend(m.children.iter().cloned());
+                }
+                continue;
+            }
+            report.manifests_deleted.push((repo.to_string(), d.clone()));
+            if !opts.dry_run {
+                let subject = m.as_ref().and_then(|m| m.subject.clone());
+                self.delete_manifest(repo, d, subject.as_ref())?;
+                // The tags' history of it goes too, as in Distribution.
+                for name in list_dirs(&self.layout.tags(repo))? {
+                    if let Some(tag) = Tag::parse(&name)
+                        && let Some(dir) = self.layout.tag_index_link(repo, &tag, d).parent()
+                    {
+                        remove_tree(dir)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mark and sweep. `guard` is asked once per unmarked blob, just before it
+    /// would be deleted.
+    pub fn collect_garbage(&self, opts: &GcOptions, guard: &dyn SweepGuard) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut marked = HashSet::new();
+        let repos: Vec<RepoName> = self
+            .repositories()?
+            .iter()
+            .filter_map(|r| RepoName::parse(r))
+            .collect();
+        for repo in &repos {
+            self.mark_repo(repo, opts, &mut marked, &mut report)?;
+        }
+        let now = SystemTime::now();
+        for blob in self.all_blobs()? {
+            if marked.contains(&blob) {
+                report.blobs_kept += 1;
+                continue;
+            }
+            let data = self.layout.blob_data(&blob);
+            let meta = std::fs::metadata(&data).ok();
+            let young = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| now.duration_since(t).ok())
+                .is_none_or(|age| age < opts.grace);
+            if young || !guard.may_delete(&blob) {
+                report.blobs_spared += 1;
+                continue;
+            }
+            report.bytes_freed += meta.map(|m| m.len()).unwrap_or(0);
+            if !opts.dry_run {
+                remove_tree(&self.layout.blob_dir(&blob))?;
+            }
+            report.blobs_deleted.push(blob);
+        }
+        if !opts.dry_run {
+            report.layer_links_removed = self.remove_dangling_layer_links()?;
+        }
+        report.manifests_deleted.sort();
+        report.blobs_deleted.sort();
+        Ok(report)
+    }
+
+    /// Removes `_layers` links whose blob is gone, in every repository
+    /// (also ones that hold no manifest).
+    fn remove_dangling_layer_links(&self) -> Result<usize> {
+        let mut removed = 0;
+        let mut stack = vec![self.layout.repositories()];
+        while let Some(dir) = stack.pop() {
+            for name in list_dirs(&dir)? {
+                let path = dir.join(&name);
+                if name == "_layers" {
+                    removed += self.remove_dangling_in(&path)?;
+                } else if !name.starts_with('_') {
+                    stack.push(path);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove_dangling_in(&self, layers: &std::path::Path) -> Result<usize> {
+        let mut removed = 0;
+        for alg in list_dirs(layers)? {
+            for hex in list_dirs(&layers.join(&alg))? {
+                let link_dir: PathBuf = layers.join(&alg).join(&hex);
+                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                if self.blob_size(&d)?.is_none() {
+                    remove_tree(&link_dir)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Manifests reachable from `tags`: through index children and referrers.
+fn reachable_from_tags(
+    parsed: &HashMap<Digest, Option<manifest::ParsedManifest>>,
+    tags: Vec<Digest>,
+) -> HashSet<Digest> {
+    let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+    for (d, m) in parsed {
+        if let Some(subject) = m.as_ref().and_then(|m| m.subject.as_ref()) {
+            referrers.entry(subject).or_default().push(d);
+        }
+    }
+    let mut kept = HashSet::new();
+    let mut queue: Vec<Digest> = tags
+        .into_iter()
+        .filter(|d| parsed.contains_key(d))
+        .collect();
+    while let Some(d) = queue.pop() {
+        if !kept.insert(d.clone()) {
+            continue;
+        }
+        if let Some(Some(m)) = parsed.get(&d) {
+            queue.extend(
+                m.children
+                    .iter()
+                    .filter(|c| parsed.contains_key(*c))
+                    .cloned(),
+            );
+        }
+        if let Some(rs) = referrers.get(&d) {
+            queue.extend(rs.iter().map(|r| (*r).clone()));
+        }
+    }
+    kept
+}
