@@ -334,6 +334,24 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub upload_purge_interval_seconds: u64,
 
+    /// Seconds between online garbage collections (0: never; `privreg gc` then
+    /// does it offline). Blobs no manifest references are deleted.
+    #[arg(long, env = "PRIVREG_GC_INTERVAL_SECONDS", default_value_t = 86_400,
+        value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    pub gc_interval_seconds: u64,
+
+    /// Unreferenced blobs (and, with --gc-delete-untagged, untagged manifests)
+    /// written or reused less than this many seconds ago are kept: a push
+    /// uploads its blobs before its manifest.
+    #[arg(long, env = "PRIVREG_GC_GRACE_SECONDS", default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    pub gc_grace_seconds: u64,
+
+    /// Online collections also delete manifests no tag reaches (keeping children
+    /// of tagged indexes and referrers of kept manifests).
+    #[arg(long, env = "PRIVREG_GC_DELETE_UNTAGGED")]
+    pub gc_delete_untagged: bool,
+
     /// Client connections open at once; more are closed at accept.
     #[arg(long, env = "PRIVREG_MAX_CONNECTIONS", default_value_t = 2048,
         value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

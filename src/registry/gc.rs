@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::storage::FsStore;
-use super::storage::gc::{GcOptions, Offline};
+use super::storage::gc::GcOptions;
 use crate::cli::GcArgs;
 
 pub fn run(args: &GcArgs) -> anyhow::Result<()> {
@@ -22,9 +22,7 @@ pub fn run(args: &GcArgs) -> anyhow::Result<()> {
         delete_untagged: args.delete_untagged,
         grace: Duration::from_secs(args.grace_seconds),
     };
-    let report = store
-        .collect_garbage(&opts, &Offline)
-        .context("garbage collection")?;
+    let report = store.collect_garbage(&opts).context("garbage collection")?;
     let verb = if args.dry_run {
         "would delete"
     } else {

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub connections_timed_out: Counter,
     pub uploads_refused: Counter,
     pub uploads_purged: Counter,
+    pub gc_runs: Counter,
+    pub gc_blobs_deleted: Counter,
+    pub gc_bytes_freed: Counter,
 }
 
 impl Default for Metrics {
@@ -117,8 +120,29 @@ impl Metrics {
             "Abandoned upload sessions deleted by the purge",
             uploads_purged.clone(),
         );
+        let gc_runs = Counter::default();
+        registry.register(
+            "gc_runs",
+            "Online garbage collections completed",
+            gc_runs.clone(),
+        );
+        let gc_blobs_deleted = Counter::default();
+        registry.register(
+            "gc_blobs_deleted",
+            "Blobs deleted by online garbage collection",
+            gc_blobs_deleted.clone(),
+        );
+        let gc_bytes_freed = Counter::default();
+        registry.register(
+            "gc_freed_bytes",
+            "Bytes freed by online garbage collection",
+            gc_bytes_freed.clone(),
+        );
         Metrics {
             registry,
+            gc_runs,
+            gc_blobs_deleted,
+            gc_bytes_freed,
             connections_open,
             connections_refused,
             connections_timed_out,

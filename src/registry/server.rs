@@ -18,6 +18,7 @@ use super::auth::{AuthPolicy, Authenticator};
 use super::connections::LimitAcceptor;
 use super::metrics::Metrics;
 use super::storage::FsStore;
+use super::storage::gc::GcOptions;
 use super::tls::{self, LocalPki, ReloadingResolver};
 use super::{AppState, RegistryConfig, UploadLimits, router};
 use crate::cli::ServeArgs;
@@ -52,6 +53,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let state = AppState::new(store, auth, config, metrics);
+    if !args.read_only && args.gc_interval_seconds > 0 {
+        collect_on_schedule(
+            state.clone(),
+            Duration::from_secs(args.gc_interval_seconds),
+            GcOptions {
+                dry_run: false,
+                delete_untagged: args.gc_delete_untagged,
+                grace: Duration::from_secs(args.gc_grace_seconds),
+            },
+        );
+    }
     if !args.read_only {
         state.uploads.clone().purge_on_schedule(
             Duration::from_secs(args.upload_max_age_seconds),
@@ -143,6 +155,38 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Online garbage collection every `every` (the first one after `every`).
+fn collect_on_schedule(state: Arc<AppState>, every: Duration, opts: GcOptions) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (store, o) = (state.store.clone(), opts.clone());
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || store.collect_garbage(&o)).await {
+                Ok(Ok(report)) => {
+                    let m = &state.metrics;
+                    m.gc_runs.inc();
+                    m.gc_blobs_deleted.inc_by(report.blobs_deleted.len() as u64);
+                    m.gc_bytes_freed.inc_by(report.bytes_freed);
+                    tracing::info!(
+                        blobs_deleted = report.blobs_deleted.len(),
+                        manifests_deleted = report.manifests_deleted.len(),
+                        bytes_freed = report.bytes_freed,
+                        blobs_kept = report.blobs_kept,
+                        blobs_spared = report.blobs_spared,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "garbage collection done"
+                    );
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "garbage collection failed"),
+                Err(e) => tracing::warn!(error = %e, "garbage collection task failed"),
+            }
+        }
+    });
 }
 
 /// HTTP-level limits: header read time (HTTP/1), streams per connection (HTTP/2).

@@ -12,9 +12,10 @@ use super::{Query, digest_header, header_str, header_value, run};
 use crate::registry::AppState;
 use crate::registry::digest::{Algorithm, Digest};
 use crate::registry::error::{RegistryError, Result};
-use crate::registry::manifest::{self, ParsedManifest};
+use crate::registry::manifest;
 use crate::registry::names::{RepoName, Tag};
 use crate::registry::routes::Reference;
+use crate::registry::storage::{FsStore, StorageError};
 
 /// Finds the digest a reference names in `repo`, and the manifest's bytes.
 async fn load(
@@ -162,18 +163,36 @@ pub async fn put(
         )));
     }
     let parsed = manifest::parse(content_type.as_deref(), &body)?;
-    if !state.allow_sparse_manifests {
-        check_references(state, repo, &parsed).await?;
-    }
-
-    let (store, r, d, subject, t) = (
+    let check = !state.allow_sparse_manifests;
+    let (store, r, d, t) = (
         state.store.clone(),
         repo.clone(),
         digest.clone(),
-        parsed.subject.clone(),
         tags.clone(),
     );
-    run(move || store.put_manifest(&r, &d, &body, &t, subject.as_ref())).await?;
+    let (blobs, children, subject) = (
+        parsed.blobs.clone(),
+        parsed.children.clone(),
+        parsed.subject.clone(),
+    );
+    // The check and the write run as one push step, so a garbage collection
+    // cannot delete a reference between them.
+    let missing = run(move || {
+        store.gate().pushing(|| {
+            if check && let Some(m) = missing_reference(&store, &r, &blobs, &children)? {
+                return Ok((Some(m), Vec::new()));
+            }
+            store.put_manifest(&r, &d, &body, &t, subject.as_ref())?;
+            let mut referenced = blobs;
+            referenced.extend(children);
+            referenced.push(d);
+            Ok((None, referenced))
+        })
+    })
+    .await?;
+    if let Some(d) = missing {
+        return Err(RegistryError::ManifestBlobUnknown(d));
+    }
 
     let mut response = (
         StatusCode::CREATED,
@@ -202,32 +221,24 @@ pub async fn put(
     Ok(response)
 }
 
-/// Every blob and child manifest a manifest names must already be in the repository.
-async fn check_references(
-    state: &Arc<AppState>,
+/// The first blob or child manifest a manifest names that the repository lacks.
+fn missing_reference(
+    store: &FsStore,
     repo: &RepoName,
-    parsed: &ParsedManifest,
-) -> Result<()> {
-    let (store, r) = (state.store.clone(), repo.clone());
-    let (blobs, children) = (parsed.blobs.clone(), parsed.children.clone());
-    let missing = run(move || {
-        for d in &blobs {
-            if store.stat_in_repo(&r, d)?.is_none() {
-                return Ok(Some(d.clone()));
-            }
+    blobs: &[Digest],
+    children: &[Digest],
+) -> std::result::Result<Option<Digest>, StorageError> {
+    for d in blobs {
+        if store.stat_in_repo(repo, d)?.is_none() {
+            return Ok(Some(d.clone()));
         }
-        for d in &children {
-            if !store.has_manifest(&r, d)? {
-                return Ok(Some(d.clone()));
-            }
-        }
-        Ok(None)
-    })
-    .await?;
-    match missing {
-        Some(d) => Err(RegistryError::ManifestBlobUnknown(d)),
-        None => Ok(()),
     }
+    for d in children {
+        if !store.has_manifest(repo, d)? {
+            return Ok(Some(d.clone()));
+        }
+    }
+    Ok(None)
 }
 
 pub async fn delete(

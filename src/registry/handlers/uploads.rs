@@ -103,14 +103,19 @@ async fn try_mount(
     };
     let (store, target, d) = (state.store.clone(), repo.clone(), digest.clone());
     let mounted = run(move || {
-        let present = match &from {
-            Some(from) => store.stat_in_repo(from, &d)?.is_some(),
-            None => store.blob_size(&d)?.is_some(),
-        };
-        if present {
+        store.gate().pushing(|| {
+            let present = match &from {
+                Some(from) => store.stat_in_repo(from, &d)?.is_some(),
+                None => store.blob_size(&d)?.is_some(),
+            };
+            if !present {
+                return Ok((false, Vec::new()));
+            }
             store.link_blob(&target, &d)?;
-        }
-        Ok(present)
+            // Reused: date it now, so a collection's grace period covers it.
+            store.touch_blob(&d);
+            Ok((true, vec![d.clone()]))
+        })
     })
     .await?;
     Ok(mounted.then_some(digest))

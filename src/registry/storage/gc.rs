@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::fsio::{list_dirs, read_link, remove_tree};
@@ -48,19 +49,78 @@ pub struct GcReport {
     pub layer_links_removed: usize,
 }
 
-/// Decides, at the moment of deletion, whether an unmarked blob may go.
-/// The online collector holds its push lock while asking.
-pub trait SweepGuard {
-    fn may_delete(&self, blob: &Digest) -> bool;
+/// Keeps a collection running beside pushes from deleting what a push is
+/// about to reference. Every write that makes a blob or manifest referenced
+/// (a manifest PUT with its reference check, a blob commit or mount) runs
+/// under the read side; the collector takes the write side to start (so no
+/// push straddles the start of its mark) and for each deletion, after checking
+/// that no push since the mark began referenced the item and that the item is
+/// older than the grace period (reused blobs are touched, so "older" means
+/// "not used lately").
+#[derive(Debug, Default)]
+pub struct PushGate {
+    lock: RwLock<()>,
+    /// Some while a collection runs: what pushes referenced since it began.
+    recent: Mutex<Option<HashSet<Digest>>>,
 }
 
-/// Nothing runs beside an offline collection.
-pub struct Offline;
-
-impl SweepGuard for Offline {
-    fn may_delete(&self, _: &Digest) -> bool {
-        true
+impl PushGate {
+    /// Runs a push step; `f` returns its result and the digests it made
+    /// referenced.
+    pub fn pushing<T>(&self, f: impl FnOnce() -> Result<(T, Vec<Digest>)>) -> Result<T> {
+        let _shared = self.lock.read().unwrap_or_else(|e| e.into_inner());
+        let (out, referenced) = f()?;
+        if let Some(recent) = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            recent.extend(referenced);
+        }
+        Ok(out)
     }
+
+    fn begin(&self) {
+        let _exclusive = self.lock.write().unwrap_or_else(|e| e.into_inner());
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
+    }
+
+    fn end(&self) {
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn recently_referenced(&self, d: &Digest) -> bool {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|r| r.contains(d))
+    }
+
+    /// Runs `f` with pushes held off.
+    fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _exclusive = self.lock.write().unwrap_or_else(|e| e.into_inner());
+        f()
+    }
+}
+
+/// Ends the gate's collection on every exit path.
+struct Collecting<'a>(&'a PushGate);
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Whether `path` was modified less than `grace` ago (or cannot be dated).
+fn younger_than(path: &std::path::Path, grace: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_none_or(|age| age < grace)
 }
 
 impl FsStore {
@@ -131,26 +191,47 @@ impl FsStore {
                 }
                 continue;
             }
-            report.manifests_deleted.push((repo.to_string(), d.clone()));
-            if !opts.dry_run {
-                let subject = m.as_ref().and_then(|m| m.subject.clone());
-                self.delete_manifest(repo, d, subject.as_ref())?;
-                // The tags' history of it goes too, as in Distribution.
-                for name in list_dirs(&self.layout.tags(repo))? {
-                    if let Some(tag) = Tag::parse(&name)
-                        && let Some(dir) = self.layout.tag_index_link(repo, &tag, d).parent()
-                    {
-                        remove_tree(dir)?;
+            let link = self.layout.revision_link_dir(repo, d).join("link");
+            let spared = self.gate.exclusive(|| -> Result<bool> {
+                // Re-checked with pushes held off: tagged or pushed meanwhile?
+                if younger_than(&link, opts.grace)
+                    || self.gate.recently_referenced(d)
+                    || self.tag_targets(repo)?.contains(d)
+                {
+                    return Ok(true);
+                }
+                if !opts.dry_run {
+                    let subject = m.as_ref().and_then(|m| m.subject.clone());
+                    self.delete_manifest(repo, d, subject.as_ref())?;
+                    // The tags' history of it goes too, as in Distribution.
+                    for name in list_dirs(&self.layout.tags(repo))? {
+                        if let Some(tag) = Tag::parse(&name)
+                            && let Some(dir) = self.layout.tag_index_link(repo, &tag, d).parent()
+                        {
+                            remove_tree(dir)?;
+                        }
                     }
                 }
+                Ok(false)
+            })?;
+            if spared {
+                // Still referenced for this run: keep what it references too.
+                marked.insert(d.clone());
+                if let Some(m) = m {
+                    marked.extend(m.blobs.iter().cloned());
+                    marked.extend(m.children.iter().cloned());
+                }
+                continue;
             }
+            report.manifests_deleted.push((repo.to_string(), d.clone()));
         }
         Ok(())
     }
 
-    /// Mark and sweep. `guard` is asked once per unmarked blob, just before it
-    /// would be deleted.
-    pub fn collect_garbage(&self, opts: &GcOptions, guard: &dyn SweepGuard) -> Result<GcReport> {
+    /// Mark and sweep, safe beside pushes that go through the store's gate.
+    pub fn collect_garbage(&self, opts: &GcOptions) -> Result<GcReport> {
+        self.gate.begin();
+        let _collecting = Collecting(&self.gate);
         let mut report = GcReport::default();
         let mut marked = HashSet::new();
         let repos: Vec<RepoName> = self
@@ -161,28 +242,29 @@ impl FsStore {
         for repo in &repos {
             self.mark_repo(repo, opts, &mut marked, &mut report)?;
         }
-        let now = SystemTime::now();
         for blob in self.all_blobs()? {
             if marked.contains(&blob) {
                 report.blobs_kept += 1;
                 continue;
             }
             let data = self.layout.blob_data(&blob);
-            let meta = std::fs::metadata(&data).ok();
-            let young = meta
-                .as_ref()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| now.duration_since(t).ok())
-                .is_none_or(|age| age < opts.grace);
-            if young || !guard.may_delete(&blob) {
-                report.blobs_spared += 1;
-                continue;
+            let deleted = self.gate.exclusive(|| -> Result<Option<u64>> {
+                if younger_than(&data, opts.grace) || self.gate.recently_referenced(&blob) {
+                    return Ok(None);
+                }
+                let size = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+                if !opts.dry_run {
+                    remove_tree(&self.layout.blob_dir(&blob))?;
+                }
+                Ok(Some(size))
+            })?;
+            match deleted {
+                Some(size) => {
+                    report.bytes_freed += size;
+                    report.blobs_deleted.push(blob);
+                }
+                None => report.blobs_spared += 1,
             }
-            report.bytes_freed += meta.map(|m| m.len()).unwrap_or(0);
-            if !opts.dry_run {
-                remove_tree(&self.layout.blob_dir(&blob))?;
-            }
-            report.blobs_deleted.push(blob);
         }
         if !opts.dry_run {
             report.layer_links_removed = self.remove_dangling_layer_links()?;

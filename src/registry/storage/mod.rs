@@ -41,17 +41,28 @@ type Result<T> = std::result::Result<T, StorageError>;
 #[derive(Debug, Clone)]
 pub struct FsStore {
     layout: Layout,
+    /// Shared by every clone: pushes against a running garbage collection.
+    gate: std::sync::Arc<gc::PushGate>,
 }
 
 impl FsStore {
     pub fn new(data: &Path) -> Result<FsStore> {
         let layout = Layout::new(data);
         fs::create_dir_all(layout.repositories()).ctx("create data directory", layout.root())?;
-        Ok(FsStore { layout })
+        Ok(FsStore {
+            layout,
+            gate: Default::default(),
+        })
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// See `gc::PushGate`: every push step that makes content referenced runs
+    /// through it.
+    pub fn gate(&self) -> &gc::PushGate {
+        &self.gate
     }
 
     /// Size of a blob in the global store.
@@ -91,6 +102,13 @@ impl FsStore {
         fs::read(&p).ctx("read blob", &p)
     }
 
+    /// Marks blob `d` as just used (its modification time), best effort.
+    pub fn touch_blob(&self, d: &Digest) {
+        if let Ok(f) = File::options().write(true).open(self.layout.blob_data(d)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// Makes blob `d` (already in the global store) part of `repo`.
     pub fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
         write_link(&self.layout.layer_link_dir(repo, d), d)
@@ -109,6 +127,8 @@ impl FsStore {
             .and_then(|f| f.sync_all())
             .ctx("sync upload", file)?;
         if self.blob_size(d)?.is_some() {
+            // Reused: date it now, so a collection's grace period covers it.
+            self.touch_blob(d);
             return fs::remove_file(file).ctx("remove duplicate upload", file);
         }
         let dir = self.layout.blob_dir(d);

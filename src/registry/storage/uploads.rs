@@ -316,8 +316,11 @@ impl Uploads {
         let (size, seen) = (s.size, s.seen);
         let (store, repo_owned, digest_owned) = (self.store.clone(), repo.clone(), digest.clone());
         let committed = blocking(move || {
-            store.commit_blob_file(&path, &digest_owned)?;
-            store.link_blob(&repo_owned, &digest_owned)?;
+            store.gate().pushing(|| {
+                store.commit_blob_file(&path, &digest_owned)?;
+                store.link_blob(&repo_owned, &digest_owned)?;
+                Ok(((), vec![digest_owned.clone()]))
+            })?;
             remove_tree(&dir)
         })
         .await;
