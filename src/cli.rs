@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::registry::storage::space::MinFree;
 use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
@@ -351,6 +352,12 @@ pub struct ServeArgs {
     /// of tagged indexes and referrers of kept manifests).
     #[arg(long, env = "PRIVREG_GC_DELETE_UNTAGGED")]
     pub gc_delete_untagged: bool,
+
+    /// Free space to keep on the data directory's filesystem: a byte count
+    /// (10Gi, 500M) or a percentage (5%). Below it, uploads are refused at once
+    /// with 403 DENIED ("storage is full"); pulls, deletes and GC go on.
+    #[arg(long, env = "PRIVREG_MIN_FREE_SPACE", default_value = "5%")]
+    pub min_free_space: MinFree,
 
     /// Client connections open at once; more are closed at accept.
     #[arg(long, env = "PRIVREG_MAX_CONNECTIONS", default_value_t = 2048,

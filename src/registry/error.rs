@@ -51,8 +51,24 @@ pub enum RegistryError {
     Unsupported(&'static str),
     #[error("no such endpoint")]
     NotFound,
+    #[error(
+        "the registry's storage is full: uploads are refused until space is freed (delete images; garbage collection reclaims their blobs)"
+    )]
+    StorageFull,
     #[error("storage failure")]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for RegistryError {
+    /// A full disk is the client's to know about (and nothing was kept); any
+    /// other failure is the operator's.
+    fn from(e: StorageError) -> Self {
+        if e.source.kind() == std::io::ErrorKind::StorageFull {
+            RegistryError::StorageFull
+        } else {
+            RegistryError::Storage(e)
+        }
+    }
 }
 
 impl RegistryError {
@@ -80,6 +96,10 @@ impl RegistryError {
             TooManyRequests { .. } => ("TOOMANYREQUESTS", StatusCode::TOO_MANY_REQUESTS),
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             NotFound => ("NOT_FOUND", StatusCode::NOT_FOUND),
+            // 403 DENIED, not 507: clients retry 5xx with backoff, but a full
+            // registry stays full until someone frees space; DENIED stops the
+            // push at once and clients print the message.
+            StorageFull => ("DENIED", StatusCode::FORBIDDEN),
             Storage(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }

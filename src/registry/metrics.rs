@@ -38,6 +38,9 @@ pub struct Metrics {
     pub connections_timed_out: Counter,
     pub uploads_refused: Counter,
     pub uploads_purged: Counter,
+    pub storage_free_bytes: Gauge,
+    pub storage_size_bytes: Gauge,
+    pub uploads_refused_storage_full: Counter,
     pub gc_runs: Counter,
     pub gc_blobs_deleted: Counter,
     pub gc_bytes_freed: Counter,
@@ -120,6 +123,24 @@ impl Metrics {
             "Abandoned upload sessions deleted by the purge",
             uploads_purged.clone(),
         );
+        let storage_free_bytes = Gauge::default();
+        registry.register(
+            "storage_free_bytes",
+            "Free bytes on the data directory's filesystem (for unprivileged writers)",
+            storage_free_bytes.clone(),
+        );
+        let storage_size_bytes = Gauge::default();
+        registry.register(
+            "storage_size_bytes",
+            "Size of the data directory's filesystem",
+            storage_size_bytes.clone(),
+        );
+        let uploads_refused_storage_full = Counter::default();
+        registry.register(
+            "uploads_refused_storage_full",
+            "Uploads refused because free space was below --min-free-space",
+            uploads_refused_storage_full.clone(),
+        );
         let gc_runs = Counter::default();
         registry.register(
             "gc_runs",
@@ -140,6 +161,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            storage_free_bytes,
+            storage_size_bytes,
+            uploads_refused_storage_full,
             gc_runs,
             gc_blobs_deleted,
             gc_bytes_freed,

@@ -50,6 +50,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_concurrent: args.max_concurrent_uploads as usize,
             max_sessions: args.max_upload_sessions as usize,
             body_timeout: Duration::from_secs(args.body_timeout_seconds),
+            min_free: args.min_free_space,
         },
     };
     let state = AppState::new(store, auth, config, metrics);
@@ -203,6 +204,7 @@ fn configure_http(
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    state.uploads.space().measure();
     (
         [(
             header::CONTENT_TYPE,

@@ -242,6 +242,7 @@ pub mod node;
 pub mod oci;
 pub mod operator;
 pub mod pki;
+pub mod rawclient;
 pub mod rawtls;
 pub mod realnode;
 pub mod registry_pod;

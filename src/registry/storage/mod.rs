@@ -7,6 +7,7 @@ mod fsio;
 pub mod gc;
 pub mod paths;
 mod referrers;
+pub mod space;
 pub mod uploads;
 
 use std::fs::{self, File};

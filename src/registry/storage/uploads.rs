@@ -19,6 +19,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::fsio::{IoContext, create_dirs, remove_tree, write_atomic};
+use super::space::{MinFree, SpaceGuard};
 use super::{FsStore, StorageError};
 use crate::registry::digest::{Algorithm, Digest, Hasher};
 use crate::registry::error::{RegistryError, Result};
@@ -55,6 +56,8 @@ pub struct UploadLimits {
     pub max_sessions: usize,
     /// Longest wait for the next piece of a request body.
     pub body_timeout: Duration,
+    /// Free space below which uploads are refused.
+    pub min_free: MinFree,
 }
 
 impl Default for UploadLimits {
@@ -64,6 +67,7 @@ impl Default for UploadLimits {
             max_concurrent: 256,
             max_sessions: 4096,
             body_timeout: Duration::from_secs(60),
+            min_free: MinFree::default(),
         }
     }
 }
@@ -74,18 +78,26 @@ pub struct Uploads {
     open: Mutex<HashMap<String, SessionRef>>,
     limits: UploadLimits,
     receiving: Arc<tokio::sync::Semaphore>,
+    space: SpaceGuard,
     metrics: Arc<Metrics>,
 }
 
 impl Uploads {
     pub fn new(store: FsStore, limits: UploadLimits, metrics: Arc<Metrics>) -> Uploads {
+        let root = store.layout().root().to_owned();
         Uploads {
             store,
             open: Mutex::new(HashMap::new()),
             receiving: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            space: SpaceGuard::new(root, limits.min_free, metrics.clone()),
             limits,
             metrics,
         }
+    }
+
+    /// The disk-pressure guard (also refreshed by metrics scrapes).
+    pub fn space(&self) -> &SpaceGuard {
+        &self.space
     }
 
     fn refuse(&self, what: &'static str) -> RegistryError {
@@ -104,6 +116,9 @@ impl Uploads {
     pub async fn start(&self, repo: &RepoName) -> Result<String> {
         if self.lock_map().len() >= self.limits.max_sessions {
             return Err(self.refuse("too many open upload sessions"));
+        }
+        if !self.space.admits_upload() {
+            return Err(RegistryError::StorageFull);
         }
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.store.layout().upload_dir(repo, &id);
@@ -187,6 +202,9 @@ impl Uploads {
         let Ok(_receiving) = self.receiving.clone().try_acquire_owned() else {
             return Err(self.refuse("too many uploads in progress"));
         };
+        if !self.space.admits_upload() {
+            return Err(RegistryError::StorageFull);
+        }
         let session = self.session(repo, id).await?;
         let mut s = session.lock().await;
         if s.closed {
