@@ -130,6 +130,11 @@ pub struct PrivateRegistrySpec {
     #[serde(default)]
     pub service: ServiceSpec,
 
+    /// How the registry server cleans up, protects its volume and bounds its
+    /// clients.
+    #[serde(default)]
+    pub registry: RegistrySettings,
+
     /// The container image that runs `privreg serve`. Defaults to the operator's own
     /// image; any other must be allowed by the cluster admin (`allowedImages`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +175,88 @@ pub struct StorageSpec {
     /// Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_on_delete: Option<bool>,
+}
+
+/// Free space to keep: a percentage (`5%`) or a byte quantity (`10Gi`).
+pub const MIN_FREE_PATTERN: &str = r"^((100|[0-9]{1,2})%|[0-9]{1,15}(Ki|Mi|Gi|Ti|K|M|G|T)?)$";
+
+/// Settings of `privreg serve` a cluster user may tune. Defaults are the
+/// server's own.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySettings {
+    /// Online garbage collection of blobs no manifest references.
+    #[serde(default)]
+    pub garbage_collection: GarbageCollectionSpec,
+
+    /// Below this much free space on the volume, uploads are refused at once
+    /// (403 DENIED, "storage is full") while pulls, deletes and garbage
+    /// collection go on; the metrics `privreg_storage_free_bytes` and
+    /// `privreg_uploads_refused_storage_full_total` show it. A percentage
+    /// (`5%`) or bytes (`10Gi`). Default `5%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = MIN_FREE_PATTERN), length(max = 20))]
+    pub min_free_space: Option<String>,
+
+    /// Upload sessions untouched this long are deleted, `1h` to `8760h`. Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
+    pub upload_max_age: Option<String>,
+
+    /// Requests receiving an upload body at once (1 to 10000); more get 429.
+    /// Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent_uploads: Option<i32>,
+
+    /// Client connections open at once (16 to 100000). Default 2048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 100000))]
+    pub max_connections: Option<i32>,
+
+    /// Accept manifests and indexes naming blobs or child manifests that were
+    /// never pushed (an index copied with one platform only). Default false:
+    /// every tag's content is complete.
+    #[serde(default)]
+    pub allow_sparse_manifests: bool,
+}
+
+/// Online garbage collection.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GarbageCollectionSpec {
+    /// Collect while serving. Default true; without it deleted images keep
+    /// their space until `privreg gc` runs offline.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+
+    /// Time between collections, `1h` to `8760h`. Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
+    pub interval: Option<String>,
+
+    /// Unreferenced blobs younger than this are kept (a push uploads its blobs
+    /// before its manifest), `10m` to `720h`. Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 16))]
+    pub grace_period: Option<String>,
+
+    /// Also delete manifests no tag reaches (children of tagged indexes and
+    /// referrers of kept manifests stay). Default false: images pushed by
+    /// digest only are kept.
+    #[serde(default)]
+    pub delete_untagged: bool,
+}
+
+impl Default for GarbageCollectionSpec {
+    fn default() -> Self {
+        GarbageCollectionSpec {
+            enabled: true,
+            interval: None,
+            grace_period: None,
+            delete_untagged: false,
+        }
+    }
 }
 
 /// Certificates of the registry.
@@ -285,6 +372,10 @@ pub struct AuthSpec {
     /// Let clients pull without logging in; pushing still needs a login.
     #[serde(default)]
     pub anonymous_pull: bool,
+    /// With `anonymousPull`: let clients list every repository (`/v2/_catalog`)
+    /// without logging in too. Default false.
+    #[serde(default)]
+    pub anonymous_catalog: bool,
 }
 
 /// Trust distribution to nodes.

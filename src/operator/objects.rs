@@ -226,6 +226,29 @@ pub fn serve_args(d: &Desired) -> Vec<String> {
         if d.anonymous_pull {
             args.push("--anonymous-pull".to_owned());
         }
+        if d.server.anonymous_catalog {
+            args.push("--anonymous-catalog".to_owned());
+        }
+    }
+    let s = &d.server;
+    let gc_interval = s.gc_interval.map(|i| i.as_secs()).unwrap_or(0);
+    args.extend([
+        format!("--gc-interval-seconds={gc_interval}"),
+        format!("--gc-grace-seconds={}", s.gc_grace.as_secs()),
+        format!("--min-free-space={}", s.min_free_space),
+        format!("--upload-max-age-seconds={}", s.upload_max_age.as_secs()),
+    ]);
+    if s.gc_delete_untagged {
+        args.push("--gc-delete-untagged".to_owned());
+    }
+    if let Some(n) = s.max_concurrent_uploads {
+        args.push(format!("--max-concurrent-uploads={n}"));
+    }
+    if let Some(n) = s.max_connections {
+        args.push(format!("--max-connections={n}"));
+    }
+    if s.allow_sparse_manifests {
+        args.push("--allow-sparse-manifests".to_owned());
     }
     args
 }

@@ -54,6 +54,15 @@ pub enum SpecError {
     },
     #[error("spec.storage.size {0:?} must be a quantity between 1Mi and 1Pi")]
     StorageSize(String),
+    #[error("spec.registry.minFreeSpace {0:?} must be a percentage (5%) or a byte quantity (10Gi)")]
+    MinFreeSpace(String),
+    #[error("{field} {value} is outside {min}-{max}")]
+    Count {
+        field: &'static str,
+        value: i32,
+        min: i32,
+        max: i32,
+    },
     #[error("{field} has {count} entries; at most {max} are allowed")]
     TooMany {
         field: &'static str,
@@ -111,6 +120,7 @@ pub struct Desired {
     pub resources: Option<ResourceRequirements>,
     pub node_selector: Option<BTreeMap<String, String>>,
     pub tolerations: Option<Vec<Toleration>>,
+    pub server: ServerSettings,
     pub trust_enabled: bool,
     pub trust_runtimes: Vec<api::Runtime>,
     pub hosts_entry: bool,
@@ -163,6 +173,92 @@ impl Desired {
         sans.retain(|s| seen.insert(s.clone()));
         sans
     }
+}
+
+/// `privreg serve` settings from `spec.registry` and `spec.auth`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// None: online collection off.
+    pub gc_interval: Option<Duration>,
+    pub gc_grace: Duration,
+    pub gc_delete_untagged: bool,
+    /// As `privreg serve --min-free-space` takes it.
+    pub min_free_space: String,
+    pub upload_max_age: Duration,
+    pub max_concurrent_uploads: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub allow_sparse_manifests: bool,
+    pub anonymous_catalog: bool,
+}
+
+fn count(
+    field: &'static str,
+    value: Option<i32>,
+    (min, max): (i32, i32),
+) -> Result<Option<u32>, SpecError> {
+    match value {
+        None => Ok(None),
+        Some(v) if (min..=max).contains(&v) => Ok(u32::try_from(v).ok()),
+        Some(v) => Err(SpecError::Count {
+            field,
+            value: v,
+            min,
+            max,
+        }),
+    }
+}
+
+fn server_settings(spec: &api::PrivateRegistrySpec) -> Result<ServerSettings, SpecError> {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let r = &spec.registry;
+    let gc = &r.garbage_collection;
+    let gc_interval = duration(
+        "spec.registry.garbageCollection.interval",
+        &gc.interval,
+        24 * HOUR,
+        (HOUR, 8760 * HOUR),
+    )?;
+    let gc_grace = duration(
+        "spec.registry.garbageCollection.gracePeriod",
+        &gc.grace_period,
+        HOUR,
+        (Duration::from_secs(600), 720 * HOUR),
+    )?;
+    let min_free_space = match &r.min_free_space {
+        None => "5%".to_owned(),
+        Some(v) => {
+            v.parse::<crate::registry::storage::space::MinFree>()
+                .map_err(|_| SpecError::MinFreeSpace(v.clone()))?;
+            v.clone()
+        }
+    };
+    Ok(ServerSettings {
+        gc_interval: gc.enabled.then_some(gc_interval),
+        gc_grace,
+        gc_delete_untagged: gc.delete_untagged,
+        min_free_space,
+        upload_max_age: duration(
+            "spec.registry.uploadMaxAge",
+            &r.upload_max_age,
+            24 * HOUR,
+            (HOUR, 8760 * HOUR),
+        )?,
+        max_concurrent_uploads: count(
+            "spec.registry.maxConcurrentUploads",
+            r.max_concurrent_uploads,
+            (1, 10_000),
+        )?,
+        max_connections: count(
+            "spec.registry.maxConnections",
+            r.max_connections,
+            (16, 100_000),
+        )?,
+        allow_sparse_manifests: r.allow_sparse_manifests,
+        anonymous_catalog: spec
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.anonymous_pull && a.anonymous_catalog),
+    })
 }
 
 /// A duration field, defaulted, then held to its bounds.
@@ -395,6 +491,7 @@ pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecEr
         retain_storage: spec.storage.retain_on_delete.unwrap_or(true),
         htpasswd_secret,
         anonymous_pull: spec.auth.as_ref().is_some_and(|a| a.anonymous_pull),
+        server: server_settings(spec)?,
         image,
         resources: spec.resources.clone(),
         node_selector: spec.node_selector.clone(),
@@ -441,6 +538,45 @@ spec: {}
         assert_eq!(d.image, "img:1");
         assert_eq!(d.cert_validity, DEFAULT_CERT_VALIDITY);
         assert_eq!(d.ca_secret_name(), "reg-ca");
+    }
+
+    #[test]
+    fn registry_settings_are_bounded_and_reach_serve() {
+        let d = validate(&registry(MINIMAL), &own_image("img:1")).unwrap();
+        assert_eq!(d.server.gc_interval, Some(Duration::from_secs(86_400)));
+        assert_eq!(d.server.gc_grace, Duration::from_secs(3600));
+        assert_eq!(d.server.min_free_space, "5%");
+        let with = |settings: &str| {
+            let r = registry(&format!(
+                "apiVersion: privreg.dev/v1alpha1\nkind: PrivateRegistry\nmetadata: {{name: reg, namespace: tools}}\nspec:\n  registry: {settings}\n"
+            ));
+            validate(&r, &own_image("img"))
+        };
+        let d = with(
+            "{garbageCollection: {enabled: false}, minFreeSpace: 10Gi, maxConnections: 64, allowSparseManifests: true}",
+        )
+        .unwrap();
+        assert_eq!(d.server.gc_interval, None);
+        let args = crate::operator::objects::serve_args(&d);
+        for want in [
+            "--gc-interval-seconds=0",
+            "--min-free-space=10Gi",
+            "--max-connections=64",
+            "--allow-sparse-manifests",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+        }
+        for bad in [
+            "{minFreeSpace: 101%}",
+            "{minFreeSpace: lots}",
+            "{maxConnections: 1}",
+            "{maxConcurrentUploads: 0}",
+            "{uploadMaxAge: 1m}",
+            "{garbageCollection: {interval: 1m}}",
+            "{garbageCollection: {gracePeriod: 1s}}",
+        ] {
+            assert!(with(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]
