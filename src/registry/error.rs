@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use super::digest::Digest;
 use super::manifest::ManifestError;
 use super::storage::StorageError;
+use super::storage::uploads::UploadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -59,11 +60,31 @@ pub enum RegistryError {
     Storage(StorageError),
 }
 
+impl From<UploadError> for RegistryError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Unknown => RegistryError::BlobUploadUnknown,
+            UploadError::OutOfOrder { size } => RegistryError::RangeInvalid { size },
+            UploadError::TooLarge => RegistryError::TooLarge("blob"),
+            e @ UploadError::DigestMismatch { .. } => RegistryError::DigestInvalid(e.to_string()),
+            UploadError::Busy(what) => RegistryError::TooManyRequests {
+                what,
+                retry_after: std::time::Duration::from_secs(1),
+            },
+            UploadError::Full => RegistryError::StorageFull,
+            e @ (UploadError::Body(_) | UploadError::BodyStalled(_) | UploadError::Short) => {
+                RegistryError::BlobUploadInvalid(e.to_string())
+            }
+            UploadError::Storage(e) => e.into(),
+        }
+    }
+}
+
 impl From<StorageError> for RegistryError {
     /// A full disk is the client's to know about (and nothing was kept); any
     /// other failure is the operator's.
     fn from(e: StorageError) -> Self {
-        if e.source.kind() == std::io::ErrorKind::StorageFull {
+        if e.is_full() {
             RegistryError::StorageFull
         } else {
             RegistryError::Storage(e)

@@ -74,7 +74,7 @@ pub async fn start(
         let body = req.into_body().into_data_stream();
         if let Err(e) = state.uploads.append(repo, &id, None, body).await {
             let _ = state.uploads.cancel(repo, &id).await;
-            return Err(e);
+            return Err(e.into());
         }
         state.uploads.finish(repo, &id, &digest).await?;
         return Ok(created(repo, &digest));

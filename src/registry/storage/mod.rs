@@ -35,6 +35,11 @@ impl StorageError {
     pub fn category(&self) -> &'static str {
         self.op
     }
+
+    /// The filesystem had no room (ENOSPC): the client's to hear about.
+    pub fn is_full(&self) -> bool {
+        self.source.kind() == io::ErrorKind::StorageFull
+    }
 }
 
 type Result<T> = std::result::Result<T, StorageError>;

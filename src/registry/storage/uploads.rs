@@ -22,9 +22,46 @@ use super::fsio::{IoContext, create_dirs, remove_tree, write_atomic};
 use super::space::{MinFree, SpaceGuard};
 use super::{FsStore, StorageError};
 use crate::registry::digest::{Algorithm, Digest, Hasher};
-use crate::registry::error::{RegistryError, Result};
 use crate::registry::metrics::Metrics;
 use crate::registry::names::RepoName;
+
+/// Why an upload operation failed, in storage's terms; `error.rs` maps each
+/// to the spec's code once.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("no such upload session")]
+    Unknown,
+    #[error("the chunk does not start where the upload ends ({size} bytes)")]
+    OutOfOrder { size: u64 },
+    #[error("the blob exceeds the configured limit")]
+    TooLarge,
+    #[error("content has digest {actual}, not {expected}")]
+    DigestMismatch { actual: Digest, expected: Digest },
+    #[error("{0}")]
+    Busy(&'static str),
+    #[error("storage is full")]
+    Full,
+    #[error("request body failed: {0}")]
+    Body(String),
+    #[error("no body data for {0} s")]
+    BodyStalled(u64),
+    #[error("upload ended early")]
+    Short,
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for UploadError {
+    fn from(e: StorageError) -> Self {
+        if e.is_full() {
+            UploadError::Full
+        } else {
+            UploadError::Storage(e)
+        }
+    }
+}
+
+type Result<T, E = UploadError> = std::result::Result<T, E>;
 
 const READ_BUFFER: usize = 256 << 10;
 /// Bytes received before a piece goes to the writer; one piece is written while
@@ -100,12 +137,9 @@ impl Uploads {
         &self.space
     }
 
-    fn refuse(&self, what: &'static str) -> RegistryError {
+    fn refuse(&self, what: &'static str) -> UploadError {
         self.metrics.uploads_refused.inc();
-        RegistryError::TooManyRequests {
-            what,
-            retry_after: Duration::from_secs(1),
-        }
+        UploadError::Busy(what)
     }
 
     fn data_path(&self, repo: &RepoName, id: &str) -> PathBuf {
@@ -118,7 +152,7 @@ impl Uploads {
             return Err(self.refuse("too many open upload sessions"));
         }
         if !self.space.admits_upload() {
-            return Err(RegistryError::StorageFull);
+            return Err(UploadError::Full);
         }
         let id = uuid::Uuid::new_v4().to_string();
         let dir = self.store.layout().upload_dir(repo, &id);
@@ -162,7 +196,7 @@ impl Uploads {
             Err(e) => Err(e).ctx("open upload", &path),
         })
         .await?
-        .ok_or(RegistryError::BlobUploadUnknown)?;
+        .ok_or(UploadError::Unknown)?;
         let (sha256, size) = rebuilt;
         let mut map = self.lock_map();
         let entry = map.entry(key).or_insert_with(|| {
@@ -181,7 +215,7 @@ impl Uploads {
         let session = self.session(repo, id).await?;
         let s = session.lock().await;
         if s.closed {
-            return Err(RegistryError::BlobUploadUnknown);
+            return Err(UploadError::Unknown);
         }
         Ok(s.size)
     }
@@ -203,18 +237,18 @@ impl Uploads {
             return Err(self.refuse("too many uploads in progress"));
         };
         if !self.space.admits_upload() {
-            return Err(RegistryError::StorageFull);
+            return Err(UploadError::Full);
         }
         let session = self.session(repo, id).await?;
         let mut s = session.lock().await;
         if s.closed {
-            return Err(RegistryError::BlobUploadUnknown);
+            return Err(UploadError::Unknown);
         }
         if let Some(start) = start
             && start != s.size
         {
             discard(body).await;
-            return Err(RegistryError::RangeInvalid { size: s.size });
+            return Err(UploadError::OutOfOrder { size: s.size });
         }
         let path = self.data_path(repo, id);
         let (size, hasher) = self
@@ -252,21 +286,14 @@ impl Uploads {
             loop {
                 let next = tokio::time::timeout(self.limits.body_timeout, body.next())
                     .await
-                    .map_err(|_| {
-                        RegistryError::BlobUploadInvalid(format!(
-                            "no body data for {} s",
-                            self.limits.body_timeout.as_secs()
-                        ))
-                    })?;
+                    .map_err(|_| UploadError::BodyStalled(self.limits.body_timeout.as_secs()))?;
                 let Some(chunk) = next else { break };
-                let chunk = chunk.map_err(|e| {
-                    RegistryError::BlobUploadInvalid(format!("request body failed: {e}"))
-                })?;
+                let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
                 size = size
                     .checked_add(chunk.len() as u64)
-                    .ok_or(RegistryError::TooLarge("blob"))?;
+                    .ok_or(UploadError::TooLarge)?;
                 if self.limits.max_blob_bytes.is_some_and(|max| size > max) {
-                    return Err(RegistryError::TooLarge("blob"));
+                    return Err(UploadError::TooLarge);
                 }
                 piece_len += chunk.len();
                 piece.push(chunk);
@@ -296,9 +323,7 @@ impl Uploads {
             let _ = pending.await;
         }
         let _ = truncate(path, start).await;
-        Err(received
-            .err()
-            .unwrap_or_else(|| RegistryError::BlobUploadInvalid("upload ended early".into())))
+        Err(received.err().unwrap_or(UploadError::Short))
     }
 
     /// Verifies the upload against `digest` and commits it as a blob of `repo`.
@@ -307,7 +332,7 @@ impl Uploads {
         let session = self.session(repo, id).await?;
         let mut s = session.lock().await;
         if s.closed {
-            return Err(RegistryError::BlobUploadUnknown);
+            return Err(UploadError::Unknown);
         }
         let path = self.data_path(repo, id);
         let actual = match digest.algorithm() {
@@ -327,9 +352,10 @@ impl Uploads {
             drop(s);
             self.forget(repo, id);
             blocking(move || remove_tree(&dir)).await?;
-            return Err(RegistryError::DigestInvalid(format!(
-                "content has digest {actual}, not {digest}"
-            )));
+            return Err(UploadError::DigestMismatch {
+                actual,
+                expected: digest.clone(),
+            });
         }
         let (size, seen) = (s.size, s.seen);
         let (store, repo_owned, digest_owned) = (self.store.clone(), repo.clone(), digest.clone());
@@ -356,7 +382,7 @@ impl Uploads {
         let session = self.session(repo, id).await?;
         let mut s = session.lock().await;
         if s.closed {
-            return Err(RegistryError::BlobUploadUnknown);
+            return Err(UploadError::Unknown);
         }
         s.closed = true;
         let dir = self.store.layout().upload_dir(repo, id);
@@ -435,7 +461,7 @@ async fn next_writer(
             Ok(Ok(w)) => w,
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => {
-                return Err(RegistryError::Storage(StorageError {
+                return Err(UploadError::Storage(StorageError {
                     op: "upload writer",
                     path: path.to_owned(),
                     source: std::io::Error::other(e.to_string()),
@@ -445,7 +471,7 @@ async fn next_writer(
         *writer = Some(w);
     }
     writer.take().ok_or_else(|| {
-        RegistryError::Storage(StorageError {
+        UploadError::Storage(StorageError {
             op: "upload writer",
             path: path.to_owned(),
             source: std::io::Error::other("writer lost after a failed piece"),
