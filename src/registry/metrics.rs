@@ -33,6 +33,8 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub upload_seconds: Histogram,
     pub storage_errors: Family<StorageLabels, Counter>,
+    pub auth_failures: Counter,
+    pub auth_limited: Counter,
     pub connections_open: Gauge,
     pub connections_refused: Counter,
     pub connections_timed_out: Counter,
@@ -92,6 +94,18 @@ impl Metrics {
             "storage_errors",
             "Storage failures by operation",
             storage_errors.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Requests whose credentials were checked and refused (401)",
+            auth_failures.clone(),
+        );
+        let auth_limited = Counter::default();
+        registry.register(
+            "auth_limited",
+            "Requests refused unchecked: the user's or address's failure budget was spent (429)",
+            auth_limited.clone(),
         );
         let connections_open = Gauge::default();
         registry.register(
@@ -161,6 +175,8 @@ impl Metrics {
         );
         Metrics {
             registry,
+            auth_failures,
+            auth_limited,
             storage_free_bytes,
             storage_size_bytes,
             uploads_refused_storage_full,

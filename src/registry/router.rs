@@ -97,11 +97,19 @@ async fn route(state: &Arc<AppState>, req: Request) -> Result<Response> {
         auth.check(req.headers(), access, peer)
             .await
             .map_err(|denied| match denied {
-                Denied::Unauthorized => RegistryError::Unauthorized,
-                Denied::TooManyAttempts { retry_after } => RegistryError::TooManyRequests {
-                    what: "too many failed logins for this user or address",
-                    retry_after,
-                },
+                Denied::Unauthorized => {
+                    if req.headers().contains_key(header::AUTHORIZATION) {
+                        state.metrics.auth_failures.inc();
+                    }
+                    RegistryError::Unauthorized
+                }
+                Denied::TooManyAttempts { retry_after } => {
+                    state.metrics.auth_limited.inc();
+                    RegistryError::TooManyRequests {
+                        what: "too many failed logins for this user or address",
+                        retry_after,
+                    }
+                }
             })?;
     }
     if !read && state.read_only {
