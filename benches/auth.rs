@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use privreg::certs::{KeyAlgorithm, generate_ca, issue_server_cert};
 use sha2::Digest as _;
+use support::{free_port, wait_ready};
+
+mod support;
 
 const ATTACKERS: usize = 64;
 const SAMPLES: usize = 200;
@@ -28,24 +31,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_ready(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("port {port} never opened");
 }
 
 fn client(ca: &Path, pool: usize) -> reqwest::Client {

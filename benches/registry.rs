@@ -16,6 +16,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use privreg::certs::{KeyAlgorithm, generate_ca, issue_server_cert};
 use sha2::Digest as _;
+use support::{free_port, wait_ready};
+
+mod support;
 
 const BIG: usize = 256 << 20;
 const CHUNK: usize = 16 << 20;
@@ -44,25 +47,6 @@ struct Results {
 
 fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_ready(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listens on {port}");
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {

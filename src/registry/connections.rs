@@ -83,17 +83,13 @@ impl<S> Limited<S> {
     /// idle for too long, otherwise arms the timer to wake this task then.
     fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let deadline = self.last_progress + self.idle;
-        if Instant::now() >= deadline {
-            self.metrics.connections_timed_out.inc();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle too long",
-            ));
-        }
-        if self.timer.deadline() != deadline {
-            self.timer.as_mut().reset(deadline);
-        }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        let expired = Instant::now() >= deadline || {
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            self.timer.as_mut().poll(cx).is_ready()
+        };
+        if expired {
             self.metrics.connections_timed_out.inc();
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -106,6 +102,31 @@ impl<S> Limited<S> {
 
 use std::future::Future as _;
 
+impl<S> Limited<S> {
+    /// Records progress of a finished operation, or checks the idle timer of
+    /// one that would wait.
+    fn track<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+        progressed: impl FnOnce(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Ready(Ok(v)) => {
+                if progressed(&v) {
+                    self.last_progress = Instant::now();
+                }
+                Poll::Ready(Ok(v))
+            }
+            Poll::Pending => match self.check_idle(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            other => other,
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -114,19 +135,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut me.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    me.last_progress = Instant::now();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => match me.check_idle(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            other => other,
-        }
+        let poll = Pin::new(&mut me.inner).poll_read(cx, buf);
+        let grew = buf.filled().len() > before;
+        me.track(cx, poll, |_| grew)
     }
 }
 
@@ -137,19 +148,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        match Pin::new(&mut me.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    me.last_progress = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match me.check_idle(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            other => other,
-        }
+        let poll = Pin::new(&mut me.inner).poll_write(cx, data);
+        me.track(cx, poll, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -158,19 +158,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        match Pin::new(&mut me.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    me.last_progress = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match me.check_idle(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-            other => other,
-        }
+        let poll = Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        me.track(cx, poll, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -12,6 +12,7 @@ pub mod handlers;
 pub mod manifest;
 pub mod metrics;
 pub mod names;
+pub mod periodic;
 pub mod router;
 pub mod routes;
 pub mod server;

@@ -160,32 +160,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Online garbage collection every `every` (the first one after `every`).
 fn collect_on_schedule(state: Arc<AppState>, every: Duration, opts: GcOptions) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let (store, o) = (state.store.clone(), opts.clone());
-            let started = std::time::Instant::now();
-            match tokio::task::spawn_blocking(move || store.collect_garbage(&o)).await {
-                Ok(Ok(report)) => {
-                    let m = &state.metrics;
-                    m.gc_runs.inc();
-                    m.gc_blobs_deleted.inc_by(report.blobs_deleted.len() as u64);
-                    m.gc_bytes_freed.inc_by(report.bytes_freed);
-                    tracing::info!(
-                        blobs_deleted = report.blobs_deleted.len(),
-                        manifests_deleted = report.manifests_deleted.len(),
-                        bytes_freed = report.bytes_freed,
-                        blobs_kept = report.blobs_kept,
-                        blobs_spared = report.blobs_spared,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "garbage collection done"
-                    );
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "garbage collection failed"),
-                Err(e) => tracing::warn!(error = %e, "garbage collection task failed"),
+    super::periodic::blocking_every(every, false, "garbage collection", move || {
+        let started = std::time::Instant::now();
+        match state.store.collect_garbage(&opts) {
+            Ok(report) => {
+                let m = &state.metrics;
+                m.gc_runs.inc();
+                m.gc_blobs_deleted.inc_by(report.blobs_deleted.len() as u64);
+                m.gc_bytes_freed.inc_by(report.bytes_freed);
+                tracing::info!(
+                    blobs_deleted = report.blobs_deleted.len(),
+                    manifests_deleted = report.manifests_deleted.len(),
+                    bytes_freed = report.bytes_freed,
+                    blobs_kept = report.blobs_kept,
+                    blobs_spared = report.blobs_spared,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "garbage collection done"
+                );
             }
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
     });
 }

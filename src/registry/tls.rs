@@ -97,31 +97,24 @@ impl ReloadingResolver {
 
     /// Polls the files every `every` until the process ends.
     pub fn watch(self: Arc<Self>, every: Duration) {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let me = self.clone();
-                match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
-                    Ok(Ok(true)) => {
-                        let info = std::fs::read_to_string(&self.cert_path)
-                            .ok()
-                            .and_then(|pem| certs::inspect(&pem).ok());
-                        tracing::info!(
-                            cert = %self.cert_path.display(),
-                            not_after = ?info.as_ref().map(|i| i.not_after),
-                            sha256 = ?info.map(|i| i.sha256_fingerprint),
-                            "TLS certificate reloaded"
-                        );
-                    }
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::warn!(
-                        error = %e, source = ?std::error::Error::source(&e),
-                        "TLS certificate not reloaded; the previous one stays in use"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "TLS reload task failed"),
+        super::periodic::blocking_every(every, false, "TLS reload", move || {
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    let info = std::fs::read_to_string(&self.cert_path)
+                        .ok()
+                        .and_then(|pem| certs::inspect(&pem).ok());
+                    tracing::info!(
+                        cert = %self.cert_path.display(),
+                        not_after = ?info.as_ref().map(|i| i.not_after),
+                        sha256 = ?info.map(|i| i.sha256_fingerprint),
+                        "TLS certificate reloaded"
+                    );
                 }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    error = %e, source = ?std::error::Error::source(&e),
+                    "TLS certificate not reloaded; the previous one stays in use"
+                ),
             }
         });
     }

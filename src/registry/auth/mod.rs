@@ -237,23 +237,16 @@ impl Authenticator {
         if self.source.is_none() {
             return;
         }
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let me = self.clone();
-                match tokio::task::spawn_blocking(move || me.reload_if_changed()).await {
-                    Ok(Ok(true)) => {
-                        tracing::info!(users = self.users.load().len(), "htpasswd file reloaded")
-                    }
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::warn!(
-                        error = %e,
-                        "htpasswd file not reloaded; the previous users stay in effect"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "htpasswd reload task failed"),
+        super::periodic::blocking_every(every, false, "htpasswd reload", move || {
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(users = self.users.load().len(), "htpasswd file reloaded")
                 }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "htpasswd file not reloaded; the previous users stay in effect"
+                ),
             }
         });
     }

@@ -14,7 +14,6 @@
 //! readable again through a repository that had lost it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -278,31 +277,17 @@ impl FsStore {
     /// (also ones that hold no manifest).
     fn remove_dangling_layer_links(&self) -> Result<usize> {
         let mut removed = 0;
-        let mut stack = vec![self.layout.repositories()];
-        while let Some(dir) = stack.pop() {
-            for name in list_dirs(&dir)? {
-                let path = dir.join(&name);
-                if name == "_layers" {
-                    removed += self.remove_dangling_in(&path)?;
-                } else if !name.starts_with('_') {
-                    stack.push(path);
-                }
-            }
-        }
-        Ok(removed)
-    }
-
-    fn remove_dangling_in(&self, layers: &std::path::Path) -> Result<usize> {
-        let mut removed = 0;
-        for alg in list_dirs(layers)? {
-            for hex in list_dirs(&layers.join(&alg))? {
-                let link_dir: PathBuf = layers.join(&alg).join(&hex);
-                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
-                    continue;
-                };
-                if self.blob_size(&d)?.is_none() {
-                    remove_tree(&link_dir)?;
-                    removed += 1;
+        for repo in self.repositories_with_layers()? {
+            let layers = self.layout.repo(&repo).join("_layers");
+            for alg in list_dirs(&layers)? {
+                for hex in list_dirs(&layers.join(&alg))? {
+                    let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                        continue;
+                    };
+                    if self.blob_size(&d)?.is_none() {
+                        remove_tree(&self.layout.layer_link_dir(&repo, &d))?;
+                        removed += 1;
+                    }
                 }
             }
         }

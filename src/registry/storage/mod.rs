@@ -245,72 +245,89 @@ impl FsStore {
         Ok(Some(tags))
     }
 
+    /// Visits every directory that can hold a repository's own data
+    /// (`_manifests`, `_layers`, `_uploads`...): `visit(name, special)` for
+    /// each underscore entry `special` of repository `name`. Names outside the
+    /// repository grammar are not entered.
+    fn walk_repositories(
+        &self,
+        mut visit: impl FnMut(&RepoName, &str) -> Result<()>,
+    ) -> Result<()> {
+        let mut stack = vec![String::new()];
+        while let Some(prefix) = stack.pop() {
+            let dir = self.layout.repositories().join(&prefix);
+            for name in list_dirs(&dir)? {
+                if name.starts_with('_') {
+                    if let Some(repo) = RepoName::parse(&prefix) {
+                        visit(&repo, &name)?;
+                    }
+                    continue;
+                }
+                let child = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                if RepoName::parse(&child).is_some() {
+                    stack.push(child);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// (repository, session id) of every upload session whose data was last
     /// written more than `max_age` ago, in any repository (also ones that hold
     /// no manifest yet).
     pub fn stale_uploads(&self, max_age: std::time::Duration) -> Result<Vec<(RepoName, String)>> {
         let now = std::time::SystemTime::now();
         let mut stale = Vec::new();
-        let mut stack = vec![String::new()];
-        while let Some(prefix) = stack.pop() {
-            let dir = self.layout.repositories().join(&prefix);
-            for name in list_dirs(&dir)? {
-                if name == "_uploads" {
-                    let Some(repo) = RepoName::parse(&prefix) else {
-                        continue;
-                    };
-                    for id in list_dirs(&dir.join("_uploads"))? {
-                        let session = self.layout.upload_dir(&repo, &id);
-                        // A session without data (crashed between mkdir and create)
-                        // is dated by its directory.
-                        let modified = fs::metadata(session.join("data"))
-                            .or_else(|_| fs::metadata(&session))
-                            .and_then(|m| m.modified());
-                        let age = modified
-                            .ok()
-                            .and_then(|m| now.duration_since(m).ok())
-                            .unwrap_or_default();
-                        if age > max_age {
-                            stale.push((repo.clone(), id));
-                        }
-                    }
-                } else if !name.starts_with('_') {
-                    let child = if prefix.is_empty() {
-                        name
-                    } else {
-                        format!("{prefix}/{name}")
-                    };
-                    if RepoName::parse(&child).is_some() {
-                        stack.push(child);
-                    }
+        self.walk_repositories(|repo, special| {
+            if special != "_uploads" {
+                return Ok(());
+            }
+            for id in list_dirs(&self.layout.repo(repo).join("_uploads"))? {
+                let session = self.layout.upload_dir(repo, &id);
+                // A session without data (crashed between mkdir and create) is
+                // dated by its directory.
+                let modified = fs::metadata(session.join("data"))
+                    .or_else(|_| fs::metadata(&session))
+                    .and_then(|m| m.modified());
+                let age = modified
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                if age > max_age {
+                    stale.push((repo.clone(), id));
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(stale)
     }
 
     /// Every repository that holds manifests, sorted.
     pub fn repositories(&self) -> Result<Vec<String>> {
         let mut found = Vec::new();
-        let mut stack = vec![String::new()];
-        while let Some(prefix) = stack.pop() {
-            let dir = self.layout.repositories().join(&prefix);
-            for name in list_dirs(&dir)? {
-                if name == "_manifests" {
-                    found.push(prefix.clone());
-                } else if !name.starts_with('_') {
-                    let child = if prefix.is_empty() {
-                        name
-                    } else {
-                        format!("{prefix}/{name}")
-                    };
-                    if RepoName::parse(&child).is_some() {
-                        stack.push(child);
-                    }
-                }
+        self.walk_repositories(|repo, special| {
+            if special == "_manifests" {
+                found.push(repo.to_string());
             }
-        }
+            Ok(())
+        })?;
         found.sort();
+        Ok(found)
+    }
+
+    /// Every repository with blob links (`_layers`), with or without manifests.
+    pub(crate) fn repositories_with_layers(&self) -> Result<Vec<RepoName>> {
+        let mut found = Vec::new();
+        self.walk_repositories(|repo, special| {
+            if special == "_layers" {
+                found.push(repo.clone());
+            }
+            Ok(())
+        })?;
         Ok(found)
     }
 
