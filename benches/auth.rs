@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use privreg::certs::{KeyAlgorithm, generate_ca, issue_server_cert};
 use sha2::Digest as _;
-use support::{free_port, wait_ready};
+use support::{free_port, wait_ready, write_pki};
 
 mod support;
 
@@ -218,18 +217,8 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let day = Duration::from_secs(86_400);
-    let ca = generate_ca("bench CA", day, KeyAlgorithm::EcdsaP256).unwrap();
-    let leaf = issue_server_cert(&ca, &["127.0.0.1".into()], day, KeyAlgorithm::EcdsaP256).unwrap();
-    let (ca_path, cert, key, htpasswd) = (
-        root.join("ca.crt"),
-        root.join("server.crt"),
-        root.join("server.key"),
-        root.join("htpasswd"),
-    );
-    std::fs::write(&ca_path, &ca.cert_pem).unwrap();
-    std::fs::write(&cert, &leaf.cert_pem).unwrap();
-    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let (ca_path, cert, key) = write_pki(root);
+    let htpasswd = root.join("htpasswd");
     let hash = bcrypt::hash("alice-password", COST).unwrap();
     std::fs::write(&htpasswd, format!("alice:{hash}\n")).unwrap();
 

@@ -196,6 +196,9 @@ async fn recipe() {
                 "hostname": host,
                 "port": port,
                 "storage": {"size": "1Gi"},
+                // The local volume is a directory on the test machine's disk:
+                // 5% of that disk is not this registry's to keep free.
+                "registry": {"minFreeSpace": "64Mi"},
                 "trust": {"hostsEntry": true},
             }
         }))
