@@ -173,7 +173,9 @@ fn a_full_volume_refuses_uploads_cleanly_and_recovers_after_gc() {
         assert_eq!(r.status, 200, "image {i}");
         assert_eq!(&r.body, l);
     }
-    let metrics = reqwest::blocking_get(&format!("http://{metrics_addr}/metrics"));
+    let (status, metrics) = common::node::http_get(metrics_addr.parse().unwrap(), "/metrics")
+        .expect("metrics endpoint answers");
+    assert_eq!(status, 200);
     assert!(metrics.contains("privreg_storage_free_bytes"), "{metrics}");
     let refused_line = metrics
         .lines()
@@ -200,18 +202,4 @@ fn a_full_volume_refuses_uploads_cleanly_and_recovers_after_gc() {
     }
     drop(reg);
     drop(volume);
-}
-
-mod reqwest {
-    /// A plain HTTP GET of the metrics endpoint, without a client library.
-    pub fn blocking_get(url: &str) -> String {
-        let rest = url.strip_prefix("http://").unwrap();
-        let (host, path) = rest.split_once('/').unwrap();
-        let mut s = std::net::TcpStream::connect(host).unwrap();
-        use std::io::{Read, Write};
-        write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
 }

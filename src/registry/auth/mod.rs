@@ -184,7 +184,6 @@ impl Authenticator {
             }
         }
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified.retain(|u, _| users.hash_for(u).1);
         verified.insert(
             user.to_owned(),
             Verified {
