@@ -143,6 +143,12 @@ pub struct OperatorArgs {
     #[arg(long, env = "PRIVREG_CHECK_SERVING", default_value_t = true, action = clap::ArgAction::Set)]
     pub check_serving: bool,
 
+    /// Seconds between reads of each registry pod's storage metrics, for the
+    /// `StoragePressure` condition and Event (0: never). Needs the pod network,
+    /// so it runs only with --check-serving.
+    #[arg(long, env = "PRIVREG_STORAGE_CHECK_SECONDS", default_value_t = 60)]
+    pub storage_check_seconds: u64,
+
     /// How the nodes run containerd, for the trust DaemonSet: where its certs.d
     /// and config live (`containerd`, `k3s`, `rke2`, `microk8s`).
     #[arg(long, env = "PRIVREG_TRUST_PRESET", value_enum, default_value_t = crate::trust::render::Preset::Containerd)]

@@ -183,6 +183,24 @@ fn a_full_volume_refuses_uploads_cleanly_and_recovers_after_gc() {
         .unwrap_or_default()
         .to_owned();
     assert!(!refused_line.ends_with(" 0"), "{refused_line}\n{metrics}");
+    // What the operator's StoragePressure condition reads.
+    assert!(
+        metrics.lines().any(|l| l == "privreg_storage_pressure 1"),
+        "{metrics}"
+    );
+    let report = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(privreg::operator::storage_pressure::scrape(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            metrics_port,
+        ))
+        .expect("the operator's scrape reads the registry's metrics");
+    assert!(report.pressure, "{report:?}");
+    assert_eq!(report.min_free, 5 << 20);
+    assert!(
+        report.free < report.min_free && report.size >= 20 << 20,
+        "{report:?}"
+    );
 
     // Delete two images; the online collection frees their blobs; pushes work again.
     for (_, (digest, _)) in pushed.drain(..2) {
@@ -200,6 +218,24 @@ fn a_full_volume_refuses_uploads_cleanly_and_recovers_after_gc() {
             }
         }
     }
+    let (_, metrics) = common::node::http_get(metrics_addr.parse().unwrap(), "/metrics")
+        .expect("metrics endpoint answers");
+    // One more image fits only if the collection freed more than the guard's
+    // margin, so the guard may be on or off again now: the gauge must agree
+    // with the free space measured in the same scrape.
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    let free = gauge("privreg_storage_free_bytes");
+    let min_free = gauge("privreg_storage_min_free_bytes");
+    assert_eq!(
+        gauge("privreg_storage_pressure"),
+        u64::from(free < min_free),
+        "{free} free, {min_free} minimum"
+    );
     drop(reg);
     drop(volume);
 }

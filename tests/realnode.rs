@@ -37,7 +37,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use privreg::api::PrivateRegistry;
 
@@ -141,7 +141,8 @@ async fn recipe() {
         format!(
             "image: {{repository: {repository}, tag: \"{tag}\"}}\n\
              allowedHostnames: ['*.{{namespace}}.svc', '*.{{namespace}}.svc.{{clusterDomain}}', '*.internal']\n\
-             caOverlapSeconds: {CA_OVERLAP_SECONDS}\n"
+             caOverlapSeconds: {CA_OVERLAP_SECONDS}\n\
+             storageCheckSeconds: 5\n"
         ),
     )
     .unwrap();
@@ -332,6 +333,77 @@ async fn recipe() {
     t.mark(
         "4b. a root-owned hostPath volume → RegistryPodFailing with the reason, then fixed → Ready",
     );
+
+    // A registry whose volume is under its minimum free space: a minimum of
+    // 100% puts it there at once. The operator reads the pod's metrics and
+    // says so in the status and a Warning Event; a sane minimum relieves it.
+    let set_min_free = |value: &'static str| {
+        let api = registries_d.clone();
+        async move {
+            api.patch(
+                "registry",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"registry": {"minFreeSpace": value}}})),
+            )
+            .await
+            .expect("patch spec.registry.minFreeSpace");
+        }
+    };
+    let storage_condition = |want: (&'static str, &'static str)| {
+        let api = registries_d.clone();
+        async move {
+            let pr = api.get("registry").await.ok()?;
+            let c = pr
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "StoragePressure")?;
+            ((c.status.as_str(), c.reason.as_str()) == want).then_some(c.message)
+        }
+    };
+    let event = |reason: &'static str, type_: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_))
+                .and_then(|e| e.note)
+        }
+    };
+    // The volume is a directory on the test machine's disk: 5% of that disk
+    // is not this registry's to keep free.
+    set_min_free("64Mi").await;
+    eventually("StoragePressure=False", TIMEOUT, || {
+        storage_condition(("False", "EnoughFreeSpace"))
+    })
+    .await;
+    set_min_free("100%").await;
+    let message = eventually("StoragePressure=True", TIMEOUT, || {
+        storage_condition(("True", "BelowMinFreeSpace"))
+    })
+    .await;
+    eprintln!("team-d: StoragePressure=True: {message}");
+    assert!(message.contains("new pushes are refused"), "{message}");
+    let note = eventually("a Warning Event StoragePressure", TIMEOUT, || {
+        event("StoragePressure", "Warning")
+    })
+    .await;
+    assert!(note.contains("MiB free of"), "{note}");
+    set_min_free("64Mi").await;
+    eventually("StoragePressure=False again", TIMEOUT, || {
+        storage_condition(("False", "EnoughFreeSpace"))
+    })
+    .await;
+    eventually("a Normal Event StoragePressureRelieved", TIMEOUT, || {
+        event("StoragePressureRelieved", "Normal")
+    })
+    .await;
+    wait_ready_and_trusted(&node, &admin, "team-d").await;
+    t.mark("4c. minFreeSpace above the free space → StoragePressure=True + Warning Event, relieved → False");
 
     // --- 5. faults -----------------------------------------------------------
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "team-a");

@@ -21,6 +21,7 @@ mod reconcile_tests;
 pub mod rotation;
 pub mod serving;
 pub mod status;
+pub mod storage_pressure;
 pub mod trust_bundle;
 pub mod trust_status;
 pub mod uninstall;
@@ -52,6 +53,8 @@ use error::Error;
 /// The field manager of the trust task: it owns `trustedNodes`, `desiredNodes`
 /// and the `TrustDistributed` condition of every PrivateRegistry's status.
 pub const TRUST_FIELD_MANAGER: &str = "privreg-operator-trust";
+/// The field manager of the storage task's `StoragePressure` condition.
+pub const STORAGE_FIELD_MANAGER: &str = "privreg-operator-storage";
 
 /// What every reconcile shares.
 pub struct Context {
@@ -560,10 +563,23 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
                 }
             })
     });
+    // Reads the registries' pods over the pod network: on where Services are
+    // (--check-serving), and where it is asked for.
+    let storage_check = (ctx.check_serving && args.storage_check_seconds > 0).then(|| {
+        storage_pressure::run(
+            ctx.clone(),
+            scope.clone(),
+            Duration::from_secs(args.storage_check_seconds),
+        )
+    });
     let trust = async {
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = futures_util::future::join(bundle, watches) => {}
+            _ = futures_util::future::join3(
+                bundle,
+                watches,
+                futures_util::future::OptionFuture::from(storage_check),
+            ) => {}
         }
     };
     futures_util::future::join(futures_util::future::join_all(controllers), trust).await;

@@ -12,6 +12,9 @@ pub const AVAILABLE: &str = "Available";
 /// Owned by the trust task (its own field manager), with `trustedNodes` and
 /// `desiredNodes`; the reconcile never writes these.
 pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
+/// Owned by the storage task (its own field manager): `True` while the
+/// registry refuses new uploads for want of free space.
+pub const STORAGE_PRESSURE: &str = "StoragePressure";
 
 /// What the reconcile saw, for the status.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,7 +47,21 @@ fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_owned();
+    let status = if ok { "True" } else { "False" };
+    condition_with(previous, type_, status, reason, message, generation, now)
+}
+
+/// `condition` with any status (`True`, `False`, `Unknown`).
+fn condition_with(
+    previous: Option<&PrivateRegistryStatus>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = status.to_owned();
     let last = previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
@@ -169,7 +186,8 @@ pub fn compute(
 /// The part of a status the reconcile owns: everything but the trust fields.
 pub fn reconciled_part(status: &PrivateRegistryStatus) -> PrivateRegistryStatus {
     let mut s = status.clone();
-    s.conditions.retain(|c| c.type_ != TRUST_DISTRIBUTED);
+    s.conditions
+        .retain(|c| c.type_ != TRUST_DISTRIBUTED && c.type_ != STORAGE_PRESSURE);
     s.trusted_nodes = None;
     s.desired_nodes = None;
     s
@@ -204,6 +222,37 @@ pub fn trust_patch(
             "conditions": [c],
         })
     })
+}
+
+/// The storage task's condition for `observed`, or `None` when the status
+/// already says exactly that (nothing to write).
+pub fn storage_patch(
+    previous: Option<&PrivateRegistryStatus>,
+    observed: &super::storage_pressure::StorageObservation,
+    generation: Option<i64>,
+    now: &Time,
+) -> Option<serde_json::Value> {
+    let c = condition_with(
+        previous,
+        STORAGE_PRESSURE,
+        observed.status,
+        observed.reason,
+        observed.message.clone(),
+        generation,
+        now,
+    );
+    // The message carries the numbers of the moment the status changed; free
+    // space moves with every push, and rewriting the status for each move
+    // would cost a write per registry per check. The metrics have live values.
+    let unchanged = previous.is_some_and(|p| {
+        p.conditions.iter().any(|old| {
+            old.type_ == c.type_
+                && old.status == c.status
+                && old.reason == c.reason
+                && old.observed_generation == c.observed_generation
+        })
+    });
+    (!unchanged).then(|| serde_json::json!({ "conditions": [c] }))
 }
 
 /// The status of a registry the operator did not (fully) reconcile: an invalid

@@ -103,7 +103,7 @@ pub struct NodeCount {
 }
 
 /// Ready, and not on its way out.
-fn pod_ready(pod: &Pod) -> bool {
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status

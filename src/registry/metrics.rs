@@ -42,6 +42,8 @@ pub struct Metrics {
     pub uploads_purged: Counter,
     pub storage_free_bytes: Gauge,
     pub storage_size_bytes: Gauge,
+    pub storage_min_free_bytes: Gauge,
+    pub storage_pressure: Gauge,
     pub uploads_refused_storage_full: Counter,
     pub gc_runs: Counter,
     pub gc_blobs_deleted: Counter,
@@ -149,6 +151,18 @@ impl Metrics {
             "Size of the data directory's filesystem",
             storage_size_bytes.clone(),
         );
+        let storage_min_free_bytes = Gauge::default();
+        registry.register(
+            "storage_min_free_bytes",
+            "--min-free-space in bytes: below it new uploads are refused",
+            storage_min_free_bytes.clone(),
+        );
+        let storage_pressure = Gauge::default();
+        registry.register(
+            "storage_pressure",
+            "1 while free space is below --min-free-space (new uploads refused), else 0",
+            storage_pressure.clone(),
+        );
         let uploads_refused_storage_full = Counter::default();
         registry.register(
             "uploads_refused_storage_full",
@@ -179,6 +193,8 @@ impl Metrics {
             auth_limited,
             storage_free_bytes,
             storage_size_bytes,
+            storage_min_free_bytes,
+            storage_pressure,
             uploads_refused_storage_full,
             gc_runs,
             gc_blobs_deleted,

@@ -75,6 +75,16 @@ impl Space {
             }
         }
     }
+
+    /// `min` in bytes of this filesystem (a percentage rounded down).
+    pub fn min_free_bytes(&self, min: MinFree) -> u64 {
+        match min {
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => {
+                u64::try_from(u128::from(self.total) * u128::from(p) / 100).unwrap_or(u64::MAX)
+            }
+        }
+    }
 }
 
 pub struct SpaceGuard {
@@ -105,6 +115,13 @@ impl SpaceGuard {
         self.metrics
             .storage_size_bytes
             .set(i64::try_from(space.total).unwrap_or(i64::MAX));
+        self.metrics
+            .storage_min_free_bytes
+            .set(i64::try_from(space.min_free_bytes(self.min_free)).unwrap_or(i64::MAX));
+        // What the operator reads for the StoragePressure condition.
+        self.metrics
+            .storage_pressure
+            .set(i64::from(space.below(self.min_free)));
         Some(space)
     }
 
@@ -154,6 +171,8 @@ mod tests {
         assert!(!s.below(MinFree::Percent(4)));
         assert!(s.below(MinFree::Bytes(5)));
         assert!(!s.below(MinFree::Bytes(4)));
+        assert_eq!(s.min_free_bytes(MinFree::Percent(5)), 5);
+        assert_eq!(s.min_free_bytes(MinFree::Bytes(7)), 7);
         let huge = Space {
             free: u64::MAX / 2 + 1,
             total: u64::MAX,
