@@ -21,7 +21,7 @@ use tower::ServiceExt;
 use common::oci::{OCI_MANIFEST, image_manifest, random_bytes};
 use common::sha256;
 use privreg::registry::metrics::Metrics;
-use privreg::registry::storage::FsStore;
+use privreg::registry::storage::Store;
 use privreg::registry::storage::gc::GcOptions;
 use privreg::registry::{AppState, RegistryConfig};
 
@@ -102,7 +102,7 @@ fn stress(grace: Duration, tolerate_blob_unknown: bool) {
         .unwrap();
     rt.block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let store = FsStore::new(&tmp.path().join("data")).unwrap();
+        let store = Store::new(&tmp.path().join("data")).unwrap();
         let state = AppState::new(store.clone(), None, RegistryConfig::default(), Arc::new(Metrics::new()));
         let app = privreg::registry::router(state);
         let shared_layers: Arc<Vec<Vec<u8>>> = Arc::new((0..6).map(|_| random_bytes(4096)).collect());

@@ -24,7 +24,7 @@ use common::oci::{
 use common::{sha256, store};
 use privreg::registry::auth::{AuthPolicy, Authenticator};
 use privreg::registry::metrics::Metrics;
-use privreg::registry::storage::FsStore;
+use privreg::registry::storage::Store;
 use privreg::registry::{AppState, RegistryConfig, UploadLimits};
 
 const MIB: u64 = 1 << 20;
@@ -279,7 +279,7 @@ impl Reg {
 }
 
 fn app(data: &Path, config: RegistryConfig, auth: Option<Authenticator>) -> Router {
-    let store = FsStore::new(data).expect("data directory");
+    let store = Store::new(data).expect("data directory");
     privreg::registry::router(AppState::new(store, auth, config, Arc::new(Metrics::new())))
 }
 
@@ -2601,7 +2601,7 @@ async fn upload_limits_answer_429_and_stalled_bodies_roll_back() {
 async fn abandoned_uploads_are_purged() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let store = FsStore::new(&data).unwrap();
+    let store = Store::new(&data).unwrap();
     let state = AppState::new(store, None, config(), Arc::new(Metrics::new()));
     let reg = Reg {
         app: privreg::registry::router(state.clone()),

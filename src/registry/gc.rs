@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::storage::FsStore;
+use super::storage::Store;
 use super::storage::gc::GcOptions;
 use crate::cli::GcArgs;
 
@@ -16,7 +16,7 @@ pub fn run(args: &GcArgs) -> anyhow::Result<()> {
         "{} holds no registry data (no docker/registry/v2/repositories)",
         args.data.display()
     );
-    let store = FsStore::new(&args.data).context("opening the data directory")?;
+    let store = Store::new(&args.data).context("opening the data directory")?;
     let opts = GcOptions {
         dry_run: args.dry_run,
         delete_untagged: args.delete_untagged,

@@ -26,13 +26,13 @@ pub use server::serve;
 
 use auth::Authenticator;
 use metrics::Metrics;
-use storage::FsStore;
+use storage::Store;
 pub use storage::uploads::UploadLimits;
 use storage::uploads::Uploads;
 
 /// Everything a request handler needs.
 pub struct AppState {
-    pub store: FsStore,
+    pub store: Store,
     pub uploads: Arc<Uploads>,
     pub auth: Option<Arc<Authenticator>>,
     pub read_only: bool,
@@ -64,7 +64,7 @@ impl Default for RegistryConfig {
 
 impl AppState {
     pub fn new(
-        store: FsStore,
+        store: Store,
         auth: Option<Authenticator>,
         config: RegistryConfig,
         metrics: Arc<Metrics>,

@@ -34,11 +34,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Ready when the storage root can be read.
+/// Ready when the storage answers.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let root = state.store.layout().repositories();
-    match tokio::fs::metadata(&root).await {
-        Ok(m) if m.is_dir() => (StatusCode::OK, "ready").into_response(),
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.reachable()).await {
+        Ok(true) => (StatusCode::OK, "ready").into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable").into_response(),
     }
 }

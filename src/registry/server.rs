@@ -17,14 +17,14 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use super::auth::{AuthPolicy, Authenticator};
 use super::connections::LimitAcceptor;
 use super::metrics::Metrics;
-use super::storage::FsStore;
+use super::storage::Store;
 use super::storage::gc::GcOptions;
 use super::tls::{self, LocalPki, ReloadingResolver};
 use super::{AppState, RegistryConfig, UploadLimits, router};
 use crate::cli::ServeArgs;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store = FsStore::new(&args.data).context("opening the data directory")?;
+    let store = Store::new(&args.data).context("opening the data directory")?;
     let auth = args
         .htpasswd
         .as_deref()

@@ -1,12 +1,11 @@
 //! Blob reads (with `Range`) and deletes.
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use super::{digest_header, header_str, header_value, run};
@@ -61,19 +60,24 @@ pub async fn get(
     head: bool,
 ) -> Result<Response> {
     let (store, r, d) = (state.store.clone(), repo.clone(), digest.clone());
+    let range_header = header_str(headers, header::RANGE).map(str::to_owned);
     let found = run(move || {
         let Some(size) = store.stat_in_repo(&r, &d)? else {
             return Ok(None);
         };
-        if head {
-            return Ok(Some((size, None)));
-        }
-        Ok(Some((size, Some(store.open_blob(&d)?))))
+        let range = parse_range(range_header.as_deref(), size);
+        let reader = match (&range, head) {
+            (Ok(range), false) => {
+                let start = range.map_or(0, |(a, _)| a);
+                Some(store.open_blob(&d, start)?)
+            }
+            _ => None,
+        };
+        Ok(Some((size, range, reader)))
     })
     .await?;
-    let (size, file) = found.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
-    let range = parse_range(header_str(headers, header::RANGE), size)
-        .map_err(|Unsatisfiable| RegistryError::BlobRangeInvalid { size })?;
+    let (size, range, reader) = found.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+    let range = range.map_err(|Unsatisfiable| RegistryError::BlobRangeInvalid { size })?;
     let (status, start, len) = match range {
         Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
         None => (StatusCode::OK, 0, size),
@@ -92,27 +96,13 @@ pub async fn get(
             format!("bytes {start}-{}/{size}", start + len - 1),
         );
     }
-    let body = match file {
+    let body = match reader {
         None => Body::empty(),
-        Some(file) => {
-            let mut file = tokio::fs::File::from_std(file);
-            if start > 0 {
-                file.seek(SeekFrom::Start(start))
-                    .await
-                    .map_err(|e| storage_io("seek blob", e))?;
-            }
-            Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK))
+        Some(reader) => {
+            Body::from_stream(ReaderStream::with_capacity(reader.take(len), READ_CHUNK))
         }
     };
     Ok(response.body(body).expect("valid response parts"))
-}
-
-fn storage_io(op: &'static str, source: std::io::Error) -> RegistryError {
-    RegistryError::Storage(crate::registry::storage::StorageError {
-        op,
-        path: Default::default(),
-        source,
-    })
 }
 
 pub async fn delete(state: &Arc<AppState>, repo: &RepoName, digest: &Digest) -> Result<Response> {

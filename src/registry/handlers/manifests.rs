@@ -15,7 +15,7 @@ use crate::registry::error::{RegistryError, Result};
 use crate::registry::manifest;
 use crate::registry::names::{RepoName, Tag};
 use crate::registry::routes::Reference;
-use crate::registry::storage::{FsStore, StorageError};
+use crate::registry::storage::{StorageError, Store};
 
 /// Finds the digest a reference names in `repo`, and the manifest's bytes.
 async fn load(
@@ -223,7 +223,7 @@ pub async fn put(
 
 /// The first blob or child manifest a manifest names that the repository lacks.
 fn missing_reference(
-    store: &FsStore,
+    store: &Store,
     repo: &RepoName,
     blobs: &[Digest],
     children: &[Digest],

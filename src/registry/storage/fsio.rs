@@ -1,11 +1,11 @@
-//! Durable file primitives: atomic replace, link files, directory fsync.
+//! Durable file primitives of the filesystem driver: atomic replace,
+//! directory fsync, appends that can be cut back.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::StorageError;
-use crate::registry::digest::Digest;
 
 pub(crate) trait IoContext<T> {
     fn ctx(self, op: &'static str, path: &Path) -> Result<T, StorageError>;
@@ -68,24 +68,6 @@ pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageErr
     result
 }
 
-/// Writes a Distribution link file (`<dir>/link` holding the digest).
-pub(crate) fn write_link(dir: &Path, d: &Digest) -> Result<(), StorageError> {
-    write_atomic(&dir.join("link"), d.to_string().as_bytes())
-}
-
-/// Reads a link file; `None` if it does not exist or does not hold a digest.
-pub(crate) fn read_link(path: &Path) -> Result<Option<Digest>, StorageError> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(s.trim().parse().ok()),
-        Err(e)
-            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e).ctx("read link", path),
-    }
-}
-
 /// Removes a directory tree; `false` if it was not there.
 pub(crate) fn remove_tree(dir: &Path) -> Result<bool, StorageError> {
     match fs::remove_dir_all(dir) {
@@ -100,24 +82,102 @@ pub(crate) fn remove_tree(dir: &Path) -> Result<bool, StorageError> {
     }
 }
 
-/// Names of the subdirectories of `dir`, sorted; empty if `dir` does not exist.
-pub(crate) fn list_dirs(dir: &Path) -> Result<Vec<String>, StorageError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).ctx("list directory", dir),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.ctx("list directory", dir)?;
-        if entry.file_type().ctx("stat", &entry.path())?.is_dir()
-            && let Ok(name) = entry.file_name().into_string()
-        {
-            names.push(name);
+/// Start writeback of what was written every this many bytes, so the fsync
+/// before the move into place has little left to flush.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// An append to a local file (`FsDriver::writer`).
+pub(crate) struct AppendFile {
+    file: File,
+    path: PathBuf,
+    start: u64,
+    size: u64,
+    unsynced: u64,
+    writeback: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppendFile {
+    /// `file` is positioned at `start`, its current length.
+    pub(crate) fn new(file: File, path: PathBuf, start: u64) -> AppendFile {
+        AppendFile {
+            file,
+            path,
+            start,
+            size: start,
+            unsynced: 0,
+            writeback: None,
         }
     }
-    names.sort();
-    Ok(names)
+
+    fn failed(&self, source: io::Error) -> StorageError {
+        StorageError {
+            op: "write upload",
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// fdatasync on a second handle, beside further writes: it only brings the
+    /// fsync before the move forward, so its result does not matter here.
+    fn start_writeback(&mut self) {
+        if self.writeback.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        if let Ok(clone) = self.file.try_clone() {
+            self.writeback = Some(std::thread::spawn(move || {
+                let _ = clone.sync_data();
+            }));
+            self.unsynced = 0;
+        }
+    }
+}
+
+impl super::driver::ContentWriter for AppendFile {
+    fn write(&mut self, chunks: &[bytes::Bytes]) -> Result<(), StorageError> {
+        use std::io::IoSlice;
+        // Empty frames would make write_vectored return 0 (WriteZero); skip them.
+        let mut slices: Vec<IoSlice<'_>> = chunks
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| IoSlice::new(c))
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => return Err(self.failed(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.size += n as u64;
+                    self.unsynced += n as u64;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
+        if self.unsynced >= WRITEBACK_EVERY {
+            self.start_writeback();
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn close(mut self: Box<Self>) -> Result<(), StorageError> {
+        // A chunk of a longer upload starts its writeback now rather than at
+        // the move into place.
+        if self.unsynced >= 256 << 10 {
+            self.start_writeback();
+        }
+        Ok(())
+    }
+
+    fn cancel(self: Box<Self>) -> Result<(), StorageError> {
+        self.file
+            .set_len(self.start)
+            .ctx("cut back upload", &self.path)
+    }
 }
 
 #[cfg(test)]
@@ -133,16 +193,5 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1);
-    }
-
-    #[test]
-    fn links_round_trip_and_garbage_reads_as_absent() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = Digest::sha256_of(b"x");
-        write_link(dir.path(), &d).unwrap();
-        assert_eq!(read_link(&dir.path().join("link")).unwrap(), Some(d));
-        fs::write(dir.path().join("link"), "garbage").unwrap();
-        assert_eq!(read_link(&dir.path().join("link")).unwrap(), None);
-        assert_eq!(read_link(&dir.path().join("none/link")).unwrap(), None);
     }
 }

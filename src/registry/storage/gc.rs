@@ -17,8 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use super::fsio::{list_dirs, read_link, remove_tree};
-use super::{FsStore, Result};
+use super::{Result, Store};
 use crate::registry::digest::Digest;
 use crate::registry::manifest;
 use crate::registry::names::{RepoName, Tag};
@@ -114,24 +113,21 @@ impl Drop for Collecting<'_> {
 }
 
 /// Whether `path` was modified less than `grace` ago (or cannot be dated).
-fn younger_than(path: &std::path::Path, grace: Duration) -> bool {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
+fn younger_than(info: Option<super::driver::FileInfo>, grace: Duration) -> bool {
+    info.and_then(|i| SystemTime::now().duration_since(i.modified).ok())
         .is_none_or(|age| age < grace)
 }
 
-impl FsStore {
+impl Store {
     /// Every blob in the global store.
     pub fn all_blobs(&self) -> Result<Vec<Digest>> {
         let base = self.layout.root().join("blobs");
         let mut out = Vec::new();
-        for alg in list_dirs(&base)? {
-            for prefix in list_dirs(&base.join(&alg))? {
-                for hex in list_dirs(&base.join(&alg).join(&prefix))? {
+        for alg in self.driver.list(&base)? {
+            for prefix in self.driver.list(&base.join(&alg))? {
+                for hex in self.driver.list(&base.join(&alg).join(&prefix))? {
                     if let Ok(d) = format!("{alg}:{hex}").parse::<Digest>()
-                        && self.layout.blob_data(&d).is_file()
+                        && self.blob_size(&d)?.is_some()
                     {
                         out.push(d);
                     }
@@ -144,9 +140,9 @@ impl FsStore {
     /// The digest each tag of `repo` points to now.
     fn tag_targets(&self, repo: &RepoName) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
-        for name in list_dirs(&self.layout.tags(repo))? {
+        for name in self.driver.list(&self.layout.tags(repo))? {
             if let Some(tag) = Tag::parse(&name)
-                && let Some(d) = read_link(&self.layout.tag_current_link(repo, &tag))?
+                && let Some(d) = self.read_link(&self.layout.tag_current_link(repo, &tag))?
             {
                 out.push(d);
             }
@@ -193,7 +189,7 @@ impl FsStore {
             let link = self.layout.revision_link_dir(repo, d).join("link");
             let spared = self.gate.exclusive(|| -> Result<bool> {
                 // Re-checked with pushes held off: tagged or pushed meanwhile?
-                if younger_than(&link, opts.grace)
+                if younger_than(self.driver.stat(&link)?, opts.grace)
                     || self.gate.recently_referenced(d)
                     || self.tag_targets(repo)?.contains(d)
                 {
@@ -203,11 +199,11 @@ impl FsStore {
                     let subject = m.as_ref().and_then(|m| m.subject.clone());
                     self.delete_manifest(repo, d, subject.as_ref())?;
                     // The tags' history of it goes too, as in Distribution.
-                    for name in list_dirs(&self.layout.tags(repo))? {
+                    for name in self.driver.list(&self.layout.tags(repo))? {
                         if let Some(tag) = Tag::parse(&name)
                             && let Some(dir) = self.layout.tag_index_link(repo, &tag, d).parent()
                         {
-                            remove_tree(dir)?;
+                            self.driver.delete(dir)?;
                         }
                     }
                 }
@@ -248,12 +244,13 @@ impl FsStore {
             }
             let data = self.layout.blob_data(&blob);
             let deleted = self.gate.exclusive(|| -> Result<Option<u64>> {
-                if younger_than(&data, opts.grace) || self.gate.recently_referenced(&blob) {
+                let info = self.driver.stat(&data)?;
+                if younger_than(info, opts.grace) || self.gate.recently_referenced(&blob) {
                     return Ok(None);
                 }
-                let size = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+                let size = info.map_or(0, |i| i.size);
                 if !opts.dry_run {
-                    remove_tree(&self.layout.blob_dir(&blob))?;
+                    self.driver.delete(&self.layout.blob_dir(&blob))?;
                 }
                 Ok(Some(size))
             })?;
@@ -279,13 +276,13 @@ impl FsStore {
         let mut removed = 0;
         for repo in self.repositories_with_layers()? {
             let layers = self.layout.repo(&repo).join("_layers");
-            for alg in list_dirs(&layers)? {
-                for hex in list_dirs(&layers.join(&alg))? {
+            for alg in self.driver.list(&layers)? {
+                for hex in self.driver.list(&layers.join(&alg))? {
                     let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
                         continue;
                     };
                     if self.blob_size(&d)?.is_none() {
-                        remove_tree(&self.layout.layer_link_dir(&repo, &d))?;
+                        self.driver.delete(&self.layout.layer_link_dir(&repo, &d))?;
                         removed += 1;
                     }
                 }

@@ -1,8 +1,10 @@
-//! Filesystem storage in CNCF Distribution's layout (documented in `paths`).
+//! The registry's storage: CNCF Distribution's layout (documented in `paths`)
+//! over a storage driver (`driver`: where the bytes live; the filesystem today).
 //!
-//! The store is synchronous (std::fs) and the handlers call it on the blocking pool;
+//! The store is synchronous and the handlers call it on the blocking pool;
 //! only upload bodies stream through the async `uploads` module.
 
+pub mod driver;
 mod fsio;
 pub mod gc;
 pub mod paths;
@@ -10,11 +12,11 @@ mod referrers;
 pub mod space;
 pub mod uploads;
 
-use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use fsio::{IoContext, list_dirs, read_link, remove_tree, sync_dir, write_atomic, write_link};
+pub use driver::{FsDriver, StorageDriver};
 pub use paths::Layout;
 
 use super::digest::Digest;
@@ -45,24 +47,36 @@ impl StorageError {
 type Result<T> = std::result::Result<T, StorageError>;
 
 #[derive(Debug, Clone)]
-pub struct FsStore {
+pub struct Store {
+    driver: Arc<dyn StorageDriver>,
+    /// Paths relative to the driver's root.
     layout: Layout,
     /// Shared by every clone: pushes against a running garbage collection.
-    gate: std::sync::Arc<gc::PushGate>,
+    gate: Arc<gc::PushGate>,
 }
 
-impl FsStore {
-    pub fn new(data: &Path) -> Result<FsStore> {
-        let layout = Layout::new(data);
-        fs::create_dir_all(layout.repositories()).ctx("create data directory", layout.root())?;
-        Ok(FsStore {
-            layout,
+impl Store {
+    /// The store in a local data directory (created if missing).
+    pub fn new(data: &Path) -> Result<Store> {
+        let store = Store::with_driver(Arc::new(FsDriver::new(data)));
+        fsio::create_dirs(&data.join(store.layout.repositories()))?;
+        Ok(store)
+    }
+
+    pub fn with_driver(driver: Arc<dyn StorageDriver>) -> Store {
+        Store {
+            driver,
+            layout: Layout::new(Path::new("")),
             gate: Default::default(),
-        })
+        }
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    pub fn driver(&self) -> &Arc<dyn StorageDriver> {
+        &self.driver
     }
 
     /// See `gc::PushGate`: every push step that makes content referenced runs
@@ -71,21 +85,46 @@ impl FsStore {
         &self.gate
     }
 
+    /// Whether the storage answers (for readiness).
+    pub fn reachable(&self) -> bool {
+        self.driver.stat(Path::new("")).is_ok()
+    }
+
+    /// Writes a Distribution link file (`<dir>/link` holding the digest).
+    fn write_link(&self, dir: &Path, d: &Digest) -> Result<()> {
+        self.driver
+            .put_content(&dir.join("link"), d.to_string().as_bytes())
+    }
+
+    /// Reads a link file; `None` if it does not exist or does not hold a digest.
+    fn read_link(&self, path: &Path) -> Result<Option<Digest>> {
+        Ok(self
+            .driver
+            .get_content(path)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.trim().parse().ok()))
+    }
+
+    fn exists(&self, path: &Path) -> Result<bool> {
+        Ok(self.driver.stat(path)?.is_some())
+    }
+
     /// Size of a blob in the global store.
     pub fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
-        let p = self.layout.blob_data(d);
-        match fs::metadata(&p) {
-            Ok(m) if m.is_file() => Ok(Some(m.len())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).ctx("stat blob", &p),
-        }
+        Ok(self
+            .driver
+            .stat(&self.layout.blob_data(d))?
+            .filter(|i| !i.is_dir)
+            .map(|i| i.size))
     }
 
     /// Whether `repo` may serve blob `d`: it was pushed or mounted there as a layer
     /// or config, or it is one of the repository's manifests.
     pub fn repo_has_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        let linked = |dir: PathBuf| read_link(&dir.join("link")).map(|l| l.as_ref() == Some(d));
+        let linked = |dir: PathBuf| {
+            self.read_link(&dir.join("link"))
+                .map(|l| l.as_ref() == Some(d))
+        };
         Ok(linked(self.layout.layer_link_dir(repo, d))?
             || linked(self.layout.revision_link_dir(repo, d))?)
     }
@@ -98,50 +137,46 @@ impl FsStore {
         self.blob_size(d)
     }
 
-    pub fn open_blob(&self, d: &Digest) -> Result<File> {
-        let p = self.layout.blob_data(d);
-        File::open(&p).ctx("open blob", &p)
+    /// A reader of blob `d` from byte `offset`.
+    pub fn open_blob(&self, d: &Digest, offset: u64) -> Result<driver::ContentReader> {
+        self.driver.reader(&self.layout.blob_data(d), offset)
     }
 
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let p = self.layout.blob_data(d);
-        fs::read(&p).ctx("read blob", &p)
+        self.driver.get_content(&p)?.ok_or_else(|| StorageError {
+            op: "read blob",
+            path: p,
+            source: io::ErrorKind::NotFound.into(),
+        })
     }
 
     /// Marks blob `d` as just used (its modification time), best effort.
     pub fn touch_blob(&self, d: &Digest) {
-        if let Ok(f) = File::options().write(true).open(self.layout.blob_data(d)) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
+        self.driver.touch(&self.layout.blob_data(d));
     }
 
     /// Makes blob `d` (already in the global store) part of `repo`.
     pub fn link_blob(&self, repo: &RepoName, d: &Digest) -> Result<()> {
-        write_link(&self.layout.layer_link_dir(repo, d), d)
+        self.write_link(&self.layout.layer_link_dir(repo, d), d)
     }
 
     /// Removes blob `d` from `repo`; the content stays for other repositories until
     /// garbage collection. `false` if `repo` did not hold it.
     pub fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        remove_tree(&self.layout.layer_link_dir(repo, d))
+        self.driver.delete(&self.layout.layer_link_dir(repo, d))
     }
 
-    /// Moves a finished, verified upload file into the global store. If the blob is
-    /// already there (another push of the same content won), the file is dropped.
-    pub fn commit_blob_file(&self, file: &Path, d: &Digest) -> Result<()> {
-        File::open(file)
-            .and_then(|f| f.sync_all())
-            .ctx("sync upload", file)?;
+    /// Moves a finished, verified upload into the global store. If the blob is
+    /// already there (another push of the same content won), the upload is dropped.
+    pub fn commit_blob_file(&self, upload: &Path, d: &Digest) -> Result<()> {
         if self.blob_size(d)?.is_some() {
             // Reused: date it now, so a collection's grace period covers it.
             self.touch_blob(d);
-            return fs::remove_file(file).ctx("remove duplicate upload", file);
+            self.driver.delete(upload)?;
+            return Ok(());
         }
-        let dir = self.layout.blob_dir(d);
-        fsio::create_dirs(&dir)?;
-        let target = dir.join("data");
-        fs::rename(file, &target).ctx("rename blob into place", &target)?;
-        sync_dir(&dir)
+        self.driver.move_content(upload, &self.layout.blob_data(d))
     }
 
     /// Stores a verified manifest: content, revision link, referrer index, then tag.
@@ -154,11 +189,12 @@ impl FsStore {
         subject: Option<&Digest>,
     ) -> Result<()> {
         // A repository privreg creates is indexed from its first manifest on.
-        let new_repo = !self.layout.repo(repo).join("_manifests").is_dir();
+        let new_repo = !self.exists(&self.layout.repo(repo).join("_manifests"))?;
         if self.blob_size(d)?.is_none() {
-            write_atomic(&self.layout.blob_data(d), content)?;
+            self.driver
+                .put_content(&self.layout.blob_data(d), content)?;
         }
-        write_link(&self.layout.revision_link_dir(repo, d), d)?;
+        self.write_link(&self.layout.revision_link_dir(repo, d), d)?;
         if new_repo {
             self.mark_referrers_indexed(repo)?;
         } else if !self.referrers_indexed(repo)? {
@@ -169,28 +205,25 @@ impl FsStore {
             self.index_referrer(repo, subject, d)?;
         }
         for tag in tags {
-            write_atomic(
-                &self.layout.tag_index_link(repo, tag, d),
-                d.to_string().as_bytes(),
-            )?;
-            write_atomic(
-                &self.layout.tag_current_link(repo, tag),
-                d.to_string().as_bytes(),
-            )?;
+            let link = d.to_string();
+            self.driver
+                .put_content(&self.layout.tag_index_link(repo, tag, d), link.as_bytes())?;
+            self.driver
+                .put_content(&self.layout.tag_current_link(repo, tag), link.as_bytes())?;
         }
         Ok(())
     }
 
     /// The digest a tag points to, if the tag exists and its manifest is still there.
     pub fn resolve_tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
-        match read_link(&self.layout.tag_current_link(repo, tag))? {
+        match self.read_link(&self.layout.tag_current_link(repo, tag))? {
             Some(d) if self.has_manifest(repo, &d)? => Ok(Some(d)),
             _ => Ok(None),
         }
     }
 
     pub fn has_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
-        let link = read_link(&self.layout.revision_link_dir(repo, d).join("link"))?;
+        let link = self.read_link(&self.layout.revision_link_dir(repo, d).join("link"))?;
         Ok(link.as_ref() == Some(d) && self.blob_size(d)?.is_some())
     }
 
@@ -205,39 +238,50 @@ impl FsStore {
         if !self.has_manifest(repo, d)? {
             return Ok(false);
         }
-        for tag in list_dirs(&self.layout.tags(repo))? {
+        for tag in self.driver.list(&self.layout.tags(repo))? {
             let Some(tag) = Tag::parse(&tag) else {
                 continue;
             };
-            if read_link(&self.layout.tag_current_link(repo, &tag))?.as_ref() == Some(d) {
-                remove_tree(&self.layout.tag_dir(repo, &tag))?;
+            if self
+                .read_link(&self.layout.tag_current_link(repo, &tag))?
+                .as_ref()
+                == Some(d)
+            {
+                self.driver.delete(&self.layout.tag_dir(repo, &tag))?;
             }
         }
         if let Some(subject) = subject {
-            remove_tree(&self.layout.referrer_link_dir(repo, subject, d))?;
+            self.driver
+                .delete(&self.layout.referrer_link_dir(repo, subject, d))?;
         }
-        remove_tree(&self.layout.revision_link_dir(repo, d))?;
+        self.driver
+            .delete(&self.layout.revision_link_dir(repo, d))?;
         Ok(true)
     }
 
     /// Deletes a tag (the manifest stays, reachable by digest). `false` if absent.
     pub fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
-        if read_link(&self.layout.tag_current_link(repo, tag))?.is_none() {
+        if self
+            .read_link(&self.layout.tag_current_link(repo, tag))?
+            .is_none()
+        {
             return Ok(false);
         }
-        remove_tree(&self.layout.tag_dir(repo, tag))
+        self.driver.delete(&self.layout.tag_dir(repo, tag))
     }
 
     /// The repository's tags, sorted; `None` if the repository does not exist (holds
     /// no manifests: blobs or upload sessions alone do not make one, as in `repositories`).
     pub fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
-        if !self.layout.repo(repo).join("_manifests").is_dir() {
+        if !self.exists(&self.layout.repo(repo).join("_manifests"))? {
             return Ok(None);
         }
         let mut tags = Vec::new();
-        for name in list_dirs(&self.layout.tags(repo))? {
+        for name in self.driver.list(&self.layout.tags(repo))? {
             if let Some(tag) = Tag::parse(&name)
-                && read_link(&self.layout.tag_current_link(repo, &tag))?.is_some()
+                && self
+                    .read_link(&self.layout.tag_current_link(repo, &tag))?
+                    .is_some()
             {
                 tags.push(name);
             }
@@ -256,7 +300,7 @@ impl FsStore {
         let mut stack = vec![String::new()];
         while let Some(prefix) = stack.pop() {
             let dir = self.layout.repositories().join(&prefix);
-            for name in list_dirs(&dir)? {
+            for name in self.driver.list(&dir)? {
                 if name.starts_with('_') {
                     if let Some(repo) = RepoName::parse(&prefix) {
                         visit(&repo, &name)?;
@@ -286,16 +330,16 @@ impl FsStore {
             if special != "_uploads" {
                 return Ok(());
             }
-            for id in list_dirs(&self.layout.repo(repo).join("_uploads"))? {
+            for id in self.driver.list(&self.layout.repo(repo).join("_uploads"))? {
                 let session = self.layout.upload_dir(repo, &id);
                 // A session without data (crashed between mkdir and create) is
                 // dated by its directory.
-                let modified = fs::metadata(session.join("data"))
-                    .or_else(|_| fs::metadata(&session))
-                    .and_then(|m| m.modified());
-                let age = modified
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
+                let info = match self.driver.stat(&session.join("data"))? {
+                    Some(info) => Some(info),
+                    None => self.driver.stat(&session)?,
+                };
+                let age = info
+                    .and_then(|i| now.duration_since(i.modified).ok())
                     .unwrap_or_default();
                 if age > max_age {
                     stale.push((repo.clone(), id));
@@ -335,9 +379,9 @@ impl FsStore {
     pub fn manifest_revisions(&self, repo: &RepoName) -> Result<Vec<Digest>> {
         let base = self.layout.revisions(repo);
         let mut out = Vec::new();
-        for alg in list_dirs(&base)? {
-            for hex in list_dirs(&base.join(&alg))? {
-                if let Some(d) = read_link(&base.join(&alg).join(&hex).join("link"))? {
+        for alg in self.driver.list(&base)? {
+            for hex in self.driver.list(&base.join(&alg))? {
+                if let Some(d) = self.read_link(&base.join(&alg).join(&hex).join("link"))? {
                     out.push(d);
                 }
             }
@@ -350,9 +394,9 @@ impl FsStore {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, FsStore) {
+    fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let s = FsStore::new(dir.path()).unwrap();
+        let s = Store::new(dir.path()).unwrap();
         (dir, s)
     }
 
@@ -395,10 +439,9 @@ mod tests {
         let (dir, s) = store();
         let a = RepoName::parse("a").unwrap();
         let b = RepoName::parse("b").unwrap();
-        let file = dir.path().join("upload");
-        fs::write(&file, b"layer").unwrap();
+        std::fs::write(dir.path().join("upload"), b"layer").unwrap();
         let d = Digest::sha256_of(b"layer");
-        s.commit_blob_file(&file, &d).unwrap();
+        s.commit_blob_file(Path::new("upload"), &d).unwrap();
         s.link_blob(&a, &d).unwrap();
         assert_eq!(s.stat_in_repo(&a, &d).unwrap(), Some(5));
         assert_eq!(s.stat_in_repo(&b, &d).unwrap(), None);

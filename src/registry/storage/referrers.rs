@@ -3,29 +3,21 @@
 //! built on privreg's first manifest write there. Queries never write: without
 //! an index they scan the repository's revisions.
 
-use std::fs;
-use std::io;
-
-use super::fsio::{IoContext, list_dirs, read_link, write_atomic, write_link};
-use super::{FsStore, Result};
+use super::{Result, Store};
 use crate::registry::digest::Digest;
 use crate::registry::manifest::{self, ParsedManifest};
 use crate::registry::names::RepoName;
 
-impl FsStore {
+impl Store {
     /// Whether the referrers index of `repo` covers every manifest in it.
     pub fn referrers_indexed(&self, repo: &RepoName) -> Result<bool> {
-        let marker = self.layout.referrers_marker(repo);
-        match fs::metadata(&marker) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e).ctx("stat referrers index", &marker),
-        }
+        self.exists(&self.layout.referrers_marker(repo))
     }
 
     /// Records that the referrers index of `repo` is complete.
     pub(super) fn mark_referrers_indexed(&self, repo: &RepoName) -> Result<()> {
-        write_atomic(&self.layout.referrers_marker(repo), b"")
+        self.driver
+            .put_content(&self.layout.referrers_marker(repo), b"")
     }
 
     /// Adds `d` to the referrers of `subject` in `repo`.
@@ -35,7 +27,7 @@ impl FsStore {
         subject: &Digest,
         d: &Digest,
     ) -> Result<()> {
-        write_link(&self.layout.referrer_link_dir(repo, subject, d), d)
+        self.write_link(&self.layout.referrer_link_dir(repo, subject, d), d)
     }
 
     /// Manifests in `repo` whose subject is `subject`. Reads only.
@@ -50,9 +42,9 @@ impl FsStore {
         }
         let base = self.layout.referrers_of(repo, subject);
         let mut out = Vec::new();
-        for alg in list_dirs(&base)? {
-            for hex in list_dirs(&base.join(&alg))? {
-                if let Some(d) = read_link(&base.join(&alg).join(&hex).join("link"))?
+        for alg in self.driver.list(&base)? {
+            for hex in self.driver.list(&base.join(&alg))? {
+                if let Some(d) = self.read_link(&base.join(&alg).join(&hex).join("link"))?
                     && self.has_manifest(repo, &d)?
                 {
                     out.push(d);

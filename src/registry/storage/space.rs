@@ -4,7 +4,6 @@
 //! on. A write that still meets a full disk (ENOSPC) is rolled back and
 //! answered the same way.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -88,15 +87,19 @@ impl Space {
 }
 
 pub struct SpaceGuard {
-    root: PathBuf,
+    driver: Arc<dyn super::StorageDriver>,
     min_free: MinFree,
     metrics: Arc<Metrics>,
 }
 
 impl SpaceGuard {
-    pub fn new(root: PathBuf, min_free: MinFree, metrics: Arc<Metrics>) -> SpaceGuard {
+    pub fn new(
+        driver: Arc<dyn super::StorageDriver>,
+        min_free: MinFree,
+        metrics: Arc<Metrics>,
+    ) -> SpaceGuard {
         SpaceGuard {
-            root,
+            driver,
             min_free,
             metrics,
         }
@@ -104,11 +107,7 @@ impl SpaceGuard {
 
     /// Measures now (a statvfs: microseconds), updating the metrics.
     pub fn measure(&self) -> Option<Space> {
-        let st = rustix::fs::statvfs(&self.root).ok()?;
-        let space = Space {
-            free: st.f_bavail.saturating_mul(st.f_frsize),
-            total: st.f_blocks.saturating_mul(st.f_frsize),
-        };
+        let space = self.driver.space()?;
         self.metrics
             .storage_free_bytes
             .set(i64::try_from(space.free).unwrap_or(i64::MAX));

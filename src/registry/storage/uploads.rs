@@ -10,17 +10,16 @@
 //! requests, open sessions and the wait for each piece of a body are bounded.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
-use super::fsio::{IoContext, create_dirs, remove_tree, write_atomic};
+use super::driver::ContentWriter;
 use super::space::{MinFree, SpaceGuard};
-use super::{FsStore, StorageError};
+use super::{StorageError, Store};
 use crate::registry::digest::{Algorithm, Digest, Hasher};
 use crate::registry::metrics::Metrics;
 use crate::registry::names::RepoName;
@@ -67,9 +66,6 @@ const READ_BUFFER: usize = 256 << 10;
 /// Bytes received before a piece goes to the writer; one piece is written while
 /// the next is received.
 const PIECE: usize = 1 << 20;
-/// Start writeback of what was written every this many bytes, so the fsync at
-/// commit has little left to flush.
-const WRITEBACK_EVERY: u64 = 32 << 20;
 
 struct Session {
     size: u64,
@@ -111,7 +107,7 @@ impl Default for UploadLimits {
 
 /// All upload sessions of one registry.
 pub struct Uploads {
-    store: FsStore,
+    store: Store,
     open: Mutex<HashMap<String, SessionRef>>,
     limits: UploadLimits,
     receiving: Arc<tokio::sync::Semaphore>,
@@ -120,13 +116,12 @@ pub struct Uploads {
 }
 
 impl Uploads {
-    pub fn new(store: FsStore, limits: UploadLimits, metrics: Arc<Metrics>) -> Uploads {
-        let root = store.layout().root().to_owned();
+    pub fn new(store: Store, limits: UploadLimits, metrics: Arc<Metrics>) -> Uploads {
         Uploads {
+            space: SpaceGuard::new(store.driver().clone(), limits.min_free, metrics.clone()),
             store,
             open: Mutex::new(HashMap::new()),
             receiving: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
-            space: SpaceGuard::new(root, limits.min_free, metrics.clone()),
             limits,
             metrics,
         }
@@ -159,10 +154,10 @@ impl Uploads {
         let started = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
+        let driver = self.store.driver().clone();
         blocking(move || {
-            create_dirs(&dir)?;
-            std::fs::File::create(dir.join("data")).ctx("create upload", &dir)?;
-            write_atomic(&dir.join("startedat"), started.as_bytes())
+            driver.put_content(&dir.join("startedat"), started.as_bytes())?;
+            driver.writer(&dir.join("data"), 0)?.close()
         })
         .await?;
         let session = Session {
@@ -190,14 +185,11 @@ impl Uploads {
             return Ok(s.clone());
         }
         let path = self.data_path(repo, id);
-        let rebuilt = blocking(move || match std::fs::File::open(&path) {
-            Ok(file) => hash_file(file, &path, Algorithm::Sha256).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).ctx("open upload", &path),
-        })
-        .await?
-        .ok_or(UploadError::Unknown)?;
-        let (sha256, size) = rebuilt;
+        let (driver, p) = (self.store.driver().clone(), path.clone());
+        if blocking(move || driver.stat(&p)).await?.is_none() {
+            return Err(UploadError::Unknown);
+        }
+        let (sha256, size) = self.hash_upload(&path, Algorithm::Sha256).await?;
         let mut map = self.lock_map();
         let entry = map.entry(key).or_insert_with(|| {
             Arc::new(tokio::sync::Mutex::new(Session {
@@ -208,6 +200,32 @@ impl Uploads {
             }))
         });
         Ok(entry.clone())
+    }
+
+    /// Hashes what an upload holds; returns the running hash and the byte count.
+    async fn hash_upload(
+        &self,
+        path: &Path,
+        algorithm: Algorithm,
+    ) -> std::result::Result<(Hasher, u64), StorageError> {
+        use tokio::io::AsyncReadExt as _;
+        let (driver, p) = (self.store.driver().clone(), path.to_owned());
+        let mut reader = blocking(move || driver.reader(&p, 0)).await?;
+        let mut hasher = algorithm.hasher();
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut size = 0u64;
+        loop {
+            let n = reader.read(&mut buf).await.map_err(|source| StorageError {
+                op: "read upload",
+                path: path.to_owned(),
+                source,
+            })?;
+            if n == 0 {
+                return Ok((hasher, size));
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
     }
 
     /// Bytes received so far.
@@ -274,8 +292,14 @@ impl Uploads {
         E: std::fmt::Display,
     {
         let opened = {
-            let p = path.to_owned();
-            blocking(move || PieceWriter::open(&p, start, hasher)).await
+            let (driver, p) = (self.store.driver().clone(), path.to_owned());
+            blocking(move || {
+                Ok(PieceWriter {
+                    content: driver.writer(&p, start)?,
+                    hasher,
+                })
+            })
+            .await
         };
         let mut writer = Some(opened?);
         let mut in_flight: Option<tokio::task::JoinHandle<PieceResult>> = None;
@@ -313,16 +337,30 @@ impl Uploads {
         if received.is_ok()
             && let Some(w) = writer.take()
         {
-            let (hasher, written) = w.finish();
+            let written = w.content.size();
+            let PieceWriter { content, hasher } = w;
             if written == size {
+                blocking(move || content.close()).await?;
                 return Ok((size, hasher));
             }
         }
-        // Let a piece still being written finish before cutting the file back.
-        if let Some(pending) = in_flight.take() {
-            let _ = pending.await;
+        // Let a piece still being written finish before cutting the upload back
+        // (with a fresh writer at `start` when the failed one is gone).
+        if let Some(pending) = in_flight.take()
+            && let Ok(Ok(w)) = pending.await
+        {
+            writer = Some(w);
         }
-        let _ = truncate(path, start).await;
+        let driver = self.store.driver().clone();
+        let p = path.to_owned();
+        let cut = blocking(move || match writer {
+            Some(w) => w.content.cancel(),
+            None => driver.writer(&p, start)?.cancel(),
+        })
+        .await;
+        if let Err(e) = cut {
+            tracing::warn!(error = %e, "cutting a failed upload request back failed");
+        }
         Err(received.err().unwrap_or(UploadError::Short))
     }
 
@@ -337,21 +375,15 @@ impl Uploads {
         let path = self.data_path(repo, id);
         let actual = match digest.algorithm() {
             Algorithm::Sha256 => s.sha256.clone().finish(),
-            other => {
-                let p = path.clone();
-                blocking(move || {
-                    let file = std::fs::File::open(&p).ctx("open upload", &p)?;
-                    hash_file(file, &p, other).map(|(h, _)| h.finish())
-                })
-                .await?
-            }
+            other => self.hash_upload(&path, other).await?.0.finish(),
         };
         s.closed = true;
         let dir = self.store.layout().upload_dir(repo, id);
         if &actual != digest {
             drop(s);
             self.forget(repo, id);
-            blocking(move || remove_tree(&dir)).await?;
+            let driver = self.store.driver().clone();
+            blocking(move || driver.delete(&dir)).await?;
             return Err(UploadError::DigestMismatch {
                 actual,
                 expected: digest.clone(),
@@ -365,7 +397,7 @@ impl Uploads {
                 store.link_blob(&repo_owned, &digest_owned)?;
                 Ok(((), vec![digest_owned.clone()]))
             })?;
-            remove_tree(&dir)
+            store.driver().delete(&dir)
         })
         .await;
         drop(s);
@@ -386,7 +418,8 @@ impl Uploads {
         }
         s.closed = true;
         let dir = self.store.layout().upload_dir(repo, id);
-        blocking(move || remove_tree(&dir)).await?;
+        let driver = self.store.driver().clone();
+        blocking(move || driver.delete(&dir)).await?;
         drop(s);
         self.forget(repo, id);
         Ok(())
@@ -415,7 +448,8 @@ impl Uploads {
                 g.closed = true;
             }
             let dir = self.store.layout().upload_dir(&repo, &id);
-            blocking(move || remove_tree(&dir)).await?;
+            let driver = self.store.driver().clone();
+            blocking(move || driver.delete(&dir)).await?;
             self.forget(&repo, &id);
             purged += 1;
         }
@@ -479,111 +513,22 @@ async fn next_writer(
     })
 }
 
-/// The upload file, its running hash and length, and the writeback of what was
-/// written so far. Moves to the blocking pool for each piece and back.
+/// The upload's content writer and its running hash. Moves to the blocking
+/// pool for each piece and back.
 struct PieceWriter {
-    file: std::fs::File,
-    path: PathBuf,
+    content: Box<dyn ContentWriter>,
     hasher: Hasher,
-    size: u64,
-    unsynced: u64,
-    writeback: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PieceWriter {
-    fn open(
-        path: &std::path::Path,
-        start: u64,
-        hasher: Hasher,
-    ) -> std::result::Result<PieceWriter, StorageError> {
-        use std::io::Seek;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .ctx("open upload", path)?;
-        file.seek(std::io::SeekFrom::Start(start))
-            .ctx("seek upload", path)?;
-        Ok(PieceWriter {
-            file,
-            path: path.to_owned(),
-            hasher,
-            size: start,
-            unsynced: 0,
-            writeback: None,
-        })
-    }
-
     /// Hashes and appends `chunks` (blocking).
     fn write(mut self, chunks: Vec<Bytes>) -> PieceResult {
-        use std::io::{IoSlice, Write};
         for c in &chunks {
             self.hasher.update(c);
         }
-        // Empty frames would make write_vectored return 0 (WriteZero); skip them.
-        let mut slices: Vec<IoSlice<'_>> = chunks
-            .iter()
-            .filter(|c| !c.is_empty())
-            .map(|c| IoSlice::new(c))
-            .collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match self.file.write_vectored(rest) {
-                Ok(0) => {
-                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
-                    return Err(StorageError {
-                        op: "write upload",
-                        path: self.path,
-                        source: e,
-                    });
-                }
-                Ok(n) => {
-                    self.size += n as u64;
-                    self.unsynced += n as u64;
-                    IoSlice::advance_slices(&mut rest, n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(StorageError {
-                        op: "write upload",
-                        path: self.path,
-                        source: e,
-                    });
-                }
-            }
-        }
-        if self.unsynced >= WRITEBACK_EVERY {
-            self.start_writeback();
-        }
+        self.content.write(&chunks)?;
         Ok(self)
     }
-
-    /// fdatasync on a second handle, beside further writes: it only brings the
-    /// fsync at commit forward, so its result does not matter here.
-    fn start_writeback(&mut self) {
-        if self.writeback.as_ref().is_some_and(|w| !w.is_finished()) {
-            return;
-        }
-        if let Ok(clone) = self.file.try_clone() {
-            self.writeback = Some(std::thread::spawn(move || {
-                let _ = clone.sync_data();
-            }));
-            self.unsynced = 0;
-        }
-    }
-
-    /// The hash and length; a chunk of a longer upload starts its writeback now
-    /// rather than at commit.
-    fn finish(mut self) -> (Hasher, u64) {
-        if self.unsynced >= READ_BUFFER as u64 {
-            self.start_writeback();
-        }
-        (self.hasher, self.size)
-    }
-}
-
-async fn truncate(path: &std::path::Path, len: u64) -> std::io::Result<()> {
-    let f = tokio::fs::OpenOptions::new().write(true).open(path).await?;
-    f.set_len(len).await
 }
 
 /// Reads and drops a refused request body (bounded in bytes and time), so the
@@ -608,25 +553,6 @@ where
 /// Sessions are keyed by repository and id: an id is only valid in its repository.
 fn session_key(repo: &RepoName, id: &str) -> String {
     format!("{repo}@{id}")
-}
-
-/// Hashes a whole file; returns the running hash and the byte count.
-fn hash_file(
-    mut file: std::fs::File,
-    path: &std::path::Path,
-    algorithm: Algorithm,
-) -> std::result::Result<(Hasher, u64), StorageError> {
-    let mut hasher = algorithm.hasher();
-    let mut buf = vec![0u8; READ_BUFFER];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).ctx("read upload", path)?;
-        if n == 0 {
-            return Ok((hasher, size));
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
 }
 
 /// Runs blocking storage work off the async threads.

@@ -1,0 +1,299 @@
+//! The storage driver: the few operations on named content that the registry
+//! needs from where its bytes live, in the spirit of CNCF Distribution's
+//! storage driver. Everything above it (the Distribution layout, links, tags,
+//! the referrers index, garbage collection, upload sessions) is written once
+//! against this trait, so a second backend (object storage) implements these
+//! operations and nothing else, and keeps Distribution's paths.
+//!
+//! Paths are relative (`docker/registry/v2/blobs/...`), built by `Layout`
+//! from validated names only; a driver still refuses an absolute path or a
+//! `..` component. All operations block: callers run them on the blocking pool.
+//! "Directories" exist while they hold something (as prefixes do in object
+//! storage); the filesystem driver's empty directories read as existing.
+
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::StorageError;
+use super::fsio::{self, IoContext};
+use super::space::Space;
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// What `stat` says of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Content length (0 for a directory).
+    pub size: u64,
+    pub modified: SystemTime,
+    pub is_dir: bool,
+}
+
+/// Content to serve, from an offset.
+pub type ContentReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Where the registry's bytes live.
+pub trait StorageDriver: Send + Sync + Debug + 'static {
+    /// The whole content at `path` (small files: links, manifests); `None` if
+    /// there is none.
+    fn get_content(&self, path: &Path) -> Result<Option<Vec<u8>>>;
+
+    /// Replaces the content at `path`, atomically (a reader sees the old
+    /// content or the new, never a part) and durably.
+    fn put_content(&self, path: &Path, content: &[u8]) -> Result<()>;
+
+    /// A reader of the content at `path` from byte `offset`.
+    fn reader(&self, path: &Path, offset: u64) -> Result<ContentReader>;
+
+    /// A writer that appends to the content at `path` from byte `offset`,
+    /// which must be the current length (0 creates it).
+    fn writer(&self, path: &Path, offset: u64) -> Result<Box<dyn ContentWriter>>;
+
+    /// Size, modification time and kind of `path`; `None` if it does not exist.
+    fn stat(&self, path: &Path) -> Result<Option<FileInfo>>;
+
+    /// Names of the entries directly under `path`, sorted; empty if none.
+    fn list(&self, path: &Path) -> Result<Vec<String>>;
+
+    /// Moves the content at `from` to `to` (replacing it), durably.
+    fn move_content(&self, from: &Path, to: &Path) -> Result<()>;
+
+    /// Deletes `path` and everything under it; `false` if nothing was there.
+    fn delete(&self, path: &Path) -> Result<bool>;
+
+    /// Dates `path` now, without changing it (garbage collection's grace
+    /// period counts from the last use); best effort.
+    fn touch(&self, path: &Path);
+
+    /// Free and total space where uploads land, if the backend has a limit
+    /// it can tell (object storage has none).
+    fn space(&self) -> Option<Space>;
+}
+
+/// An append in progress (one upload request's body).
+pub trait ContentWriter: Send {
+    /// Appends `chunks`, in order.
+    fn write(&mut self, chunks: &[Bytes]) -> Result<()>;
+
+    /// The content's length so far.
+    fn size(&self) -> u64;
+
+    /// Ends this append, keeping what was written (durability comes with
+    /// `move_content`; a writer may start it early).
+    fn close(self: Box<Self>) -> Result<()>;
+
+    /// Ends this append, cutting the content back to where it started.
+    fn cancel(self: Box<Self>) -> Result<()>;
+}
+
+/// The driver for a local directory (a PersistentVolume in a cluster).
+#[derive(Debug, Clone)]
+pub struct FsDriver {
+    root: PathBuf,
+}
+
+impl FsDriver {
+    pub fn new(root: &Path) -> FsDriver {
+        FsDriver {
+            root: root.to_owned(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `path` under the root; refuses what could leave it.
+    fn resolve(&self, path: &Path) -> Result<PathBuf> {
+        if path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            Ok(self.root.join(path))
+        } else {
+            Err(io::Error::from(io::ErrorKind::InvalidInput)).ctx("resolve storage path", path)
+        }
+    }
+}
+
+fn absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+impl StorageDriver for FsDriver {
+    fn get_content(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        let p = self.resolve(path)?;
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if absent(&e) || e.kind() == io::ErrorKind::IsADirectory => Ok(None),
+            Err(e) => Err(e).ctx("read", &p),
+        }
+    }
+
+    fn put_content(&self, path: &Path, content: &[u8]) -> Result<()> {
+        fsio::write_atomic(&self.resolve(path)?, content)
+    }
+
+    fn reader(&self, path: &Path, offset: u64) -> Result<ContentReader> {
+        let p = self.resolve(path)?;
+        let mut file = File::open(&p).ctx("open", &p)?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset)).ctx("seek", &p)?;
+        }
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    fn writer(&self, path: &Path, offset: u64) -> Result<Box<dyn ContentWriter>> {
+        let p = self.resolve(path)?;
+        if offset == 0
+            && let Some(dir) = p.parent()
+        {
+            fsio::create_dirs(dir)?;
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(offset == 0)
+            .truncate(false)
+            .open(&p)
+            .ctx("open for append", &p)?;
+        file.seek(SeekFrom::Start(offset)).ctx("seek", &p)?;
+        Ok(Box::new(fsio::AppendFile::new(file, p, offset)))
+    }
+
+    fn stat(&self, path: &Path) -> Result<Option<FileInfo>> {
+        let p = self.resolve(path)?;
+        match fs::metadata(&p) {
+            Ok(m) => Ok(Some(FileInfo {
+                size: if m.is_dir() { 0 } else { m.len() },
+                modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                is_dir: m.is_dir(),
+            })),
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(e).ctx("stat", &p),
+        }
+    }
+
+    fn list(&self, path: &Path) -> Result<Vec<String>> {
+        let p = self.resolve(path)?;
+        let entries = match fs::read_dir(&p) {
+            Ok(e) => e,
+            Err(e) if absent(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e).ctx("list directory", &p),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.ctx("list directory", &p)?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn move_content(&self, from: &Path, to: &Path) -> Result<()> {
+        let (from, to) = (self.resolve(from)?, self.resolve(to)?);
+        File::open(&from)
+            .and_then(|f| f.sync_all())
+            .ctx("sync before move", &from)?;
+        let dir = to.parent().expect("storage paths have parents");
+        fsio::create_dirs(dir)?;
+        fs::rename(&from, &to).ctx("move into place", &to)?;
+        fsio::sync_dir(dir)
+    }
+
+    fn delete(&self, path: &Path) -> Result<bool> {
+        let p = self.resolve(path)?;
+        match fs::symlink_metadata(&p) {
+            Ok(m) if !m.is_dir() => {
+                fs::remove_file(&p).ctx("remove", &p)?;
+                if let Some(parent) = p.parent() {
+                    fsio::sync_dir(parent)?;
+                }
+                Ok(true)
+            }
+            Ok(_) => fsio::remove_tree(&p),
+            Err(e) if absent(&e) => Ok(false),
+            Err(e) => Err(e).ctx("stat", &p),
+        }
+    }
+
+    fn touch(&self, path: &Path) {
+        if let Ok(p) = self.resolve(path)
+            && let Ok(f) = File::options().write(true).open(p)
+        {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    fn space(&self) -> Option<Space> {
+        let st = rustix::fs::statvfs(&self.root).ok()?;
+        Some(Space {
+            free: st.f_bavail.saturating_mul(st.f_frsize),
+            total: st.f_blocks.saturating_mul(st.f_frsize),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_round_trips_and_absence_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FsDriver::new(dir.path());
+        let p = Path::new("a/b/link");
+        assert_eq!(d.get_content(p).unwrap(), None);
+        assert_eq!(d.stat(p).unwrap(), None);
+        d.put_content(p, b"one").unwrap();
+        assert_eq!(d.get_content(p).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(d.list(Path::new("a")).unwrap(), vec!["b".to_owned()]);
+        assert!(d.stat(Path::new("a/b")).unwrap().unwrap().is_dir);
+        assert_eq!(d.stat(p).unwrap().unwrap().size, 3);
+        // A file where a directory is expected reads as empty, not an error.
+        assert!(d.list(p).unwrap().is_empty());
+        assert!(d.delete(Path::new("a")).unwrap());
+        assert!(!d.delete(Path::new("a")).unwrap());
+    }
+
+    #[test]
+    fn appends_cancel_back_to_their_start_and_move_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FsDriver::new(dir.path());
+        let p = Path::new("up/data");
+        let mut w = d.writer(p, 0).unwrap();
+        w.write(&[Bytes::from_static(b"abc"), Bytes::new()])
+            .unwrap();
+        w.close().unwrap();
+        let mut w = d.writer(p, 3).unwrap();
+        w.write(&[Bytes::from_static(b"def")]).unwrap();
+        assert_eq!(w.size(), 6);
+        w.cancel().unwrap();
+        assert_eq!(d.get_content(p).unwrap().as_deref(), Some(&b"abc"[..]));
+        d.move_content(p, Path::new("blobs/x/data")).unwrap();
+        assert_eq!(d.get_content(p).unwrap(), None);
+        assert_eq!(
+            d.get_content(Path::new("blobs/x/data")).unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
+    }
+
+    #[test]
+    fn paths_cannot_leave_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = FsDriver::new(&dir.path().join("root"));
+        for bad in ["../x", "/etc/passwd", "a/../../x"] {
+            assert!(d.put_content(Path::new(bad), b"x").is_err(), "{bad}");
+            assert!(d.get_content(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+}
