@@ -23,6 +23,8 @@ const BIG: usize = 256 << 20;
 const CHUNK: usize = 16 << 20;
 const RUNS: usize = 3;
 const CLIENTS: usize = 32;
+/// Requests per sequential measurement.
+const SEQUENTIAL: usize = 500;
 const IMAGES_PER_CLIENT: usize = 8;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -31,6 +33,7 @@ struct Target {
     url: String,
     pid: u32,
     client: reqwest::Client,
+    ca: PathBuf,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -42,6 +45,115 @@ struct Results {
     manifest_p99_ms: f64,
     images_per_s: f64,
     peak_rss_mib: f64,
+    new_conn_per_s: f64,
+    new_conn_p50_ms: f64,
+    new_conn_p99_ms: f64,
+    manifest_put_per_s: f64,
+    tags_list_per_s: f64,
+    blob_head_per_s: f64,
+}
+
+/// Sequential requests: (requests per second, p50 ms, p99 ms).
+struct Sequential {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn sequential(latencies: &mut [Duration], total: Duration) -> Sequential {
+    latencies.sort();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    Sequential {
+        per_s: latencies.len() as f64 / total.as_secs_f64(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    }
+}
+
+/// A fresh TLS connection for every `GET /v2/` (no pooling), as a node that
+/// pulls for the first time or a probe does.
+async fn new_connections(t: &Target, fresh: &reqwest::Client) -> Sequential {
+    let mut latencies = Vec::with_capacity(SEQUENTIAL);
+    let start = Instant::now();
+    for _ in 0..SEQUENTIAL {
+        let one = Instant::now();
+        let r = fresh.get(format!("{}/v2/", t.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{} GET /v2/", t.name);
+        r.bytes().await.unwrap();
+        latencies.push(one.elapsed());
+    }
+    sequential(&mut latencies, start.elapsed())
+}
+
+/// Distinct manifests (new content each time) PUT one after the other.
+async fn manifest_puts(t: &Target) -> Sequential {
+    let layer = b"layer for the manifest PUT bench".to_vec();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let (ld, cd) = (sha256(&layer), sha256(&config));
+    push_monolithic(t, "bench/puts", Bytes::from(layer.clone()), &ld).await;
+    push_monolithic(t, "bench/puts", Bytes::from(config.clone()), &cd).await;
+    let mut latencies = Vec::with_capacity(SEQUENTIAL);
+    let start = Instant::now();
+    for i in 0..SEQUENTIAL {
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{}}}],"annotations":{{"n":"{i}"}}}}"#,
+            config.len(),
+            layer.len()
+        );
+        let one = Instant::now();
+        let r = t
+            .client
+            .put(format!("{}/v2/bench/puts/manifests/t{i}", t.url))
+            .header("content-type", OCI_MANIFEST)
+            .body(manifest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{} PUT manifest", t.name);
+        latencies.push(one.elapsed());
+    }
+    sequential(&mut latencies, start.elapsed())
+}
+
+/// `GET tags/list` of the repository `manifest_puts` filled, one after the other.
+async fn tags_lists(t: &Target) -> Sequential {
+    let mut latencies = Vec::with_capacity(SEQUENTIAL);
+    let start = Instant::now();
+    for _ in 0..SEQUENTIAL {
+        let one = Instant::now();
+        let r = t
+            .client
+            .get(format!("{}/v2/bench/puts/tags/list", t.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{} tags list", t.name);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["tags"].as_array().map(Vec::len), Some(SEQUENTIAL));
+        latencies.push(one.elapsed());
+    }
+    sequential(&mut latencies, start.elapsed())
+}
+
+/// `HEAD` of one blob, one after the other.
+async fn blob_heads(t: &Target, digest: &str) -> Sequential {
+    let mut latencies = Vec::with_capacity(SEQUENTIAL);
+    let start = Instant::now();
+    for _ in 0..SEQUENTIAL {
+        let one = Instant::now();
+        let r = t
+            .client
+            .head(format!("{}/v2/bench/big/blobs/{digest}", t.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{} blob HEAD", t.name);
+        latencies.push(one.elapsed());
+    }
+    sequential(&mut latencies, start.elapsed())
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -250,10 +362,26 @@ async fn measure(t: &Target, dir: &Path) -> Results {
         pulled += start.elapsed();
         last = digest;
     }
-    let _ = last;
+    let heads = blob_heads(t, &last).await;
+    res.blob_head_per_s = heads.per_s;
     res.mono_mbs = mbs(BIG * RUNS, mono);
     res.chunked_mbs = mbs(BIG * RUNS, chunked);
     res.pull_mbs = mbs(BIG * RUNS, pulled);
+
+    let fresh = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&t.ca).unwrap()).unwrap(),
+        )
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let conns = new_connections(t, &fresh).await;
+    res.new_conn_per_s = conns.per_s;
+    res.new_conn_p50_ms = conns.p50_ms;
+    res.new_conn_p99_ms = conns.p99_ms;
+    res.manifest_put_per_s = manifest_puts(t).await.per_s;
+    res.tags_list_per_s = tags_lists(t).await.per_s;
 
     push_image(t, "bench/small", "v1", 424242).await;
     let (rps, p99) = wrk_manifest(t, dir);
@@ -268,6 +396,7 @@ async fn measure(t: &Target, dir: &Path) -> Results {
             url: t.url.clone(),
             pid: t.pid,
             client: t.client.clone(),
+            ca: t.ca.clone(),
         };
         tasks.push(tokio::spawn(async move {
             for i in 0..IMAGES_PER_CLIENT {
@@ -364,12 +493,14 @@ fn main() {
             url: format!("https://127.0.0.1:{port}"),
             pid: privreg.0.id(),
             client: client(&ca_path),
+            ca: ca_path.clone(),
         },
         Target {
             name: "distribution",
             url: format!("https://127.0.0.1:{ref_port}"),
             pid: ref_pid,
             client: client(&ca_path),
+            ca: ca_path.clone(),
         },
     ];
     // BENCH_ONLY=privreg measures one side only (for profiling); no ratios then.
@@ -387,7 +518,49 @@ fn main() {
         return;
     }
     let (p, d) = (&results[0], &results[1]);
-    let rows: [(&str, f64, f64, &str, &str); 7] = [
+    let rows: [(&str, f64, f64, &str, &str); 13] = [
+        (
+            "new TLS connection + GET /v2/, sequential (per s)",
+            p.new_conn_per_s,
+            d.new_conn_per_s,
+            "higher",
+            ">= 2x",
+        ),
+        (
+            "  its p50 (ms)",
+            p.new_conn_p50_ms,
+            d.new_conn_p50_ms,
+            "lower",
+            "",
+        ),
+        (
+            "  its p99 (ms)",
+            p.new_conn_p99_ms,
+            d.new_conn_p99_ms,
+            "lower",
+            "",
+        ),
+        (
+            "manifest PUT, sequential (per s)",
+            p.manifest_put_per_s,
+            d.manifest_put_per_s,
+            "higher",
+            ">= 3x",
+        ),
+        (
+            "tags list (500 tags), sequential (per s)",
+            p.tags_list_per_s,
+            d.tags_list_per_s,
+            "higher",
+            "",
+        ),
+        (
+            "blob HEAD, sequential (per s)",
+            p.blob_head_per_s,
+            d.blob_head_per_s,
+            "higher",
+            ">= 4x",
+        ),
         (
             "monolithic push 256 MiB (MB/s)",
             p.mono_mbs,

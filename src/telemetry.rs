@@ -17,7 +17,8 @@ pub enum LogFormat {
 /// except rustls's per-handshake warnings (a client offering an IP address as
 /// SNI logs one per connection: any client could flood the log with them).
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Plain => registry
