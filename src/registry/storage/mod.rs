@@ -85,9 +85,13 @@ impl Store {
         &self.gate
     }
 
-    /// Whether the storage answers (for readiness).
+    /// Whether the storage answers and holds the layout's repositories
+    /// directory (created at start: without it the volume is not the one
+    /// the registry opened), for readiness.
     pub fn reachable(&self) -> bool {
-        self.driver.stat(Path::new("")).is_ok()
+        self.driver
+            .stat(&self.layout.repositories())
+            .is_ok_and(|i| i.is_some_and(|i| i.is_dir))
     }
 
     /// Writes a Distribution link file (`<dir>/link` holding the digest).
