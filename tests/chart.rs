@@ -207,6 +207,7 @@ fn chart_renders_the_operator_with_least_privilege() {
             "PRIVREG_LOG_FORMAT",
             "PRIVREG_NAMESPACE",
             "PRIVREG_OWNER_DEPLOYMENT",
+            "PRIVREG_STORAGE_CHECK_SECONDS",
             "PRIVREG_TRUST_PRESET",
             "PRIVREG_TRUST_TOLERATIONS",
         ]
