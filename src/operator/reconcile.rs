@@ -747,19 +747,37 @@ pub(crate) async fn patch_status(
     if pr.status.as_ref().map(status::reconciled_part).as_ref() == Some(&new) {
         return Ok(());
     }
-    let patch = serde_json::json!({
+    apply_status(
+        api,
+        pr,
+        crate::FIELD_MANAGER,
+        serde_json::to_value(new).unwrap_or_default(),
+    )
+    .await
+    .map_err(Error::PatchStatus)
+}
+
+/// Server-side apply of `status` (the fields `field_manager` owns) to `pr`'s
+/// status subresource: the reconcile, the trust task and the storage task
+/// each own their part.
+pub(crate) async fn apply_status(
+    api: &Api<PrivateRegistry>,
+    pr: &PrivateRegistry,
+    field_manager: &str,
+    status: serde_json::Value,
+) -> std::result::Result<(), kube::Error> {
+    let body = serde_json::json!({
         "apiVersion": "privreg.dev/v1alpha1",
         "kind": "PrivateRegistry",
-        "status": new,
+        "status": status,
     });
     api.patch_status(
         &pr.name_any(),
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &PatchParams::apply(field_manager).force(),
+        &Patch::Apply(&body),
     )
     .await
-    .map_err(Error::PatchStatus)?;
-    Ok(())
+    .map(drop)
 }
 
 /// Records an Event on the PrivateRegistry. Failing to record is logged, not fatal.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
@@ -286,18 +286,8 @@ async fn record(ctx: &Context, pr: &PrivateRegistry, observation: &StorageObserv
     });
     let api: Api<PrivateRegistry> =
         Api::namespaced(ctx.client.clone(), &pr.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": "privreg.dev/v1alpha1",
-        "kind": "PrivateRegistry",
-        "status": patch,
-    });
-    if let Err(e) = api
-        .patch_status(
-            &pr.name_any(),
-            &PatchParams::apply(super::STORAGE_FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
+    if let Err(e) =
+        super::reconcile::apply_status(&api, pr, super::STORAGE_FIELD_MANAGER, patch).await
     {
         tracing::warn!(registry = %super::object_key(pr), error = %e, "updating the storage condition failed");
         return;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource as _, ResourceExt};
 
@@ -353,18 +352,8 @@ async fn update_statuses(ctx: &super::Context, stores: &TrustStores) {
     for (pr, patch) in changed {
         let api: Api<PrivateRegistry> =
             Api::namespaced(ctx.client.clone(), &pr.namespace().unwrap_or_default());
-        let body = serde_json::json!({
-            "apiVersion": "privreg.dev/v1alpha1",
-            "kind": "PrivateRegistry",
-            "status": patch,
-        });
-        if let Err(e) = api
-            .patch_status(
-                &pr.name_any(),
-                &PatchParams::apply(super::TRUST_FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
+        if let Err(e) =
+            super::reconcile::apply_status(&api, pr, super::TRUST_FIELD_MANAGER, patch).await
         {
             tracing::warn!(registry = %super::object_key(pr), error = %e, "updating the trust status failed");
         }

@@ -185,11 +185,12 @@ impl Uploads {
             return Ok(s.clone());
         }
         let path = self.data_path(repo, id);
-        let (driver, p) = (self.store.driver().clone(), path.clone());
-        if blocking(move || driver.stat(&p)).await?.is_none() {
-            return Err(UploadError::Unknown);
-        }
-        let (sha256, size) = self.hash_upload(&path, Algorithm::Sha256).await?;
+        let (sha256, size) = match self.hash_upload(&path, Algorithm::Sha256).await {
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(UploadError::Unknown);
+            }
+            rebuilt => rebuilt?,
+        };
         let mut map = self.lock_map();
         let entry = map.entry(key).or_insert_with(|| {
             Arc::new(tokio::sync::Mutex::new(Session {
