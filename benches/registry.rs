@@ -6,7 +6,9 @@
 //!
 //! Scenarios: monolithic push (POST + one PUT) and chunked push (16 MiB PATCHes) of
 //! a 256 MiB blob, pull of that blob, manifest GET under 50 connections (wrk:
-//! req/s and p99), 32 clients pushing small images at once, and peak RSS.
+//! req/s and p99), 32 clients pushing small images at once, peak RSS; and
+//! sequential small requests (new TLS connection per request, manifest PUT,
+//! tags list, blob HEAD). `BENCH_SMALL=1` runs the small requests only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,37 +75,47 @@ fn sequential(latencies: &mut [Duration], total: Duration) -> Sequential {
     }
 }
 
-/// A fresh TLS connection for every `GET /v2/` (no pooling), as a node that
-/// pulls for the first time or a probe does.
-async fn new_connections(t: &Target, fresh: &reqwest::Client) -> Sequential {
+/// Runs `one(i)` for i in 0..SEQUENTIAL, one after the other, timing each.
+async fn timed<F, Fut>(mut one: F) -> Sequential
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut latencies = Vec::with_capacity(SEQUENTIAL);
     let start = Instant::now();
-    for _ in 0..SEQUENTIAL {
-        let one = Instant::now();
-        let r = fresh.get(format!("{}/v2/", t.url)).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{} GET /v2/", t.name);
-        r.bytes().await.unwrap();
-        latencies.push(one.elapsed());
+    for i in 0..SEQUENTIAL {
+        let began = Instant::now();
+        one(i).await;
+        latencies.push(began.elapsed());
     }
     sequential(&mut latencies, start.elapsed())
 }
 
-/// Distinct manifests (new content each time) PUT one after the other.
+/// A fresh TLS connection for every `GET /v2/` (no pooling), as a node that
+/// pulls for the first time or a probe does.
+async fn new_connections(t: &Target, fresh: &reqwest::Client) -> Sequential {
+    timed(|_| async move {
+        let r = fresh.get(format!("{}/v2/", t.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{} GET /v2/", t.name);
+        r.bytes().await.unwrap();
+    })
+    .await
+}
+
+/// Distinct manifests (new content each time) PUT one after the other, each
+/// with its own tag.
 async fn manifest_puts(t: &Target) -> Sequential {
     let layer = b"layer for the manifest PUT bench".to_vec();
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let (ld, cd) = (sha256(&layer), sha256(&config));
     push_monolithic(t, "bench/puts", Bytes::from(layer.clone()), &ld).await;
     push_monolithic(t, "bench/puts", Bytes::from(config.clone()), &cd).await;
-    let mut latencies = Vec::with_capacity(SEQUENTIAL);
-    let start = Instant::now();
-    for i in 0..SEQUENTIAL {
+    let (ld, cd) = (&ld, &cd);
+    let (layer_len, config_len) = (layer.len(), config.len());
+    timed(|i| async move {
         let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{}}}],"annotations":{{"n":"{i}"}}}}"#,
-            config.len(),
-            layer.len()
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{config_len}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{layer_len}}}],"annotations":{{"n":"{i}"}}}}"#
         );
-        let one = Instant::now();
         let r = t
             .client
             .put(format!("{}/v2/bench/puts/manifests/t{i}", t.url))
@@ -113,17 +125,13 @@ async fn manifest_puts(t: &Target) -> Sequential {
             .await
             .unwrap();
         assert_eq!(r.status(), 201, "{} PUT manifest", t.name);
-        latencies.push(one.elapsed());
-    }
-    sequential(&mut latencies, start.elapsed())
+    })
+    .await
 }
 
 /// `GET tags/list` of the repository `manifest_puts` filled, one after the other.
 async fn tags_lists(t: &Target) -> Sequential {
-    let mut latencies = Vec::with_capacity(SEQUENTIAL);
-    let start = Instant::now();
-    for _ in 0..SEQUENTIAL {
-        let one = Instant::now();
+    timed(|_| async move {
         let r = t
             .client
             .get(format!("{}/v2/bench/puts/tags/list", t.url))
@@ -133,27 +141,22 @@ async fn tags_lists(t: &Target) -> Sequential {
         assert_eq!(r.status(), 200, "{} tags list", t.name);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["tags"].as_array().map(Vec::len), Some(SEQUENTIAL));
-        latencies.push(one.elapsed());
-    }
-    sequential(&mut latencies, start.elapsed())
+    })
+    .await
 }
 
 /// `HEAD` of one blob, one after the other.
-async fn blob_heads(t: &Target, digest: &str) -> Sequential {
-    let mut latencies = Vec::with_capacity(SEQUENTIAL);
-    let start = Instant::now();
-    for _ in 0..SEQUENTIAL {
-        let one = Instant::now();
+async fn blob_heads(t: &Target, repo: &str, digest: &str) -> Sequential {
+    timed(|_| async move {
         let r = t
             .client
-            .head(format!("{}/v2/bench/big/blobs/{digest}", t.url))
+            .head(format!("{}/v2/{repo}/blobs/{digest}", t.url))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{} blob HEAD", t.name);
-        latencies.push(one.elapsed());
-    }
-    sequential(&mut latencies, start.elapsed())
+    })
+    .await
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -339,8 +342,8 @@ fn parse_wrk_duration(s: &str) -> f64 {
     }
 }
 
-async fn measure(t: &Target, dir: &Path) -> Results {
-    let mut res = Results::default();
+/// Monolithic and chunked pushes and pulls of 256 MiB blobs, then blob HEADs.
+async fn big_blobs(t: &Target, res: &mut Results) {
     let mut mono = Duration::ZERO;
     let mut chunked = Duration::ZERO;
     let mut pulled = Duration::ZERO;
@@ -362,12 +365,28 @@ async fn measure(t: &Target, dir: &Path) -> Results {
         pulled += start.elapsed();
         last = digest;
     }
-    let heads = blob_heads(t, &last).await;
-    res.blob_head_per_s = heads.per_s;
+    res.blob_head_per_s = blob_heads(t, "bench/big", &last).await.per_s;
     res.mono_mbs = mbs(BIG * RUNS, mono);
     res.chunked_mbs = mbs(BIG * RUNS, chunked);
     res.pull_mbs = mbs(BIG * RUNS, pulled);
+}
 
+/// `BENCH_SMALL=1`: only the small-request lines (no 256 MiB pushes, no
+/// wrk, no concurrent image pushes), for quick iterations on the request path.
+fn small_only() -> bool {
+    std::env::var_os("BENCH_SMALL").is_some()
+}
+
+async fn measure(t: &Target, dir: &Path) -> Results {
+    let mut res = Results::default();
+    if small_only() {
+        let blob = b"blob for the HEAD bench".to_vec();
+        let digest = sha256(&blob);
+        push_monolithic(t, "bench/big", Bytes::from(blob), &digest).await;
+        res.blob_head_per_s = blob_heads(t, "bench/big", &digest).await.per_s;
+    } else {
+        big_blobs(t, &mut res).await;
+    }
     let fresh = reqwest::Client::builder()
         .add_root_certificate(
             reqwest::Certificate::from_pem(&std::fs::read(&t.ca).unwrap()).unwrap(),
@@ -383,6 +402,9 @@ async fn measure(t: &Target, dir: &Path) -> Results {
     res.manifest_put_per_s = manifest_puts(t).await.per_s;
     res.tags_list_per_s = tags_lists(t).await.per_s;
 
+    if small_only() {
+        return res;
+    }
     push_image(t, "bench/small", "v1", 424242).await;
     let (rps, p99) = wrk_manifest(t, dir);
     res.manifest_rps = rps;
@@ -608,6 +630,9 @@ fn main() {
     let mut report =
         String::from("metric | privreg | distribution 2.8.2 | privreg/distribution | aim\n");
     for (name, a, b, better, aim) in rows {
+        if a == 0.0 && b == 0.0 {
+            continue; // not measured (BENCH_SMALL)
+        }
         report.push_str(&format!(
             "{name} | {a:.1} | {b:.1} | {:.2}x ({better} is better) | {aim}\n",
             a / b
