@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::StorageError;
+use super::fs_batch::{self, Source};
 use super::fsio::{self, IoContext};
 use super::space::Space;
 
@@ -46,6 +47,16 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     /// Replaces the content at `path`, atomically (a reader sees the old
     /// content or the new, never a part) and durably.
     fn put_content(&self, path: &Path, content: &[u8]) -> Result<()>;
+
+    /// `put_content` of each item, in order: a reader never sees a later
+    /// item without the earlier ones (a crash may end the sequence early).
+    /// All are durable on return. A backend that can, pays for durability
+    /// once for the lot.
+    fn put_contents(&self, items: &[(PathBuf, &[u8])]) -> Result<()> {
+        items
+            .iter()
+            .try_for_each(|(path, content)| self.put_content(path, content))
+    }
 
     /// A reader of the content at `path` from byte `offset`.
     fn reader(&self, path: &Path, offset: u64) -> Result<ContentReader>;
@@ -139,7 +150,15 @@ impl StorageDriver for FsDriver {
     }
 
     fn put_content(&self, path: &Path, content: &[u8]) -> Result<()> {
-        fsio::write_atomic(&self.resolve(path)?, content)
+        self.put_contents(&[(path.to_owned(), content)])
+    }
+
+    fn put_contents(&self, items: &[(PathBuf, &[u8])]) -> Result<()> {
+        let staged = items
+            .iter()
+            .map(|(path, content)| Ok((self.resolve(path)?, Source::Bytes(content))))
+            .collect::<Result<Vec<_>>>()?;
+        fs_batch::place_all(&staged)
     }
 
     fn reader(&self, path: &Path, offset: u64) -> Result<ContentReader> {
@@ -201,13 +220,7 @@ impl StorageDriver for FsDriver {
 
     fn move_content(&self, from: &Path, to: &Path) -> Result<()> {
         let (from, to) = (self.resolve(from)?, self.resolve(to)?);
-        File::open(&from)
-            .and_then(|f| f.sync_all())
-            .ctx("sync before move", &from)?;
-        let dir = to.parent().expect("storage paths have parents");
-        fsio::create_dirs(dir)?;
-        fs::rename(&from, &to).ctx("move into place", &to)?;
-        fsio::sync_dir(dir)
+        fs_batch::place_all(&[(to, Source::File(&from))])
     }
 
     fn delete(&self, path: &Path) -> Result<bool> {
@@ -220,7 +233,7 @@ impl StorageDriver for FsDriver {
                 }
                 Ok(true)
             }
-            Ok(_) => fsio::remove_tree(&p),
+            Ok(_) => fs_batch::remove_dir_at_once(&p),
             Err(e) if absent(&e) => Ok(false),
             Err(e) => Err(e).ctx("stat", &p),
         }

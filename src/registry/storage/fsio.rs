@@ -21,10 +21,22 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
-/// A sibling path for a temporary file that no other writer will pick.
+/// A sibling path for a temporary file or directory that no other writer
+/// will pick and no listing takes for content (names starting with a dot are
+/// outside every name grammar of the layout). It keeps the start of the
+/// target's name for whoever looks, within NAME_MAX (255 bytes) even beside a
+/// 255-byte repository name component.
 pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    path.with_file_name(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()))
+    let cut = (0..=name.len().min(64))
+        .rev()
+        .find(|&i| name.is_char_boundary(i))
+        .unwrap_or(0);
+    path.with_file_name(format!(
+        ".{}.tmp-{}",
+        &name[..cut],
+        uuid::Uuid::new_v4().simple()
+    ))
 }
 
 /// fsync a directory so a rename or create inside it survives a crash.
@@ -66,20 +78,6 @@ pub(crate) fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageErr
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-/// Removes a directory tree; `false` if it was not there.
-pub(crate) fn remove_tree(dir: &Path) -> Result<bool, StorageError> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
-            Ok(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).ctx("remove directory", dir),
-    }
 }
 
 /// Start writeback of what was written every this many bytes, so the fsync

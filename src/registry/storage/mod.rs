@@ -5,6 +5,7 @@
 //! only upload bodies stream through the async `uploads` module.
 
 pub mod driver;
+mod fs_batch;
 mod fsio;
 pub mod gc;
 pub mod paths;
@@ -183,7 +184,10 @@ impl Store {
         self.driver.move_content(upload, &self.layout.blob_data(d))
     }
 
-    /// Stores a verified manifest: content, revision link, referrer index, then tag.
+    /// Stores a verified manifest, in one durable step of the driver, in an
+    /// order where nothing visible points at what is not yet there: content,
+    /// the referrers index entry, the revision link (the manifest is now in
+    /// the repository), then each tag's index entry and current link.
     pub fn put_manifest(
         &self,
         repo: &RepoName,
@@ -192,30 +196,33 @@ impl Store {
         tags: &[Tag],
         subject: Option<&Digest>,
     ) -> Result<()> {
-        // A repository privreg creates is indexed from its first manifest on.
+        // A repository privreg creates is indexed from its first manifest on;
+        // one another registry wrote is indexed on this first write.
         let new_repo = !self.exists(&self.layout.repo(repo).join("_manifests"))?;
-        if self.blob_size(d)?.is_none() {
-            self.driver
-                .put_content(&self.layout.blob_data(d), content)?;
-        }
-        self.write_link(&self.layout.revision_link_dir(repo, d), d)?;
-        if new_repo {
-            self.mark_referrers_indexed(repo)?;
-        } else if !self.referrers_indexed(repo)? {
-            // A repository another registry wrote: index it on this first write.
+        if !new_repo && !self.referrers_indexed(repo)? {
             self.index_referrers(repo)?;
         }
+        let link = d.to_string();
+        let link = link.as_bytes();
+        let mut items: Vec<(PathBuf, &[u8])> = Vec::with_capacity(4 + 2 * tags.len());
+        if self.blob_size(d)?.is_none() {
+            items.push((self.layout.blob_data(d), content));
+        }
+        if new_repo {
+            items.push((self.layout.referrers_marker(repo), b""));
+        }
         if let Some(subject) = subject {
-            self.index_referrer(repo, subject, d)?;
+            items.push((
+                self.layout.referrer_link_dir(repo, subject, d).join("link"),
+                link,
+            ));
         }
+        items.push((self.layout.revision_link_dir(repo, d).join("link"), link));
         for tag in tags {
-            let link = d.to_string();
-            self.driver
-                .put_content(&self.layout.tag_index_link(repo, tag, d), link.as_bytes())?;
-            self.driver
-                .put_content(&self.layout.tag_current_link(repo, tag), link.as_bytes())?;
+            items.push((self.layout.tag_index_link(repo, tag, d), link));
+            items.push((self.layout.tag_current_link(repo, tag), link));
         }
-        Ok(())
+        self.driver.put_contents(&items)
     }
 
     /// The digest a tag points to, if the tag exists and its manifest is still there.
@@ -276,20 +283,15 @@ impl Store {
 
     /// The repository's tags, sorted; `None` if the repository does not exist (holds
     /// no manifests: blobs or upload sessions alone do not make one, as in `repositories`).
+    /// Names only, as Distribution lists them: a tag directory appears with
+    /// its current link and disappears at once (the driver's directories
+    /// exist only with content), so no link needs reading.
     pub fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
         if !self.exists(&self.layout.repo(repo).join("_manifests"))? {
             return Ok(None);
         }
-        let mut tags = Vec::new();
-        for name in self.driver.list(&self.layout.tags(repo))? {
-            if let Some(tag) = Tag::parse(&name)
-                && self
-                    .read_link(&self.layout.tag_current_link(repo, &tag))?
-                    .is_some()
-            {
-                tags.push(name);
-            }
-        }
+        let mut tags = self.driver.list(&self.layout.tags(repo))?;
+        tags.retain(|name| Tag::parse(name).is_some());
         Ok(Some(tags))
     }
 
