@@ -1,7 +1,10 @@
-//! The operator at scale: 100 PrivateRegistries created at once against a real
-//! control plane (etcd + kube-apiserver + kube-controller-manager, built by
-//! scripts/k8s-tools.sh), timed until every one has all its objects and a
-//! CertificateReady status; then the operator's peak RSS.
+//! The operator at scale: 1,000 PrivateRegistries (`BENCH_REGISTRIES`)
+//! created at once against a real control plane (etcd + kube-apiserver +
+//! kube-controller-manager, built by scripts/k8s-tools.sh), timed until every
+//! one has all its objects and a CertificateReady status. Reports reconciles
+//! per second, the API requests the operator sent (its own counter) per
+//! registry and per reconcile, its peak RSS, and the time for one spec change
+//! to reach its Deployment with all the others present.
 //!
 //!   eval "$(scripts/k8s-tools.sh --env)"; cargo bench --bench operator
 
@@ -13,10 +16,36 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use privreg::api::PrivateRegistry;
 
-const REGISTRIES: usize = 100;
+fn registry_count() -> usize {
+    std::env::var("BENCH_REGISTRIES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// (reconciles started, API requests sent) from the operator's metrics.
+async fn operator_counts(metrics_port: u16) -> (f64, f64) {
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum("privreg_operator_reconciles_total"),
+        sum("privreg_operator_api_requests_total"),
+    )
+}
 const NS: &str = "bench";
 
 fn main() {
@@ -52,11 +81,12 @@ async fn run() {
     let pid = operator.id();
 
     let registries: Api<PrivateRegistry> = Api::namespaced(admin.clone(), NS);
+    let n = registry_count();
     let start = Instant::now();
-    for i in 0..REGISTRIES {
+    for i in 0..n {
         let pr: PrivateRegistry = serde_json::from_value(serde_json::json!({
             "apiVersion": "privreg.dev/v1alpha1", "kind": "PrivateRegistry",
-            "metadata": {"name": format!("r{i:03}"), "namespace": NS},
+            "metadata": {"name": format!("r{i:04}"), "namespace": NS},
             "spec": {"storage": {"size": "1Gi"}}
         }))
         .unwrap();
@@ -68,7 +98,7 @@ async fn run() {
     let created = start.elapsed();
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let ready = registries
             .list(&ListParams::default())
@@ -96,14 +126,14 @@ async fn run() {
             .unwrap()
             .items
             .len();
-        if ready == REGISTRIES && deps == REGISTRIES && tls >= 2 * REGISTRIES {
+        if ready == n && deps == n && tls >= 2 * n {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "not converged: {ready} ready, {deps} deployments, {tls} secrets"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let converged = start.elapsed();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -112,21 +142,52 @@ async fn run() {
         .find(|l| l.starts_with("VmHWM:"))
         .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
         .unwrap_or_default();
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
+    let (reconciles, requests) = operator_counts(metrics_port).await;
+
+    // One spec change with every other registry present: until the
+    // Deployment carries it.
+    let changed = Instant::now();
+    registries
+        .patch(
+            "r0000",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"registry": {"maxConnections": 777}}})),
+        )
         .await
         .unwrap();
-    let reconciles = metrics
-        .lines()
-        .find(|l| l.starts_with("privreg_operator_reconciles_total"))
-        .unwrap_or("?")
-        .to_owned();
+    loop {
+        let d = deployments.get("r0000").await.unwrap();
+        let args = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.into_iter().next())
+            .and_then(|c| c.args)
+            .unwrap_or_default();
+        if args.iter().any(|a| a == "--max-connections=777") {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(300),
+            "spec change not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let change = changed.elapsed();
+
     println!(
-        "{REGISTRIES} PrivateRegistries: created in {:.1}s, all objects present and certificates issued after {:.1}s; operator peak RSS {rss}; {reconciles}",
+        "{n} PrivateRegistries: created in {:.1}s; all objects present and certificates issued after {:.1}s",
         created.as_secs_f64(),
         converged.as_secs_f64()
+    );
+    println!(
+        "  reconciles: {reconciles:.0} ({:.1} per s); API requests by the operator: {requests:.0} ({:.1} per registry, {:.1} per reconcile)",
+        reconciles / converged.as_secs_f64(),
+        requests / n as f64,
+        requests / reconciles.max(1.0)
+    );
+    println!(
+        "  operator peak RSS {rss}; one spec change reached its Deployment in {:.2}s",
+        change.as_secs_f64()
     );
     let _ = operator.kill();
     let _ = operator.wait();

@@ -810,8 +810,8 @@ fn registry_work(ns: &'static str) -> Vec<Access> {
         &[("events.k8s.io", "events")],
         &[ns],
     ));
-    // Why a registry pod fails: a list by label, nothing more.
-    v.extend(grid(&["list"], &[PODS], &[ns]));
+    // Why a registry pod fails: a list and watch by label, nothing more.
+    v.extend(grid(&["list", "watch"], &[PODS], &[ns]));
     v
 }
 
@@ -826,15 +826,15 @@ fn trust_work(own: &'static str) -> Vec<Access> {
 }
 
 /// Never, in any mode: deleting (the garbage collector does it), reading a pod
-/// by name or watching pods outside the operator's namespace (`own`; a list by
-/// label is allowed), DaemonSets elsewhere, the spec of a PrivateRegistry,
+/// by name outside the operator's namespace (`own`; a list or watch by label
+/// is allowed), DaemonSets elsewhere, the spec of a PrivateRegistry,
 /// core Events, RBAC, cluster-scoped reads.
 fn never(namespaces: &[&'static str], own: &'static str) -> Vec<Access> {
     let mut resources = CHILDREN.to_vec();
     resources.extend([REGISTRIES, LEASES, DAEMONSETS, PODS]);
     let mut v = grid(&["delete", "deletecollection"], &resources, namespaces);
     let others: Vec<&'static str> = namespaces.iter().copied().filter(|n| *n != own).collect();
-    v.extend(grid(&["get", "watch"], &[PODS], &others));
+    v.extend(grid(&["get"], &[PODS], &others));
     v.extend(grid(&["get", "create", "patch"], &[DAEMONSETS], &others));
     v.extend(grid(&["update"], &[PODS], &[own]));
     v.extend(grid(&["patch", "update"], &[REGISTRIES], namespaces));

@@ -345,6 +345,48 @@ spec:
     ] {
         assert_eq!(o[0].name, "reg");
     }
+    // --- a registry pod's problem reaches the status through the pod watch ----
+    // (the operator's periodic look is minutes apart; this must take seconds).
+    // A pod with the registry's labels, in the state a kubelet reports for an
+    // image it cannot pull.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let failing: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "reg-failing", "labels": {
+            "app.kubernetes.io/name": "privreg",
+            "app.kubernetes.io/instance": "reg",
+            "app.kubernetes.io/component": "registry"}},
+        "spec": {"containers": [{"name": "registry", "image": "privreg:test"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &failing).await.unwrap();
+    pods.patch_status(
+        "reg-failing",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"containerStatuses": [{
+            "name": "registry", "image": "privreg:test", "imageID": "", "ready": false,
+            "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff",
+                "message": "Back-off pulling image \"privreg:test\""}}}]}})),
+    )
+    .await
+    .unwrap();
+    let watched = std::time::Instant::now();
+    eventually("the pod's problem in the status", Duration::from_secs(60), || async {
+        let pr = registries.get("reg").await.ok()?;
+        let available = pr
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Available")?;
+        (available.reason == "RegistryPodFailing" && available.message.contains("ImagePullBackOff"))
+            .then_some(())
+    })
+    .await;
+    eprintln!("pod problem reached the status in {:?}", watched.elapsed());
+    pods.delete("reg-failing", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+
     // No private key anywhere public.
     let public =
         serde_json::to_string(&(registries.get("reg").await.unwrap(), cm.clone())).unwrap();

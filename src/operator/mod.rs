@@ -157,9 +157,18 @@ pub struct ErrorLabels {
     pub category: &'static str,
 }
 
+/// An API server request by HTTP method (GET covers get, list and watch).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    pub method: &'static str,
+}
+
 pub struct OperatorMetrics {
     registry: Registry,
     pub reconciles: Counter,
+    /// Requests this operator sent to the API server: the cost of a
+    /// reconcile on the control plane, watched at scale.
+    pub api_requests: Family<ApiRequestLabels, Counter>,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
 }
@@ -175,6 +184,12 @@ impl OperatorMetrics {
             "Failed reconciles by category",
             failures.clone(),
         );
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by HTTP method",
+            api_requests.clone(),
+        );
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
             "reconcile_duration_seconds",
@@ -184,6 +199,7 @@ impl OperatorMetrics {
         OperatorMetrics {
             registry,
             reconciles,
+            api_requests,
             failures,
             duration,
         }
@@ -195,6 +211,46 @@ impl OperatorMetrics {
             .expect("String writes cannot fail");
         out
     }
+}
+
+/// Reconciles run at once per watched scope. Unbounded, 1,000 registries
+/// created together sent thousands of requests at once and the API server
+/// answered many with 504 (its in-flight limit); 16 keep it busy without
+/// queueing past its timeouts.
+const CONCURRENT_RECONCILES: u16 = 16;
+
+/// Triggers for one registry within this time make one reconcile: creating a
+/// registry's six objects otherwise wakes it six times.
+const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(250);
+
+fn reconcile_pacing() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default()
+        .concurrency(CONCURRENT_RECONCILES)
+        .debounce(RECONCILE_DEBOUNCE)
+}
+
+/// The API client, counting every request it sends into `metrics`.
+async fn counted_client(metrics: &OperatorMetrics) -> Result<Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let requests = metrics.api_requests.clone();
+    let count =
+        tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
+            let method = match *req.method() {
+                axum::http::Method::GET => "GET",
+                axum::http::Method::POST => "POST",
+                axum::http::Method::PUT => "PUT",
+                axum::http::Method::PATCH => "PATCH",
+                axum::http::Method::DELETE => "DELETE",
+                _ => "OTHER",
+            };
+            requests.get_or_create(&ApiRequestLabels { method }).inc();
+            req
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
 
 async fn reconcile_measured(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -312,7 +368,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let sigterm = CancellationToken::new();
     tokio::spawn(cancel_on_signal(sigterm.clone()));
 
-    let client = Client::try_default()
+    let metrics = OperatorMetrics::new();
+    let client = counted_client(&metrics)
         .await
         .context("connecting to the Kubernetes API")?;
     let identity = args.pod_name.clone().unwrap_or_else(|| {
@@ -330,7 +387,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             },
         ),
         policy,
-        metrics: OperatorMetrics::new(),
+        metrics,
         bundle_nudge: Arc::new(tokio::sync::Notify::new()),
         failures: Default::default(),
         // Leading ends no later than SIGTERM; with leader election, earlier
@@ -521,6 +578,13 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
             crate::FIELD_MANAGER
         ))
         .list_semantic(watcher::ListSemantic::MostRecent);
+    let registry_pods = watcher::Config::default()
+        .labels(&format!(
+            "{}=privreg,{}=registry",
+            crate::labels::NAME,
+            crate::labels::COMPONENT
+        ))
+        .list_semantic(watcher::ListSemantic::MostRecent);
     tracing::info!(image = %args.image, ?scope, "privreg operator starting");
     let client = &ctx.client;
     let controllers = scope
@@ -531,9 +595,11 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
         .zip(scope.apis::<Secret>(client))
         .zip(scope.apis::<ConfigMap>(client))
         .zip(scope.apis::<PersistentVolumeClaim>(client))
+        .zip(scope.apis::<Pod>(client))
         .map(
-            |(((((registries, deployments), services), secrets), configmaps), pvcs)| {
+            |((((((registries, deployments), services), secrets), configmaps), pvcs), pods)| {
                 Controller::new(registries, registries_config.clone())
+                    .with_config(reconcile_pacing())
                     .owns(deployments, owned.clone())
                     .owns(services, owned.clone())
                     .owns(secrets, owned.clone())
@@ -542,6 +608,14 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
                     .watches(pvcs, owned.clone(), |pvc| {
                         let name = pvc.labels().get(crate::labels::INSTANCE)?.clone();
                         Some(ObjectRef::<PrivateRegistry>::new(&name).within(&pvc.namespace()?))
+                    })
+                    // A registry pod that waits for its image or crash-loops
+                    // changes the pod, not the Deployment: its changes are
+                    // what bring the status's pod problem up to date (rather
+                    // than looking again every few seconds per registry).
+                    .watches(pods, registry_pods.clone(), |pod| {
+                        let name = pod.labels().get(crate::labels::INSTANCE)?.clone();
+                        Some(ObjectRef::<PrivateRegistry>::new(&name).within(&pod.namespace()?))
                     })
             },
         )

@@ -363,6 +363,9 @@ async fn update_statuses(ctx: &super::Context, stores: &TrustStores) {
 /// Keeps the bundle, the DaemonSet and the trust status current: after each
 /// nudge (a reconcile finished, an agent pod or the DaemonSet changed) and at
 /// least every `every` (which catches deletions), until `ctx.stop`.
+/// The shortest time between two publications of the bundle after a change.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
+
 pub async fn run(ctx: Arc<super::Context>, namespace: String, every: Duration) {
     let stop = ctx.stop.clone();
     let Some(stores) = ctx.trust_stores.get() else {
@@ -406,8 +409,16 @@ pub async fn run(ctx: Arc<super::Context>, namespace: String, every: Duration) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ctx.bundle_nudge.notified() => {
-                // Coalesce a burst (a rollout is many pod events).
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Coalesce a burst: a rollout is many pod events, and creating
+                // many registries is many reconciles. Each new bundle is a
+                // ConfigMap of every CA and a rollout of the node agents, so
+                // at most one per PUBLISH_INTERVAL (at 1,000 registries
+                // created at once, 200 ms meant hundreds of them).
+                let since = applied.last.as_ref().map(|(_, at)| at.elapsed());
+                let wait = since
+                    .map_or(Duration::ZERO, |s| PUBLISH_INTERVAL.saturating_sub(s))
+                    .max(Duration::from_millis(200));
+                tokio::time::sleep(wait).await;
             }
             _ = tokio::time::sleep(every) => {}
         }
