@@ -371,16 +371,21 @@ spec:
     .await
     .unwrap();
     let watched = std::time::Instant::now();
-    eventually("the pod's problem in the status", Duration::from_secs(60), || async {
-        let pr = registries.get("reg").await.ok()?;
-        let available = pr
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Available")?;
-        (available.reason == "RegistryPodFailing" && available.message.contains("ImagePullBackOff"))
+    eventually(
+        "the pod's problem in the status",
+        Duration::from_secs(60),
+        || async {
+            let pr = registries.get("reg").await.ok()?;
+            let available = pr
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Available")?;
+            (available.reason == "RegistryPodFailing"
+                && available.message.contains("ImagePullBackOff"))
             .then_some(())
-    })
+        },
+    )
     .await;
     eprintln!("pod problem reached the status in {:?}", watched.elapsed());
     pods.delete("reg-failing", &DeleteParams::default().grace_period(0))
