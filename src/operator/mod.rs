@@ -579,11 +579,7 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
         ))
         .list_semantic(watcher::ListSemantic::MostRecent);
     let registry_pods = watcher::Config::default()
-        .labels(&format!(
-            "{}=privreg,{}=registry",
-            crate::labels::NAME,
-            crate::labels::COMPONENT
-        ))
+        .labels(&objects::all_registry_pods_selector())
         .list_semantic(watcher::ListSemantic::MostRecent);
     tracing::info!(image = %args.image, ?scope, "privreg operator starting");
     let client = &ctx.client;

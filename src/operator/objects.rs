@@ -31,6 +31,12 @@ pub const DATA_MOUNT: &str = "/var/lib/privreg";
 pub const RUN_AS: i64 = 65532;
 
 /// The registry pods' label selector, as a query string.
+/// Every registry pod of every PrivateRegistry (the operator's pod watch and
+/// storage check), by the labels all of them carry.
+pub fn all_registry_pods_selector() -> String {
+    format!("{}=privreg,{}=registry", labels::NAME, labels::COMPONENT)
+}
+
 pub fn selector(d: &Desired) -> String {
     labels::selector(&selector_labels(d))
 }

@@ -201,7 +201,7 @@ pub async fn run(ctx: Arc<Context>, scope: Scope, interval: Duration) {
 /// Ready registry pods by `<namespace>/<registry name>`, at most
 /// `MAX_PODS_PER_REGISTRY` each.
 async fn registry_pods(ctx: &Context, scope: &Scope) -> Option<HashMap<String, Vec<IpAddr>>> {
-    let selector = format!("{}=privreg,{}=registry", labels::NAME, labels::COMPONENT);
+    let selector = super::objects::all_registry_pods_selector();
     let mut by_registry: HashMap<String, Vec<IpAddr>> = HashMap::new();
     for api in scope.apis::<Pod>(&ctx.client) {
         let pods = match api.list(&ListParams::default().labels(&selector)).await {

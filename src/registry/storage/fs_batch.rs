@@ -7,9 +7,8 @@
 //! are renamed into place in order and the directories that changed are
 //! synced: on a journaling filesystem the first sync of each phase commits
 //! most of the phase, and the syncs after it cost a cache flush rather than
-//! a commit. Content is durable
-//! before any name points at it, so a crash shows each file whole or not at
-//! all; renames reach the disk in the order they were made (ext4 and xfs
+//! a commit. Content is durable before any name points at it, so a crash
+//! shows each file whole or not at all; renames reach the disk in the order they were made (ext4 and xfs
 //! journal metadata in order), so what a later file refers to is never lost
 //! while the later file survives.
 //!
