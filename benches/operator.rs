@@ -63,7 +63,13 @@ async fn run() {
     common::operator::install(&admin, &[NS]).await;
 
     let metrics_port = common::free_port();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_privreg"))
+    // BENCH_OPERATOR_WRAPPER="heaptrack -o /tmp/op" runs the operator under a
+    // profiler (its peak RSS line is then the wrapper's).
+    let wrapper = std::env::var("BENCH_OPERATOR_WRAPPER").unwrap_or_default();
+    let mut command_line: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
+    command_line.push(env!("CARGO_BIN_EXE_privreg").to_owned());
+    let mut operator = Command::new(&command_line[0])
+        .args(&command_line[1..])
         .args([
             "operator",
             "--namespace",

@@ -9,7 +9,9 @@ pub fn v2(data: &Path) -> PathBuf {
     data.join("docker").join("registry").join("v2")
 }
 
-/// Every regular file under `root` (relative path -> content); absent root: empty.
+/// Every regular file under `root` (relative path -> content); absent root:
+/// empty. The registry's write-ahead journal is left out: its records say
+/// what the other files already show.
 pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_owned()];
@@ -22,13 +24,19 @@ pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 stack.push(e.path());
-            } else {
+            } else if !is_journal(&e.path()) {
                 let rel = e.path().strip_prefix(root).unwrap().display().to_string();
                 out.insert(rel, std::fs::read(e.path()).unwrap_or_default());
             }
         }
     }
     out
+}
+
+/// The registry's write-ahead journal (`<data>/.privreg-journal.*`).
+fn is_journal(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(".privreg-journal."))
 }
 
 /// The path of blob `digest`'s `data` file.
@@ -150,7 +158,7 @@ pub fn upload_dirs(data: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Every path (directories too) under `root`, relative.
+/// Every path (directories too) under `root`, relative; the journal left out.
 pub fn paths(root: &Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
     let mut stack = vec![root.to_owned()];
@@ -160,6 +168,9 @@ pub fn paths(root: &Path) -> std::collections::BTreeSet<String> {
         };
         for e in entries {
             let e = e.unwrap();
+            if is_journal(&e.path()) {
+                continue;
+            }
             out.insert(e.path().strip_prefix(root).unwrap().display().to_string());
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());

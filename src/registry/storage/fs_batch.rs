@@ -27,6 +27,15 @@ use super::fsio::{self, IoContext};
 
 type Result<T> = std::result::Result<T, StorageError>;
 
+/// Whether a batch makes its work durable before returning, or leaves that
+/// to whoever recorded it elsewhere first (the journal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    Synced,
+    /// Written and renamed, not synced: only for what the journal holds.
+    Deferred,
+}
+
 /// Where a staged file's bytes come from.
 pub(crate) enum Source<'a> {
     Bytes(&'a [u8]),
@@ -57,8 +66,8 @@ struct InTree<'a> {
     source: &'a Source<'a>,
 }
 
-#[derive(Default)]
 struct Batch<'a> {
+    durability: Durability,
     steps: Vec<Step>,
     dirs: Vec<NewDir>,
     in_tree: Vec<InTree<'a>>,
@@ -73,11 +82,11 @@ struct Batch<'a> {
     renamed: usize,
 }
 
-/// Places every `(target, source)`, each atomically and all durably, in
-/// order (see the module documentation). On error, nothing staged is left
-/// behind; targets renamed before the error stay.
-pub(crate) fn place_all(items: &[(PathBuf, Source<'_>)]) -> Result<()> {
-    let mut batch = Batch::default();
+/// Places every `(target, source)`, each atomically and (when `Synced`) all
+/// durably, in order (see the module documentation). On error, nothing
+/// staged is left behind; targets renamed before the error stay.
+pub(crate) fn place_all(items: &[(PathBuf, Source<'_>)], durability: Durability) -> Result<()> {
+    let mut batch = Batch::new(durability);
     let result = (|| {
         for (target, source) in items {
             batch.stage(target, source)?;
@@ -133,6 +142,24 @@ fn sync_each(paths: &[&Path]) -> Result<()> {
 }
 
 impl<'a> Batch<'a> {
+    fn new(durability: Durability) -> Batch<'a> {
+        Batch {
+            durability,
+            steps: Vec::new(),
+            dirs: Vec::new(),
+            in_tree: Vec::new(),
+            moves_in: Vec::new(),
+            sync_before: Vec::new(),
+            sync_after: Vec::new(),
+            temps: Vec::new(),
+            renamed: 0,
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.durability == Durability::Synced
+    }
+
     fn stage(&mut self, target: &Path, source: &'a Source<'a>) -> Result<()> {
         let dir = parent(target);
         let Some(top) = first_missing(dir) else {
@@ -221,7 +248,9 @@ impl<'a> Batch<'a> {
                 moved.map_or(path.as_path(), |(_, to)| to.as_path())
             })
             .collect();
-        sync_each(&before)?;
+        if self.synced() {
+            sync_each(&before)?;
+        }
         for i in 0..self.steps.len() {
             match &self.steps[i] {
                 Step::File { from, to } => {
@@ -230,6 +259,9 @@ impl<'a> Batch<'a> {
                 Step::Dir(d) => self.place_dir(*d)?,
             }
             self.renamed = i + 1;
+        }
+        if !self.synced() {
+            return Ok(());
         }
         let after: Vec<&Path> = self.sync_after.iter().map(PathBuf::as_path).collect();
         sync_each(&after)
@@ -289,15 +321,18 @@ fn lost_race(e: &io::Error) -> bool {
 }
 
 /// Deletes a directory tree so that it disappears at once: renamed to a
-/// temporary name beside it (one atomic step, synced), then removed.
-pub(crate) fn remove_dir_at_once(dir: &Path) -> Result<bool> {
+/// temporary name beside it (one atomic step, synced when `Synced`), then
+/// removed.
+pub(crate) fn remove_dir_at_once(dir: &Path, durability: Durability) -> Result<bool> {
     let gone = fsio::temp_beside(dir);
     match fs::rename(dir, &gone) {
         Ok(()) => {}
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound) => return Ok(false),
         Err(e) => return Err(e).ctx("remove directory", dir),
     }
-    fsio::sync_dir(parent(dir))?;
+    if durability == Durability::Synced {
+        fsio::sync_dir(parent(dir))?;
+    }
     fs::remove_dir_all(&gone).ctx("remove directory", &gone)?;
     Ok(true)
 }
@@ -322,12 +357,15 @@ mod tests {
         fs::create_dir(r.join("old")).unwrap();
         let upload = r.join("upload");
         fs::write(&upload, b"uploaded").unwrap();
-        place_all(&[
-            (r.join("old/a"), Source::Bytes(b"a")),
-            (r.join("new/x/current/link"), Source::Bytes(b"c")),
-            (r.join("new/x/index/sha256/d/link"), Source::Bytes(b"i")),
-            (r.join("blobs/ab/data"), Source::File(&upload)),
-        ])
+        place_all(
+            &[
+                (r.join("old/a"), Source::Bytes(b"a")),
+                (r.join("new/x/current/link"), Source::Bytes(b"c")),
+                (r.join("new/x/index/sha256/d/link"), Source::Bytes(b"i")),
+                (r.join("blobs/ab/data"), Source::File(&upload)),
+            ],
+            Durability::Synced,
+        )
         .unwrap();
         assert_eq!(fs::read(r.join("old/a")).unwrap(), b"a");
         assert_eq!(fs::read(r.join("new/x/current/link")).unwrap(), b"c");
@@ -337,7 +375,11 @@ mod tests {
         assert_eq!(names(r), ["blobs", "new", "old"]);
         assert_eq!(names(&r.join("old")), ["a"]);
         // Replacing keeps one file.
-        place_all(&[(r.join("old/a"), Source::Bytes(b"b"))]).unwrap();
+        place_all(
+            &[(r.join("old/a"), Source::Bytes(b"b"))],
+            Durability::Synced,
+        )
+        .unwrap();
         assert_eq!(names(&r.join("old")), ["a"]);
         assert_eq!(fs::read(r.join("old/a")).unwrap(), b"b");
     }
@@ -347,7 +389,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         let items = [(r.join("t/current/link"), Source::Bytes(b"mine"))];
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(Durability::Synced);
         batch.stage(&items[0].0, &items[0].1).unwrap();
         // Another writer creates the tag first.
         fs::create_dir_all(r.join("t/index")).unwrap();
@@ -367,10 +409,13 @@ mod tests {
         // A file where a directory must be: the first item cannot be placed,
         // after the upload was moved into its temporary directory.
         fs::write(r.join("blocker"), b"").unwrap();
-        let err = place_all(&[
-            (r.join("blocker/x/link"), Source::Bytes(b"x")),
-            (r.join("blobs/ab/data"), Source::File(&upload)),
-        ]);
+        let err = place_all(
+            &[
+                (r.join("blocker/x/link"), Source::Bytes(b"x")),
+                (r.join("blobs/ab/data"), Source::File(&upload)),
+            ],
+            Durability::Synced,
+        );
         assert!(err.is_err());
         assert_eq!(fs::read(&upload).unwrap(), b"uploaded");
         assert_eq!(names(r), ["blocker", "upload"]);
@@ -382,8 +427,8 @@ mod tests {
         let r = root.path();
         fs::create_dir_all(r.join("tags/t/current")).unwrap();
         fs::write(r.join("tags/t/current/link"), b"x").unwrap();
-        assert!(remove_dir_at_once(&r.join("tags/t")).unwrap());
-        assert!(!remove_dir_at_once(&r.join("tags/t")).unwrap());
+        assert!(remove_dir_at_once(&r.join("tags/t"), Durability::Synced).unwrap());
+        assert!(!remove_dir_at_once(&r.join("tags/t"), Durability::Synced).unwrap());
         assert!(names(&r.join("tags")).is_empty());
     }
 }

@@ -8,6 +8,7 @@ pub mod driver;
 mod fs_batch;
 mod fsio;
 pub mod gc;
+mod journal;
 pub mod paths;
 mod referrers;
 pub mod space;
@@ -59,7 +60,7 @@ pub struct Store {
 impl Store {
     /// The store in a local data directory (created if missing).
     pub fn new(data: &Path) -> Result<Store> {
-        let store = Store::with_driver(Arc::new(FsDriver::new(data)));
+        let store = Store::with_driver(Arc::new(FsDriver::open(data)?));
         fsio::create_dirs(&data.join(store.layout.repositories()))?;
         Ok(store)
     }
