@@ -594,7 +594,14 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
         .zip(scope.apis::<Pod>(client))
         .map(
             |((((((registries, deployments), services), secrets), configmaps), pvcs), pods)| {
-                Controller::new(registries, registries_config.clone())
+                use kube::runtime::{WatchStreamExt as _, reflector};
+                let (reader, writer) = reflector::store();
+                let trigger = reflector(
+                    writer,
+                    watcher(registries, registries_config.clone()).modify(without_managed_fields),
+                )
+                .applied_objects();
+                Controller::for_stream(trigger, reader)
                     .with_config(reconcile_pacing())
                     .owns(deployments, owned.clone())
                     .owns(services, owned.clone())
@@ -710,6 +717,12 @@ fn trust_watches(
     })
 }
 
+/// What a cached object keeps: its managedFields (a field tree per writer,
+/// larger than the rest of a PrivateRegistry) are read by nothing here.
+fn without_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// A cache of what `api` and `config` select, and the future that keeps it
 /// filled and nudges the trust task on every change.
 fn cache<K>(
@@ -732,7 +745,7 @@ where
     use kube::runtime::{WatchStreamExt as _, reflector};
     let (store, writer) = reflector::store();
     let nudge = nudge.clone();
-    let keep = reflector(writer, watcher(api, config))
+    let keep = reflector(writer, watcher(api, config).modify(without_managed_fields))
         .default_backoff()
         .for_each(move |event| {
             if event.is_ok() {

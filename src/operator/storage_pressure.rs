@@ -204,34 +204,51 @@ async fn registry_pods(ctx: &Context, scope: &Scope) -> Option<HashMap<String, V
     let selector = super::objects::all_registry_pods_selector();
     let mut by_registry: HashMap<String, Vec<IpAddr>> = HashMap::new();
     for api in scope.apis::<Pod>(&ctx.client) {
-        let pods = match api.list(&ListParams::default().labels(&selector)).await {
-            Ok(list) => list.items,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing registry pods for the storage check failed");
-                return None;
-            }
-        };
-        for pod in pods {
-            let ip = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.as_deref())
-                .and_then(|ip| ip.parse().ok());
-            let (Some(ip), Some(instance), Some(ns)) =
-                (ip, pod.labels().get(labels::INSTANCE), pod.namespace())
-            else {
-                continue;
+        // In pages: a thousand pods in one list is tens of MiB of heap.
+        let mut params = ListParams::default().labels(&selector).limit(PODS_PER_PAGE);
+        for _ in 0..MAX_PAGES {
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing registry pods for the storage check failed");
+                    return None;
+                }
             };
-            if !super::trust_status::pod_ready(&pod) {
-                continue;
-            }
-            let ips = by_registry.entry(format!("{ns}/{instance}")).or_default();
-            if ips.len() < MAX_PODS_PER_REGISTRY {
-                ips.push(ip);
+            add_ready_pods(&mut by_registry, page.items);
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
             }
         }
     }
     Some(by_registry)
+}
+
+const PODS_PER_PAGE: u32 = 100;
+const MAX_PAGES: usize = 1_000;
+
+/// Adds each ready pod's address to its registry's, at most
+/// `MAX_PODS_PER_REGISTRY` each.
+fn add_ready_pods(by_registry: &mut HashMap<String, Vec<IpAddr>>, pods: Vec<Pod>) {
+    for pod in pods {
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        let (Some(ip), Some(instance), Some(ns)) =
+            (ip, pod.labels().get(labels::INSTANCE), pod.namespace())
+        else {
+            continue;
+        };
+        if !super::trust_status::pod_ready(&pod) {
+            continue;
+        }
+        let ips = by_registry.entry(format!("{ns}/{instance}")).or_default();
+        if ips.len() < MAX_PODS_PER_REGISTRY {
+            ips.push(ip);
+        }
+    }
 }
 
 async fn check_all(ctx: &Arc<Context>, scope: &Scope) {
