@@ -16,7 +16,15 @@ pub fn run(args: &GcArgs) -> anyhow::Result<()> {
         "{} holds no registry data (no docker/registry/v2/repositories)",
         args.data.display()
     );
-    let store = Store::new(&args.data).context("opening the data directory")?;
+    // A dry run only reads; a collection beside a running registry could
+    // delete what it is about to reference (that is the online collector's
+    // job, behind the registry's push gate).
+    let store = if args.dry_run {
+        Store::new(&args.data)
+    } else {
+        Store::new_exclusive(&args.data)
+    }
+    .context("opening the data directory")?;
     let opts = GcOptions {
         dry_run: args.dry_run,
         delete_untagged: args.delete_untagged,

@@ -126,6 +126,16 @@ impl FsDriver {
     /// left in it. Another process holding the journal (two registries on
     /// one directory) leaves this one without: slower, still durable.
     pub fn open(root: &Path) -> Result<FsDriver> {
+        Self::open_with(root, false)
+    }
+
+    /// `open`, failing (`WouldBlock`) if another process holds the store:
+    /// for what must not run beside a registry, such as offline collection.
+    pub fn open_exclusive(root: &Path) -> Result<FsDriver> {
+        Self::open_with(root, true)
+    }
+
+    fn open_with(root: &Path, exclusive: bool) -> Result<FsDriver> {
         fsio::create_dirs(root)?;
         // A sixty-fourth of a small volume (a 24 MiB test volume keeps most
         // of its room), at most `DEFAULT_CAPACITY`.
@@ -135,6 +145,12 @@ impl FsDriver {
         let capacity = (total / 64).clamp(journal::MIN_CAPACITY, journal::DEFAULT_CAPACITY);
         let journal = match Journal::open(root, capacity) {
             Ok(Some(journal)) => Some(journal),
+            Ok(None) if exclusive => {
+                return Err(io::Error::from(io::ErrorKind::WouldBlock)).ctx(
+                    "lock the data directory (another privreg process holds it)",
+                    root,
+                );
+            }
             Ok(None) => {
                 tracing::warn!(
                     root = %root.display(),

@@ -60,7 +60,17 @@ pub struct Store {
 impl Store {
     /// The store in a local data directory (created if missing).
     pub fn new(data: &Path) -> Result<Store> {
-        let store = Store::with_driver(Arc::new(FsDriver::open(data)?));
+        Self::in_directory(FsDriver::open(data)?, data)
+    }
+
+    /// `new`, failing if another process (a running registry) holds the
+    /// directory.
+    pub fn new_exclusive(data: &Path) -> Result<Store> {
+        Self::in_directory(FsDriver::open_exclusive(data)?, data)
+    }
+
+    fn in_directory(driver: FsDriver, data: &Path) -> Result<Store> {
+        let store = Store::with_driver(Arc::new(driver));
         fsio::create_dirs(&data.join(store.layout.repositories()))?;
         Ok(store)
     }
@@ -405,6 +415,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::new(dir.path()).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn a_store_held_by_a_registry_is_not_opened_exclusively() {
+        let (dir, held) = store();
+        let err = Store::new_exclusive(dir.path()).unwrap_err();
+        assert_eq!(err.source.kind(), io::ErrorKind::WouldBlock);
+        // Shared opening still works (without the journal).
+        Store::new(dir.path()).unwrap();
+        drop(held);
+        Store::new_exclusive(dir.path()).unwrap();
     }
 
     #[test]
