@@ -8,7 +8,8 @@
 //! a 256 MiB blob, pull of that blob, manifest GET under 50 connections (wrk:
 //! req/s and p99), 32 clients pushing small images at once, peak RSS; and
 //! sequential small requests (new TLS connection per request, manifest PUT,
-//! tags list, blob HEAD). `BENCH_SMALL=1` runs the small requests only.
+//! tags list, manifest GET, blob HEAD). `BENCH_SMALL=1` runs the small
+//! requests only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,6 +53,7 @@ struct Results {
     new_conn_p99_ms: f64,
     manifest_put_per_s: f64,
     tags_list_per_s: f64,
+    manifest_get_per_s: f64,
     blob_head_per_s: f64,
 }
 
@@ -141,6 +143,22 @@ async fn tags_lists(t: &Target) -> Sequential {
         assert_eq!(r.status(), 200, "{} tags list", t.name);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["tags"].as_array().map(Vec::len), Some(SEQUENTIAL));
+    })
+    .await
+}
+
+/// `GET` of the manifests `manifest_puts` stored, by tag, one after the other.
+async fn manifest_gets(t: &Target) -> Sequential {
+    timed(|i| async move {
+        let r = t
+            .client
+            .get(format!("{}/v2/bench/puts/manifests/t{i}", t.url))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{} manifest GET", t.name);
+        r.bytes().await.unwrap();
     })
     .await
 }
@@ -401,6 +419,7 @@ async fn measure(t: &Target, dir: &Path) -> Results {
     res.new_conn_p99_ms = conns.p99_ms;
     res.manifest_put_per_s = manifest_puts(t).await.per_s;
     res.tags_list_per_s = tags_lists(t).await.per_s;
+    res.manifest_get_per_s = manifest_gets(t).await.per_s;
 
     if small_only() {
         return res;
@@ -540,7 +559,7 @@ fn main() {
         return;
     }
     let (p, d) = (&results[0], &results[1]);
-    let rows: [(&str, f64, f64, &str, &str); 13] = [
+    let rows: [(&str, f64, f64, &str, &str); 14] = [
         (
             "new TLS connection + GET /v2/, sequential (per s)",
             p.new_conn_per_s,
@@ -575,6 +594,13 @@ fn main() {
             d.tags_list_per_s,
             "higher",
             "",
+        ),
+        (
+            "manifest GET, sequential (per s)",
+            p.manifest_get_per_s,
+            d.manifest_get_per_s,
+            "higher",
+            ">= 4x",
         ),
         (
             "blob HEAD, sequential (per s)",

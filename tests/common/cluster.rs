@@ -505,12 +505,6 @@ impl ControlPlane {
             "--initial-cluster-state=new".into(),
             // Test data: durability across power loss is not needed.
             "--unsafe-no-fsync".into(),
-            // As kubeadm sets it: without progress notifications, a restarted
-            // apiserver's watch cache of a kind nobody writes stays behind
-            // its own start, lists answer with that older resourceVersion,
-            // and every watch from it is 410 Expired again (KEP 1904), for
-            // minutes.
-            "--watch-progress-notify-interval=5s".into(),
             "--log-level=warn".into(),
         ];
         let mut etcd = Daemon::spawn("etcd", &bins.etcd, etcd_args, &root);
