@@ -33,7 +33,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use sha2::{Digest as _, Sha256};
 
@@ -100,16 +100,27 @@ pub(crate) struct Journal {
     /// The root directory, locked: one journal per store.
     _owner: File,
     state: Mutex<State>,
+    /// Signalled when a sync of the journal ends.
+    synced: Condvar,
 }
 
 struct State {
     /// `None` until the first record.
-    file: Option<File>,
+    file: Option<Arc<File>>,
     generation: Generation,
     /// The current file's size.
     capacity: u64,
     /// Where the next record goes.
     end: u64,
+    /// How much of this generation's file is known durable.
+    durable_end: u64,
+    /// A writer is syncing the file (the others wait for it, then one of
+    /// them syncs what was appended meanwhile: one sync for many records).
+    syncing: bool,
+    /// A sync failed: what it should have made durable may be lost, and a
+    /// later sync can report success without having written it (the page
+    /// cache may have dropped the pages), so no write is acknowledged again.
+    broken: bool,
     /// Absolute paths written or deleted by records since the last checkpoint.
     pending: BTreeSet<PathBuf>,
 }
@@ -118,6 +129,14 @@ impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal").field("root", &self.root).finish()
     }
+}
+
+/// A record written, not yet known durable.
+#[derive(Clone, Copy)]
+struct Appended {
+    start: u64,
+    end: u64,
+    generation: u64,
 }
 
 /// What a checkpoint-free write has to hold while it works on the store.
@@ -146,7 +165,7 @@ impl Journal {
                     .open(&path)
                     .ctx("open journal", &path)?;
                 let len = file.metadata().ctx("open journal", &path)?.len();
-                (Some(file), generation, len)
+                (Some(Arc::new(file)), generation, len)
             }
             None => (
                 None,
@@ -166,8 +185,12 @@ impl Journal {
                 generation,
                 capacity: current_capacity,
                 end: 0,
+                durable_end: 0,
+                syncing: false,
+                broken: false,
                 pending: BTreeSet::new(),
             }),
+            synced: Condvar::new(),
         };
         let replayed = journal.replay()?;
         if replayed > 0 {
@@ -258,18 +281,64 @@ impl Journal {
             .iter()
             .map(|(rel, content)| (self.root.join(rel), Source::Bytes(content)))
             .collect();
-        let mut guard = self.lock();
-        let start = guard.append(Kind::Put, &payload, placed.len())?;
-        let result = fs_batch::place_all(&placed, Durability::Deferred);
-        // Even a failed placement may have put some files in place.
-        guard
-            .state
-            .pending
-            .extend(placed.into_iter().map(|(p, _)| p));
-        if result.is_err() {
-            guard.retract(start, &payload)?;
-        }
+        let (appended, result) = {
+            let mut guard = self.lock();
+            let appended = guard.append(Kind::Put, &payload, placed.len())?;
+            // Placed in record order (under the lock); visible before the
+            // record is durable, as a rename is before its directory's sync,
+            // and acknowledged only after.
+            let result = fs_batch::place_all(&placed, Durability::Deferred);
+            // Even a failed placement may have put some files in place.
+            guard
+                .state
+                .pending
+                .extend(placed.into_iter().map(|(p, _)| p));
+            if result.is_err() {
+                guard.retract(appended.start, &payload)?;
+            }
+            (appended, result)
+        };
+        self.commit(appended)?;
         result.map(|()| true)
+    }
+
+    /// Returns once the record `appended` is durable. Whoever finds no sync
+    /// running syncs everything appended so far; the others wait for it.
+    fn commit(&self, appended: Appended) -> Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if state.broken {
+                return Err(io::Error::other("an earlier sync of the journal failed"))
+                    .ctx("write journal", &state.generation.path(&self.root));
+            }
+            // A checkpoint since the append made everything durable.
+            if state.generation.number != appended.generation || state.durable_end >= appended.end {
+                return Ok(());
+            }
+            if state.syncing {
+                state = self.synced.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.syncing = true;
+            let (generation, target) = (state.generation, state.end);
+            let file = state.file.clone().expect("a record was written");
+            drop(state);
+            let result = file.sync_data();
+            state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.syncing = false;
+            match result {
+                Ok(()) if state.generation == generation => {
+                    state.durable_end = state.durable_end.max(target);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    state.broken = true;
+                    self.synced.notify_all();
+                    return Err(e).ctx("sync journal", &generation.path(&self.root));
+                }
+            }
+            self.synced.notify_all();
+        }
     }
 
     /// Deletes `path` (absolute, under the root) and everything under it,
@@ -281,9 +350,12 @@ impl Journal {
             return remove(path, Durability::Synced);
         }
         let rel = path.strip_prefix(&self.root).expect("path under the root");
-        guard.append(Kind::Delete, rel.as_os_str().as_encoded_bytes(), 1)?;
+        let appended = guard.append(Kind::Delete, rel.as_os_str().as_encoded_bytes(), 1)?;
         guard.state.pending.insert(path.to_owned());
-        remove(path, Durability::Deferred)
+        let removed = remove(path, Durability::Deferred);
+        drop(guard);
+        self.commit(appended)?;
+        removed
     }
 
     /// Before a write outside the journal to `paths` (absolute): makes sure
@@ -316,17 +388,17 @@ impl Guard<'_> {
             || path.ancestors().skip(1).any(|a| pending.contains(a))
     }
 
-    /// Appends one record and makes it durable; checkpoints first when the
-    /// journal is full. Returns where the record starts.
-    fn append(&mut self, kind: Kind, payload: &[u8], paths: usize) -> Result<u64> {
+    /// Appends one record (`Journal::commit` makes it durable);
+    /// checkpoints first when the journal is full.
+    fn append(&mut self, kind: Kind, payload: &[u8], paths: usize) -> Result<Appended> {
         let len = (HEADER_LEN + payload.len()) as u64;
         if self.state.file.is_none() {
             let generation = self.state.generation.next();
-            self.state.file = Some(create(
+            self.state.file = Some(Arc::new(create(
                 &self.journal.root,
                 self.journal.capacity,
                 generation,
-            )?);
+            )?));
             self.state.generation = generation;
             self.state.capacity = self.journal.capacity;
         }
@@ -339,23 +411,26 @@ impl Guard<'_> {
         let path = self.state.generation.path(&self.journal.root);
         let file = self.state.file.as_ref().expect("made above");
         file.write_all_at(&record, self.state.end)
-            .and_then(|()| file.sync_data())
             .ctx("write journal", &path)?;
         let start = self.state.end;
         self.state.end += len;
-        Ok(start)
+        Ok(Appended {
+            start,
+            end: self.state.end,
+            generation: self.state.generation.number,
+        })
     }
 
     /// Withdraws the put record of `payload` appended at `start` (its
     /// placement failed, and must not come back at the next start): its
-    /// header is rewritten as a void record's, durably. It keeps its place,
-    /// so the records after it are found where they were written.
+    /// header is rewritten as a void record's (made durable with the record
+    /// by `Journal::commit`). It keeps its place, so the records after it are
+    /// found where they were written.
     fn retract(&mut self, start: u64, payload: &[u8]) -> Result<()> {
         let path = self.state.generation.path(&self.journal.root);
         let void = encode(Kind::Void, self.state.generation.nonce, payload);
         let file = self.state.file.as_ref().expect("a record was written");
         file.write_all_at(&void[..HEADER_LEN], start)
-            .and_then(|()| file.sync_data())
             .ctx("write journal", &path)
     }
 
@@ -378,6 +453,7 @@ impl Guard<'_> {
         dir.sync_all().ctx("sync directory", root)?;
         self.state.generation = next;
         self.state.end = 0;
+        self.state.durable_end = 0;
         self.state.pending.clear();
         Ok(())
     }
@@ -563,6 +639,12 @@ mod tests {
             .unwrap();
     }
 
+    /// A durable write in place, as the driver does one outside the journal.
+    fn write_outside(j: &Journal, root: &Path, rel: &str, content: &[u8]) {
+        let _guard = j.settle(&[&root.join(rel)]).unwrap();
+        fsio::write_atomic(&root.join(rel), content).unwrap();
+    }
+
     fn nonce(j: &Journal) -> u64 {
         j.lock().state.generation.nonce
     }
@@ -600,6 +682,36 @@ mod tests {
         lose_unsynced(root, &["t", "b"]);
         let _j = open(root);
         assert_eq!(read(root, "b/data"), None);
+    }
+
+    #[test]
+    fn concurrent_writers_share_syncs_and_all_come_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let j = Journal::open(root, DEFAULT_CAPACITY).unwrap().unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let j = &j;
+                scope.spawn(move || {
+                    for i in 0..40 {
+                        let content = format!("{t}-{i}");
+                        put(j, &[(&format!("w/{t}/{i}/link"), content.as_bytes())]);
+                    }
+                });
+            }
+        });
+        drop(j);
+        lose_unsynced(root, &["w"]);
+        let _j = open(root);
+        for t in 0..8 {
+            for i in 0..40 {
+                let want = format!("{t}-{i}");
+                assert_eq!(
+                    read(root, &format!("w/{t}/{i}/link")),
+                    Some(want.into_bytes())
+                );
+            }
+        }
     }
 
     #[test]
@@ -651,10 +763,7 @@ mod tests {
         let j = open(root);
         put(&j, &[("b/data", b"journaled")]);
         let before = j.generation();
-        {
-            let _guard = j.settle(&[&root.join("b/data")]).unwrap();
-            fsio::write_atomic(&root.join("b/data"), b"in place").unwrap();
-        }
+        write_outside(&j, root, "b/data", b"in place");
         assert!(j.generation() > before, "the pending record was retired");
         drop(j);
         let _j = open(root);
@@ -668,11 +777,8 @@ mod tests {
         let j = open(root);
         put(&j, &[("blob/x/data", b"manifest")]);
         assert!(j.delete(&root.join("blob/x")).unwrap());
-        {
-            // The same blob, uploaded again, moved in outside the journal.
-            let _guard = j.settle(&[&root.join("blob/x/data")]).unwrap();
-            fsio::write_atomic(&root.join("blob/x/data"), b"manifest").unwrap();
-        }
+        // The same blob, uploaded again, moved in outside the journal.
+        write_outside(&j, root, "blob/x/data", b"manifest");
         drop(j);
         let _j = open(root);
         assert_eq!(read(root, "blob/x/data").as_deref(), Some(&b"manifest"[..]));
