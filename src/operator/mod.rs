@@ -36,8 +36,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -594,7 +594,6 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
         .zip(scope.apis::<Pod>(client))
         .map(
             |((((((registries, deployments), services), secrets), configmaps), pvcs), pods)| {
-                use kube::runtime::{WatchStreamExt as _, reflector};
                 let (reader, writer) = reflector::store();
                 let trigger = reflector(
                     writer,
@@ -763,7 +762,6 @@ where
         + Sync
         + 'static,
 {
-    use kube::runtime::{WatchStreamExt as _, reflector};
     let (store, writer) = reflector::store();
     let nudge = nudge.clone();
     let keep = reflector(writer, watcher(api, config).modify(without_managed_fields))

@@ -188,19 +188,12 @@ impl FsDriver {
     }
 }
 
-fn absent(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    )
-}
-
 impl StorageDriver for FsDriver {
     fn get_content(&self, path: &Path) -> Result<Option<Vec<u8>>> {
         let p = self.resolve(path)?;
         match fs::read(&p) {
             Ok(b) => Ok(Some(b)),
-            Err(e) if absent(&e) || e.kind() == io::ErrorKind::IsADirectory => Ok(None),
+            Err(e) if fsio::absent(&e) || e.kind() == io::ErrorKind::IsADirectory => Ok(None),
             Err(e) => Err(e).ctx("read", &p),
         }
     }
@@ -263,7 +256,7 @@ impl StorageDriver for FsDriver {
                 modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 is_dir: m.is_dir(),
             })),
-            Err(e) if absent(&e) => Ok(None),
+            Err(e) if fsio::absent(&e) => Ok(None),
             Err(e) => Err(e).ctx("stat", &p),
         }
     }
@@ -272,7 +265,7 @@ impl StorageDriver for FsDriver {
         let p = self.resolve(path)?;
         let entries = match fs::read_dir(&p) {
             Ok(e) => e,
-            Err(e) if absent(&e) => return Ok(Vec::new()),
+            Err(e) if fsio::absent(&e) => return Ok(Vec::new()),
             Err(e) => return Err(e).ctx("list directory", &p),
         };
         let mut names = Vec::new();
@@ -301,7 +294,7 @@ impl StorageDriver for FsDriver {
         let p = self.resolve(path)?;
         match &self.journal {
             Some(journal) => journal.delete(&p),
-            None => journal::remove(&p, Durability::Synced),
+            None => fs_batch::remove(&p, Durability::Synced),
         }
     }
 

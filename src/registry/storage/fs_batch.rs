@@ -239,16 +239,16 @@ impl<'a> Batch<'a> {
         for (from, to) in &self.moves_in {
             fs::rename(from, to).ctx("move into temporary directory", to)?;
         }
-        // A directory's sync covers the entries moved into it above.
-        let before: Vec<&Path> = self
-            .sync_before
-            .iter()
-            .map(|path| {
-                let moved = self.moves_in.iter().find(|(from, _)| from == path);
-                moved.map_or(path.as_path(), |(_, to)| to.as_path())
-            })
-            .collect();
         if self.synced() {
+            // A directory's sync covers the entries moved into it above.
+            let before: Vec<&Path> = self
+                .sync_before
+                .iter()
+                .map(|path| {
+                    let moved = self.moves_in.iter().find(|(from, _)| from == path);
+                    moved.map_or(path.as_path(), |(_, to)| to.as_path())
+                })
+                .collect();
             sync_each(&before)?;
         }
         for i in 0..self.steps.len() {
@@ -318,6 +318,22 @@ fn lost_race(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
     )
+}
+
+/// Deletes a file or a directory tree at once; `false` if nothing was there.
+pub(crate) fn remove(path: &Path, durability: Durability) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_dir() => {
+            fs::remove_file(path).ctx("remove", path)?;
+            if durability == Durability::Synced {
+                fsio::sync_dir(parent(path))?;
+            }
+            Ok(true)
+        }
+        Ok(_) => remove_dir_at_once(path, durability),
+        Err(e) if fsio::absent(&e) => Ok(false),
+        Err(e) => Err(e).ctx("stat", path),
+    }
 }
 
 /// Deletes a directory tree so that it disappears at once: renamed to a

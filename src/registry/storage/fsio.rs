@@ -39,6 +39,15 @@ pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     ))
 }
 
+/// Whether an error means nothing is at the path (or a file stands where a
+/// directory was expected on the way to it).
+pub(crate) fn absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
 /// fsync a directory so a rename or create inside it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)

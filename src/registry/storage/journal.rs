@@ -203,10 +203,14 @@ impl Journal {
     fn lock(&self) -> Guard<'_> {
         Guard {
             journal: self,
-            // A panic while holding the lock leaves the state as a record
-            // boundary: nothing is half-updated in memory.
-            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            state: self.state(),
         }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as a record
+        // boundary: nothing is half-updated in memory.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies every valid record of the current generation, in order.
@@ -238,7 +242,7 @@ impl Journal {
                 }
                 Kind::Delete => {
                     if let Some(p) = self.resolve(payload) {
-                        remove(&p, Durability::Deferred)?;
+                        fs_batch::remove(&p, Durability::Deferred)?;
                     }
                 }
             }
@@ -305,7 +309,7 @@ impl Journal {
     /// Returns once the record `appended` is durable. Whoever finds no sync
     /// running syncs everything appended so far; the others wait for it.
     fn commit(&self, appended: Appended) -> Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
         loop {
             if state.broken {
                 return Err(io::Error::other("an earlier sync of the journal failed"))
@@ -324,7 +328,7 @@ impl Journal {
             let file = state.file.clone().expect("a record was written");
             drop(state);
             let result = file.sync_data();
-            state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state = self.state();
             state.syncing = false;
             match result {
                 Ok(()) if state.generation == generation => {
@@ -347,12 +351,12 @@ impl Journal {
     pub(crate) fn delete(&self, path: &Path) -> Result<bool> {
         let mut guard = self.lock();
         if !guard.touches_pending(path) {
-            return remove(path, Durability::Synced);
+            return fs_batch::remove(path, Durability::Synced);
         }
         let rel = path.strip_prefix(&self.root).expect("path under the root");
         let appended = guard.append(Kind::Delete, rel.as_os_str().as_encoded_bytes(), 1)?;
         guard.state.pending.insert(path.to_owned());
-        let removed = remove(path, Durability::Deferred);
+        let removed = fs_batch::remove(path, Durability::Deferred);
         drop(guard);
         self.commit(appended)?;
         removed
@@ -456,31 +460,6 @@ impl Guard<'_> {
         self.state.durable_end = 0;
         self.state.pending.clear();
         Ok(())
-    }
-}
-
-/// Deletes a file or a directory tree at once; `false` if nothing was there.
-pub(crate) fn remove(path: &Path, durability: Durability) -> Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if !m.is_dir() => {
-            fs::remove_file(path).ctx("remove", path)?;
-            if durability == Durability::Synced
-                && let Some(parent) = path.parent()
-            {
-                fsio::sync_dir(parent)?;
-            }
-            Ok(true)
-        }
-        Ok(_) => fs_batch::remove_dir_at_once(path, durability),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e).ctx("stat", path),
     }
 }
 
