@@ -520,7 +520,7 @@ fn main() {
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,rustls=error")
             .stdout(Stdio::null())
             .spawn()
             .expect("start privreg"),
