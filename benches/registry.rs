@@ -520,7 +520,7 @@ fn main() {
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
-            .env("RUST_LOG", "warn,rustls=error")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("start privreg"),
