@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build (once) and locate the Go-built test tools: crane, oras, crictl (the CRI
-# client kubelet's image pulls go through) and the OCI distribution-spec
-# conformance suite (Ginkgo generation, `go test -c`).
+# client kubelet's image pulls go through), the OCI distribution-spec
+# conformance suite (both generations), Helm, and SeaweedFS (the S3 server of
+# the object-storage tests).
 #
 # Everything is built from the Go module proxy with the machine's Go toolchain
 # and cached by version under
@@ -16,10 +17,10 @@
 #   scripts/test-tools.sh --check    build nothing; exit 1 if a tool is missing
 #   source scripts/test-tools.sh     same as the eval line above, in the current shell
 #
-# Exports: PRIVREG_CRANE, PRIVREG_ORAS, PRIVREG_CRICTL, PRIVREG_CONFORMANCE (absolute paths),
+# Exports: PRIVREG_CRANE, PRIVREG_ORAS, PRIVREG_CRICTL, PRIVREG_CONFORMANCE,
+#          PRIVREG_CONFORMANCE2, PRIVREG_HELM, PRIVREG_SEAWEEDFS (absolute paths),
 #          PRIVREG_CONFORMANCE_VERSION.
-# Versions can be overridden with PRIVREG_CRANE_VERSION, PRIVREG_ORAS_VERSION,
-# PRIVREG_CONFORMANCE_VERSION, PRIVREG_CRICTL_VERSION.
+# Versions can be overridden with PRIVREG_<TOOL>_VERSION.
 
 # Sourced: run ourselves as a child (so `set -euo pipefail` does not leak into
 # the caller's shell) and import its exports.
@@ -60,6 +61,14 @@ CONFORMANCE_VERSION="${PRIVREG_CONFORMANCE_VERSION:-v0.0.0-20231101194043-f21823
 # non-distributable layers and more. Both generations run in the tests.
 CONFORMANCE2_VERSION="${PRIVREG_CONFORMANCE2_VERSION:-v0.0.0-20260831232431-97274622c111}"
 
+# SeaweedFS (Apache-2.0), the S3-compatible object store of the object-storage
+# tests: `weed mini` runs master, volume, filer and S3 gateway in one process.
+# Its go.mod has a replace directive, so `go install pkg@version` refuses it:
+# it is built inside the downloaded module, like the conformance suite. MinIO
+# is AGPL and not used. The proxy serves this one pseudo-version.
+SEAWEEDFS_MODULE=github.com/seaweedfs/seaweedfs
+SEAWEEDFS_VERSION="${PRIVREG_SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}"
+
 # Helm, for the chart checks (lint, template, server-side dry run).
 HELM_VERSION="${PRIVREG_HELM_VERSION:-v3.21.4}"
 
@@ -72,6 +81,7 @@ CRICTL_BIN="$TOOLS_DIR/crictl-$CRICTL_VERSION/crictl"
 CONFORMANCE_BIN="$TOOLS_DIR/conformance-$CONFORMANCE_VERSION/conformance.test"
 CONFORMANCE2_BIN="$TOOLS_DIR/conformance2-$CONFORMANCE2_VERSION/conformance"
 HELM_BIN="$TOOLS_DIR/helm-$HELM_VERSION/helm"
+SEAWEEDFS_BIN="$TOOLS_DIR/seaweedfs-$SEAWEEDFS_VERSION/weed"
 
 log() { printf 'test-tools: %s\n' "$*" >&2; }
 
@@ -119,30 +129,43 @@ build_crictl() {
         "-s -w -X $CRICTL_MODULE/pkg/version.Version=$CRICTL_VERSION"
 }
 
-build_conformance() {
-    [[ -x "$CONFORMANCE_BIN" ]] && return 0
+# build_in_module NAME MODULE VERSION DEST_BIN PACKAGE GO_SUBCOMMAND [FLAGS...]
+# For modules `go install` refuses (a test package, replace directives):
+# download the module, then build inside it (its go.mod/go.sum pin the deps;
+# the module cache is read-only, so -mod=readonly, the default, is what works
+# there).
+build_in_module() {
+    local name=$1 module=$2 version=$3 dest=$4 package=$5
+    shift 5
+    [[ -x "$dest" ]] && return 0
     need_go
     local dir tmp start moddir
-    dir=$(dirname "$CONFORMANCE_BIN")
+    dir=$(dirname "$dest")
     mkdir -p "$dir"
     tmp=$(mktemp -d "$dir/.build.XXXXXX")
     start=$SECONDS
-    log "building conformance $CONFORMANCE_VERSION ($CONFORMANCE_MODULE, go test -c) ..."
-    # The suite is a test package: fetch the module, then `go test -c` inside
-    # it (its own go.mod/go.sum pin the deps; the module cache is read-only,
-    # so -mod=readonly, the default, is what works there).
-    if ! moddir=$(go_env go mod download -json "$CONFORMANCE_MODULE@$CONFORMANCE_VERSION" |
+    log "building $name $version ($module, go $1) ..."
+    if ! moddir=$(go_env go mod download -json "$module@$version" |
                   python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit("go mod download: "+d.get("Error","no Dir")))'); then
-        rm -rf "$tmp"; log "cannot download $CONFORMANCE_MODULE@$CONFORMANCE_VERSION"; exit 1
+        rm -rf "$tmp"; log "cannot download $module@$version"; exit 1
     fi
-    if ! (cd "$moddir" && go_env GOFLAGS="-buildvcs=false -mod=readonly" go test -c -trimpath \
-            -ldflags="-X $CONFORMANCE_MODULE.Version=$CONFORMANCE_VERSION" \
-            -o "$tmp/conformance.test" . >&2); then
-        rm -rf "$tmp"; log "building conformance failed"; exit 1
+    if ! (cd "$moddir" && go_env GOFLAGS="-buildvcs=false -mod=readonly" go "$@" -o "$tmp/out" "$package" >&2); then
+        rm -rf "$tmp"; log "building $name failed"; exit 1
     fi
-    mv -f "$tmp/conformance.test" "$CONFORMANCE_BIN"
+    mv -f "$tmp/out" "$dest"
     rm -rf "$tmp"
-    log "built $CONFORMANCE_BIN in $((SECONDS - start))s"
+    log "built $dest in $((SECONDS - start))s"
+}
+
+build_conformance() {
+    # The suite is a test package: `go test -c` inside its module.
+    build_in_module conformance "$CONFORMANCE_MODULE" "$CONFORMANCE_VERSION" "$CONFORMANCE_BIN" . \
+        test -c -trimpath -ldflags="-X $CONFORMANCE_MODULE.Version=$CONFORMANCE_VERSION"
+}
+
+build_seaweedfs() {
+    build_in_module seaweedfs "$SEAWEEDFS_MODULE" "$SEAWEEDFS_VERSION" "$SEAWEEDFS_BIN" ./weed \
+        build -trimpath -ldflags="-s -w"
 }
 
 build_conformance2() {
@@ -161,6 +184,7 @@ build_all() {
     build_crictl
     build_conformance
     build_conformance2
+    build_seaweedfs
 }
 
 print_env() {
@@ -171,6 +195,7 @@ print_env() {
     printf 'export PRIVREG_CONFORMANCE_VERSION=%q\n' "$CONFORMANCE_VERSION"
     printf 'export PRIVREG_CONFORMANCE2=%q\n' "$CONFORMANCE2_BIN"
     printf 'export PRIVREG_HELM=%q\n' "$HELM_BIN"
+    printf 'export PRIVREG_SEAWEEDFS=%q\n' "$SEAWEEDFS_BIN"
 }
 
 case "${1:-}" in
@@ -180,14 +205,14 @@ case "${1:-}" in
         ;;
     --check)
         missing=0
-        for b in "$CRANE_BIN" "$ORAS_BIN" "$CRICTL_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN" "$HELM_BIN"; do
+        for b in "$CRANE_BIN" "$ORAS_BIN" "$CRICTL_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN" "$HELM_BIN" "$SEAWEEDFS_BIN"; do
             [[ -x "$b" ]] || { log "missing: $b"; missing=1; }
         done
         exit "$missing"
         ;;
     ""|--build)
         build_all
-        printf 'crane        %s\noras         %s\ncrictl       %s\nconformance  %s\nconformance2 %s\n' "$CRANE_BIN" "$ORAS_BIN" "$CRICTL_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN"
+        printf 'crane        %s\noras         %s\ncrictl       %s\nconformance  %s\nconformance2 %s\nseaweedfs    %s\n' "$CRANE_BIN" "$ORAS_BIN" "$CRICTL_BIN" "$CONFORMANCE_BIN" "$CONFORMANCE2_BIN" "$SEAWEEDFS_BIN"
         ;;
     -h|--help)
         sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
