@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "test tools (crane, oras, OCI conformance suite)"
+step "test tools (crane, oras, OCI conformance suite, helm, SeaweedFS; Kubernetes binaries)"
 eval "$(scripts/test-tools.sh --env)"
 eval "$(scripts/k8s-tools.sh --env)"
 

@@ -34,34 +34,7 @@ pub fn stop_child(child: &mut Child, grace: Duration) {
 /// cache (`${PRIVREG_CACHE:-~/.cache/privreg}/tools/<name>-*/<name>`), else PATH
 /// (through `tool`, which fails in CI and skips elsewhere when it is missing).
 pub fn go_tool(name: &str, env_var: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env_var)
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-    {
-        return Some(p);
-    }
-    let cache = std::env::var_os("PRIVREG_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/privreg")));
-    if let Some(tools) = cache.map(|c| c.join("tools"))
-        && let Ok(entries) = std::fs::read_dir(&tools)
-    {
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{name}-"))
-            })
-            .map(|e| e.path().join(name))
-            .filter(|p| p.is_file())
-            .collect();
-        found.sort();
-        if let Some(p) = found.pop() {
-            return Some(p);
-        }
-    }
-    tool(name, env_var)
+    go_tool_named(name, name, env_var)
 }
 
 /// `docker-registry serve` (Distribution 2.8.2) over TLS on a loopback port,
@@ -164,4 +137,125 @@ impl Drop for DockerRegistry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// SeaweedFS (`weed mini`: master, volume server, filer and S3 gateway in one
+/// process) on loopback ports, with one S3 identity and one bucket, storing
+/// under `dir`. Stopped on drop.
+pub struct SeaweedFs {
+    pub s3_port: u16,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl SeaweedFs {
+    /// `None` when the binary is missing outside CI (the test is skipped).
+    pub fn start(dir: &Path, bucket: &str) -> Option<SeaweedFs> {
+        let bin = go_tool_named("seaweedfs", "weed", "PRIVREG_SEAWEEDFS")?;
+        let data = dir.join("weed");
+        std::fs::create_dir_all(&data).unwrap();
+        let (access_key, secret_key) = ("privregtest".to_owned(), "privreg-test-secret".to_owned());
+        let identities = dir.join("s3-identities.json");
+        std::fs::write(
+            &identities,
+            format!(
+                r#"{{"identities":[{{"name":"privreg","credentials":[{{"accessKey":"{access_key}","secretKey":"{secret_key}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        // Every listener on its own free port (the defaults would collide
+        // with a second instance); gRPC ports are not derived from HTTP ones.
+        let s3_port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+            .arg(format!("-s3.config={}", identities.display()))
+            .arg(format!("-bucket={bucket}"))
+            .arg(format!("-s3.port={s3_port}"));
+        for flag in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "webdav.port",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            cmd.arg(format!("-{flag}={}", free_port()));
+        }
+        cmd.args([
+            "-admin.port.legacy=0",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]);
+        let log = dir.join("weed.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn weed mini");
+        wait_for_port(([127, 0, 0, 1], s3_port).into(), &mut child, "SeaweedFS S3");
+        Some(SeaweedFs {
+            s3_port,
+            bucket: bucket.to_owned(),
+            access_key,
+            secret_key,
+            log,
+            child: Some(child),
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Duration::from_secs(10));
+        }
+    }
+}
+
+/// `go_tool` for a tool whose cache directory and binary names differ
+/// (`seaweedfs-<version>/weed`).
+pub fn go_tool_named(dir_name: &str, bin: &str, env_var: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        return Some(p);
+    }
+    let cache = std::env::var_os("PRIVREG_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/privreg")));
+    let mut found: Vec<PathBuf> = cache
+        .and_then(|c| std::fs::read_dir(c.join("tools")).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{dir_name}-"))
+        })
+        .map(|e| e.path().join(bin))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop().or_else(|| tool(bin, env_var))
 }

@@ -11,6 +11,7 @@ pub mod gc;
 mod journal;
 pub mod paths;
 mod referrers;
+pub mod s3;
 pub mod space;
 pub mod uploads;
 
