@@ -10,10 +10,15 @@
 //! is called from the blocking pool): each runs its request on the runtime the
 //! driver was made on.
 //!
-//! Not yet here: appending to an upload at an offset (a chunked upload
-//! continued by a later request, possibly on another replica), which needs
-//! the upload's parts recorded in the bucket; and `touch`, which S3 can only
-//! do by copying an object onto itself.
+//! S3 cannot append to an object. Content written through `writer` (upload
+//! data) is kept as segments instead: one object per request body, named by
+//! the offset it starts at, under `<name>.segments/` beside the path, so any
+//! replica can continue an upload another one started (the segments are the
+//! state, in the bucket). Reads chain the segments; `move_content` turns them
+//! into one object (a rename for one segment, a streamed multipart copy for
+//! several). Content is either one plain object or segments, never both.
+//!
+//! Not here: `touch`, which S3 can only do by copying an object onto itself.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -21,11 +26,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{
-    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
+    ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload,
+    WriteMultipart,
 };
 use tokio::runtime::Handle;
 
@@ -182,96 +189,284 @@ impl S3Driver {
     }
 }
 
+/// Where a path's content lives.
+enum Content {
+    Absent,
+    Object(ObjectMeta),
+    /// `(offset, segment)`, by offset, contiguous from 0.
+    Segments(Vec<(u64, ObjectMeta)>),
+}
+
+impl Content {
+    fn size(&self) -> Option<u64> {
+        match self {
+            Content::Absent => None,
+            Content::Object(meta) => Some(meta.size),
+            Content::Segments(segments) => segments.last().map(|(offset, meta)| offset + meta.size),
+        }
+    }
+}
+
+const SEGMENTS_SUFFIX: &str = ".segments";
+
+impl S3Driver {
+    /// The prefix of the segments of the content at `key`.
+    fn segments_of(&self, key: &Key) -> Key {
+        let name = key.filename().unwrap_or_default();
+        let parent: Vec<_> = key.parts().collect();
+        let parent = &parent[..parent.len().saturating_sub(1)];
+        Key::from_iter(parent.iter().cloned()).join(format!("{name}{SEGMENTS_SUFFIX}").as_str())
+    }
+
+    /// The plain object at `key`, or its segments (checked contiguous).
+    async fn content(&self, key: &Key, path: &Path) -> Result<Content> {
+        match self.store.head(key).await {
+            Ok(meta) => return Ok(Content::Object(meta)),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(object_error("s3 head", path, e)),
+        }
+        let listed: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&self.segments_of(key)))
+            .try_collect()
+            .await
+            .map_err(|e| object_error("s3 list segments", path, e))?;
+        let mut segments = Vec::with_capacity(listed.len());
+        for meta in listed {
+            let offset = meta
+                .location
+                .filename()
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| corrupt(path, "a segment name is not an offset"))?;
+            segments.push((offset, meta));
+        }
+        segments.sort_unstable_by_key(|(offset, _)| *offset);
+        let mut end = 0;
+        for (offset, meta) in &segments {
+            if *offset != end {
+                return Err(corrupt(path, "segments are not contiguous"));
+            }
+            end += meta.size;
+        }
+        Ok(if segments.is_empty() {
+            Content::Absent
+        } else {
+            Content::Segments(segments)
+        })
+    }
+
+    /// A stream of the content's bytes from `offset`.
+    async fn stream(
+        &self,
+        content: Content,
+        offset: u64,
+        path: &Path,
+    ) -> Result<BoxStream<'static, io::Result<Bytes>>> {
+        let pieces: Vec<(Key, u64)> = match content {
+            Content::Absent => {
+                return Err(storage_error(
+                    "s3 get",
+                    path,
+                    io::Error::from(io::ErrorKind::NotFound),
+                ));
+            }
+            Content::Object(meta) if offset < meta.size || offset == 0 => {
+                vec![(meta.location, offset)]
+            }
+            Content::Object(_) => Vec::new(),
+            Content::Segments(segments) => segments
+                .into_iter()
+                .filter(|(start, meta)| start + meta.size > offset && meta.size > 0)
+                .map(|(start, meta)| (meta.location, offset.saturating_sub(start)))
+                .collect(),
+        };
+        let store = self.store.clone();
+        let stream = futures_util::stream::iter(pieces)
+            .then(move |(key, from)| {
+                let store = store.clone();
+                async move {
+                    let range = (from > 0).then_some(GetRange::Offset(from));
+                    let got = store
+                        .get_opts(
+                            &key,
+                            GetOptions {
+                                range,
+                                ..GetOptions::default()
+                            },
+                        )
+                        .await
+                        .map_err(io::Error::other)?;
+                    Ok::<_, io::Error>(got.into_stream().map_err(io::Error::other))
+                }
+            })
+            .try_flatten();
+        Ok(stream.boxed())
+    }
+
+    async fn delete_all(&self, keys: Vec<Key>, path: &Path) -> Result<()> {
+        for k in keys {
+            match self.store.delete(&k).await {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(object_error("s3 delete", path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn keys_under(&self, prefix: &Key, path: &Path) -> Result<Vec<Key>> {
+        self.store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| object_error("s3 list", path, e))
+    }
+}
+
+fn corrupt(path: &Path, what: &'static str) -> StorageError {
+    storage_error(
+        "s3 segments",
+        path,
+        io::Error::new(io::ErrorKind::InvalidData, what),
+    )
+}
+
 impl StorageDriver for S3Driver {
     fn get_content(&self, path: &Path) -> Result<Option<Vec<u8>>> {
         let key = self.key(path)?;
         self.block_on(async {
-            match self.store.get(&key).await {
-                Ok(got) => got
-                    .bytes()
-                    .await
-                    .map(|b| Some(b.to_vec()))
-                    .map_err(|e| object_error("s3 get", path, e)),
-                Err(e) if not_found(&e) => Ok(None),
-                Err(e) => Err(object_error("s3 get", path, e)),
+            let content = self.content(&key, path).await?;
+            if matches!(content, Content::Absent) {
+                return Ok(None);
             }
+            let mut bytes = Vec::with_capacity(content.size().unwrap_or(0) as usize);
+            let mut stream = self.stream(content, 0, path).await?;
+            while let Some(chunk) = stream.next().await {
+                bytes.extend_from_slice(&chunk.map_err(|e| storage_error("s3 get", path, e))?);
+            }
+            Ok(Some(bytes))
         })
     }
 
     fn put_content(&self, path: &Path, content: &[u8]) -> Result<()> {
         let key = self.key(path)?;
         let payload = PutPayload::from(Bytes::copy_from_slice(content));
-        self.block_on(self.store.put(&key, payload))
-            .map(|_| ())
-            .map_err(|e| object_error("s3 put", path, e))
+        self.block_on(async {
+            self.store
+                .put(&key, payload)
+                .await
+                .map_err(|e| object_error("s3 put", path, e))?;
+            // Content is one object or segments, never both.
+            let stale = self.keys_under(&self.segments_of(&key), path).await?;
+            self.delete_all(stale, path).await
+        })
     }
 
     fn reader(&self, path: &Path, offset: u64) -> Result<ContentReader> {
         let key = self.key(path)?;
-        let range = (offset > 0).then_some(GetRange::Offset(offset));
-        let got = self.block_on(self.store.get_opts(
-            &key,
-            GetOptions {
-                range,
-                ..GetOptions::default()
-            },
-        ));
-        let got = match got {
-            Ok(got) => got,
-            // A range that starts at the end: nothing left to read.
-            Err(object_store::Error::NotModified { .. }) => {
-                return Ok(Box::new(tokio::io::empty()));
+        let stream = self.block_on(async {
+            let content = self.content(&key, path).await?;
+            if content.size().is_some_and(|size| offset > size) {
+                return Err(storage_error(
+                    "s3 get",
+                    path,
+                    io::Error::from(io::ErrorKind::UnexpectedEof),
+                ));
             }
-            Err(e) => {
-                if offset > 0
-                    && let Ok(meta) = self.block_on(self.store.head(&key))
-                    && meta.size == offset
-                {
-                    return Ok(Box::new(tokio::io::empty()));
-                }
-                return Err(object_error("s3 get", path, e));
-            }
-        };
-        let stream = got.into_stream().map_err(io::Error::other);
+            self.stream(content, offset, path).await
+        })?;
         Ok(Box::new(tokio_util::io::StreamReader::new(stream)))
     }
 
     fn writer(&self, path: &Path, offset: u64) -> Result<Box<dyn ContentWriter>> {
-        if offset != 0 {
-            return Err(storage_error(
-                "s3 append",
-                path,
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "appending to an object at an offset is not supported by the S3 driver yet",
-                ),
-            ));
-        }
         let key = self.key(path)?;
-        let upload = self
-            .block_on(self.store.put_multipart(&key))
-            .map_err(|e| object_error("s3 start multipart upload", path, e))?;
+        let segments = self.segments_of(&key);
+        self.block_on(async {
+            match self.content(&key, path).await? {
+                // Replacing the content: the plain object goes, segments
+                // from here on are written.
+                Content::Object(_) if offset == 0 => {
+                    self.delete_all(vec![key.clone()], path).await?
+                }
+                Content::Object(_) => {
+                    return Err(storage_error(
+                        "s3 append",
+                        path,
+                        io::Error::new(io::ErrorKind::Unsupported, "appending to a plain object"),
+                    ));
+                }
+                Content::Absent if offset > 0 => {
+                    return Err(storage_error(
+                        "s3 append",
+                        path,
+                        io::Error::from(io::ErrorKind::NotFound),
+                    ));
+                }
+                Content::Absent => {}
+                Content::Segments(existing) => {
+                    let size = existing.last().map_or(0, |(o, m)| o + m.size);
+                    if offset > size {
+                        return Err(storage_error(
+                            "s3 append",
+                            path,
+                            io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"),
+                        ));
+                    }
+                    // Cut back to `offset` (what a failed request left), as
+                    // a file is truncated; segments end where requests did.
+                    if existing
+                        .iter()
+                        .any(|(o, m)| *o < offset && o + m.size > offset)
+                    {
+                        return Err(corrupt(path, "the offset falls inside a segment"));
+                    }
+                    let stale = existing
+                        .into_iter()
+                        .filter(|(o, _)| *o >= offset)
+                        .map(|(_, m)| m.location)
+                        .collect();
+                    self.delete_all(stale, path).await?;
+                }
+            }
+            Ok::<_, StorageError>(())
+        })?;
         Ok(Box::new(S3Writer {
-            upload: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
+            store: self.store.clone(),
+            segment: segments.clone().join(format!("{offset:020}").as_str()),
+            upload: None,
             runtime: self.runtime.clone(),
             path: path.to_owned(),
-            size: 0,
+            start: offset,
+            size: offset,
         }))
     }
 
     fn stat(&self, path: &Path) -> Result<Option<FileInfo>> {
         let key = self.key(path)?;
         self.block_on(async {
-            match self.store.head(&key).await {
-                Ok(meta) => {
+            match self.content(&key, path).await? {
+                Content::Object(meta) => {
                     return Ok(Some(FileInfo {
                         size: meta.size,
                         modified: SystemTime::from(meta.last_modified),
                         is_dir: false,
                     }));
                 }
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(object_error("s3 head", path, e)),
+                Content::Segments(segments) => {
+                    let size = segments.last().map_or(0, |(o, m)| o + m.size);
+                    let modified = segments
+                        .iter()
+                        .map(|(_, m)| m.last_modified)
+                        .max()
+                        .map_or(SystemTime::UNIX_EPOCH, SystemTime::from);
+                    return Ok(Some(FileInfo {
+                        size,
+                        modified,
+                        is_dir: false,
+                    }));
+                }
+                Content::Absent => {}
             }
             // A "directory" exists while a key lies under it; the first page
             // of the listing tells.
@@ -293,11 +488,17 @@ impl StorageDriver for S3Driver {
         let listed = self
             .block_on(self.store.list_with_delimiter(Some(&key)))
             .map_err(|e| object_error("s3 list", path, e))?;
+        // `data.segments/` is the content `data`.
         let mut names: Vec<String> = listed
             .common_prefixes
             .iter()
             .chain(listed.objects.iter().map(|o| &o.location))
-            .filter_map(|k| k.filename().map(str::to_owned))
+            .filter_map(|k| k.filename())
+            .map(|name| {
+                name.strip_suffix(SEGMENTS_SUFFIX)
+                    .unwrap_or(name)
+                    .to_owned()
+            })
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -306,40 +507,70 @@ impl StorageDriver for S3Driver {
 
     fn move_content(&self, from: &Path, to: &Path) -> Result<()> {
         let (source, target) = (self.key(from)?, self.key(to)?);
-        self.block_on(self.store.rename(&source, &target))
-            .map_err(|e| object_error("s3 move", from, e))
+        self.block_on(async {
+            match self.content(&source, from).await? {
+                Content::Absent => Err(storage_error(
+                    "s3 move",
+                    from,
+                    io::Error::from(io::ErrorKind::NotFound),
+                )),
+                Content::Object(_) => self
+                    .store
+                    .rename(&source, &target)
+                    .await
+                    .map_err(|e| object_error("s3 move", from, e)),
+                Content::Segments(segments) if segments.len() == 1 => {
+                    let (_, only) = &segments[0];
+                    self.store
+                        .rename(&only.location, &target)
+                        .await
+                        .map_err(|e| object_error("s3 move", from, e))
+                }
+                Content::Segments(segments) => {
+                    let keys = segments.iter().map(|(_, m)| m.location.clone()).collect();
+                    let mut bytes = self.stream(Content::Segments(segments), 0, from).await?;
+                    let upload = self
+                        .store
+                        .put_multipart(&target)
+                        .await
+                        .map_err(|e| object_error("s3 start multipart upload", to, e))?;
+                    let mut upload = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    while let Some(chunk) = bytes.next().await {
+                        let chunk = match chunk {
+                            Ok(chunk) => chunk,
+                            Err(e) => {
+                                let _ = upload.abort().await;
+                                return Err(storage_error("s3 read segment", from, e));
+                            }
+                        };
+                        if let Err(e) = upload.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                            return Err(object_error("s3 upload part", to, e));
+                        }
+                        upload.put(chunk);
+                    }
+                    upload
+                        .finish()
+                        .await
+                        .map_err(|e| object_error("s3 complete multipart upload", to, e))?;
+                    self.delete_all(keys, from).await
+                }
+            }
+        })
     }
 
     fn delete(&self, path: &Path) -> Result<bool> {
         let key = self.key(path)?;
         self.block_on(async {
             // S3 answers a delete of a missing key with success: ask first.
-            let mut found = match self.store.head(&key).await {
-                Ok(_) => true,
-                Err(e) if not_found(&e) => false,
+            let mut doomed = match self.store.head(&key).await {
+                Ok(_) => vec![key.clone()],
+                Err(e) if not_found(&e) => Vec::new(),
                 Err(e) => return Err(object_error("s3 head", path, e)),
             };
-            if found {
-                self.store
-                    .delete(&key)
-                    .await
-                    .map_err(|e| object_error("s3 delete", path, e))?;
-            }
-            let under: Vec<Key> = self
-                .store
-                .list(Some(&key))
-                .map_ok(|meta| meta.location)
-                .try_collect()
-                .await
-                .map_err(|e| object_error("s3 list", path, e))?;
-            found |= !under.is_empty();
-            for k in under {
-                match self.store.delete(&k).await {
-                    Ok(()) => {}
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(object_error("s3 delete", path, e)),
-                }
-            }
+            doomed.extend(self.keys_under(&self.segments_of(&key), path).await?);
+            doomed.extend(self.keys_under(&key, path).await?);
+            let found = !doomed.is_empty();
+            self.delete_all(doomed, path).await?;
             Ok(found)
         })
     }
@@ -354,24 +585,39 @@ impl StorageDriver for S3Driver {
     }
 }
 
-/// One upload request's body, streamed into an S3 multipart upload.
+/// One upload request's body, streamed into a multipart upload of its
+/// segment: the segment becomes visible whole when the writer closes.
 struct S3Writer {
+    store: Arc<AmazonS3>,
+    segment: Key,
+    /// Started at the first write (an empty body is one empty object).
     upload: Option<WriteMultipart>,
     runtime: Handle,
     path: PathBuf,
+    start: u64,
     size: u64,
+}
+
+impl S3Writer {
+    fn put_empty_segment(&self) -> Result<()> {
+        self.runtime
+            .block_on(self.store.put(&self.segment, PutPayload::default()))
+            .map(|_| ())
+            .map_err(|e| object_error("s3 put", &self.path, e))
+    }
 }
 
 impl ContentWriter for S3Writer {
     fn write(&mut self, chunks: &[Bytes]) -> Result<()> {
-        let Some(upload) = self.upload.as_mut() else {
-            return Err(storage_error(
-                "s3 write",
-                &self.path,
-                io::Error::other("the upload was ended"),
-            ));
-        };
-        for chunk in chunks {
+        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+            if self.upload.is_none() {
+                let upload = self
+                    .runtime
+                    .block_on(self.store.put_multipart(&self.segment))
+                    .map_err(|e| object_error("s3 start multipart upload", &self.path, e))?;
+                self.upload = Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE));
+            }
+            let upload = self.upload.as_mut().expect("started above");
             self.runtime
                 .block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
                 .map_err(|e| object_error("s3 upload part", &self.path, e))?;
@@ -386,21 +632,29 @@ impl ContentWriter for S3Writer {
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
-        let Some(upload) = self.upload.take() else {
-            return Ok(());
-        };
-        self.runtime
-            .block_on(upload.finish())
-            .map(|_| ())
-            .map_err(|e| object_error("s3 complete multipart upload", &self.path, e))
+        match self.upload.take() {
+            Some(upload) => self
+                .runtime
+                .block_on(upload.finish())
+                .map(|_| ())
+                .map_err(|e| object_error("s3 complete multipart upload", &self.path, e)),
+            // Nothing was written: content that starts empty still exists,
+            // as a file opened for writing does.
+            None if self.start == 0 => self.put_empty_segment(),
+            None => Ok(()),
+        }
     }
 
     fn cancel(mut self: Box<Self>) -> Result<()> {
-        let Some(upload) = self.upload.take() else {
-            return Ok(());
-        };
-        self.runtime
-            .block_on(upload.abort())
-            .map_err(|e| object_error("s3 abort multipart upload", &self.path, e))
+        if let Some(upload) = self.upload.take() {
+            self.runtime
+                .block_on(upload.abort())
+                .map_err(|e| object_error("s3 abort multipart upload", &self.path, e))?;
+        }
+        // Cut back to where this writer started: empty content still exists.
+        if self.start == 0 {
+            self.put_empty_segment()?;
+        }
+        Ok(())
     }
 }
