@@ -241,6 +241,54 @@ pub struct TrustUninstallArgs {
     pub timeout_seconds: u64,
 }
 
+/// Object storage for `privreg serve`: set `--s3-bucket` to use it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct S3Args {
+    /// S3 bucket to store in (Distribution's layout under `--s3-prefix`).
+    /// Several registries may serve one bucket.
+    #[arg(long, env = "PRIVREG_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// Endpoint of an S3-compatible server (`https://host:port`); AWS when unset.
+    #[arg(long, env = "PRIVREG_S3_ENDPOINT", requires = "s3_bucket")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region of the bucket.
+    #[arg(long, env = "PRIVREG_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// Key prefix under which the layout starts (Distribution's `rootdirectory`).
+    #[arg(long, env = "PRIVREG_S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+
+    /// Path-style requests (`endpoint/bucket/key`), which most self-hosted
+    /// servers need.
+    #[arg(long, env = "PRIVREG_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+
+    /// PEM CA certificates to trust for the endpoint (a private CA).
+    #[arg(long, env = "PRIVREG_S3_CA_FILE", requires = "s3_bucket")]
+    pub s3_ca_file: Option<PathBuf>,
+
+    /// File holding the access key id (a mounted Secret); without it, the
+    /// AWS environment variables and the usual AWS credential chain.
+    #[arg(long, env = "PRIVREG_S3_ACCESS_KEY_FILE", requires_all = ["s3_bucket", "s3_secret_key_file"])]
+    pub s3_access_key_file: Option<PathBuf>,
+
+    /// File holding the secret access key (a mounted Secret).
+    #[arg(
+        long,
+        env = "PRIVREG_S3_SECRET_KEY_FILE",
+        requires = "s3_access_key_file"
+    )]
+    pub s3_secret_key_file: Option<PathBuf>,
+
+    /// Plain HTTP to the endpoint: credentials and content cross the network
+    /// unencrypted. Only for a server on the same host.
+    #[arg(long, env = "PRIVREG_S3_ALLOW_HTTP", requires = "s3_endpoint")]
+    pub s3_allow_http: bool,
+}
+
 /// Options of `privreg serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -253,6 +301,11 @@ pub struct ServeArgs {
     /// a generated local CA lives under `<data>/tls`.
     #[arg(long, env = "PRIVREG_DATA", default_value = "./data")]
     pub data: PathBuf,
+
+    /// Keep blobs and manifests in an S3-compatible bucket instead of `--data`
+    /// (which then holds only a generated local CA).
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// PEM server certificate chain. Reloaded when the file changes.
     #[arg(long, env = "PRIVREG_TLS_CERT", requires = "tls_key")]

@@ -314,3 +314,101 @@ impl Drop for StopReference {
             .status();
     }
 }
+
+/// Both suite generations against two `privreg serve` replicas on one S3
+/// bucket (SeaweedFS on loopback), behind a proxy that sends every request
+/// to the other replica: upload sessions, tags and manifests live in the
+/// bucket, not in one process.
+#[test]
+fn two_replicas_on_s3_pass_both_conformance_suites() {
+    if !suite_available() {
+        return;
+    }
+    let Some(suite2) = tool("conformance", "PRIVREG_CONFORMANCE2") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = common::daemons::SeaweedFs::start(dir.path(), "registry") else {
+        return;
+    };
+    let (ca, cert, key) = write_pki(dir.path());
+    let (id_file, key_file) = (dir.path().join("s3-id"), dir.path().join("s3-key"));
+    std::fs::write(&id_file, &s3.access_key).unwrap();
+    std::fs::write(&key_file, &s3.secret_key).unwrap();
+    let endpoint = s3.endpoint();
+    let replica = |n: usize| {
+        Privreg::start(
+            &dir.path().join(format!("replica-{n}")),
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+                "--allow-sparse-manifests",
+                "--s3-bucket",
+                &s3.bucket,
+                "--s3-endpoint",
+                &endpoint,
+                "--s3-path-style",
+                "--s3-allow-http",
+                "--s3-prefix",
+                "conformance",
+                "--s3-access-key-file",
+                id_file.to_str().unwrap(),
+                "--s3-secret-key-file",
+                key_file.to_str().unwrap(),
+            ],
+        )
+    };
+    let replicas = [replica(1), replica(2)];
+    let proxy = common::round_robin::RoundRobin::start(
+        replicas.iter().map(|r| r.url()).collect(),
+        &cert,
+        &key,
+        &ca,
+    );
+    let logs = || {
+        format!(
+            "replica 1:\n{}\nreplica 2:\n{}\nSeaweedFS:\n{}",
+            replicas[0].log(),
+            replicas[1].log(),
+            s3.log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+
+    let out = report_dir("privreg-s3-replicas");
+    let (ok, summary, text) = run_suite(
+        &proxy.url(),
+        &ca,
+        &out,
+        &[("OCI_AUTOMATIC_CROSSMOUNT", "true")],
+    );
+    println!(
+        "two replicas on S3: {summary}; requests per replica {:?}",
+        proxy.counts()
+    );
+    assert!(ok, "conformance failures:\n{text}\n{}", logs());
+    assert!(summary.contains(" 0 failed"), "{summary}");
+
+    let out = report_dir("privreg-s3-replicas-v2");
+    let (ok, summary, text) = run_suite_v2(
+        &suite2,
+        &proxy.host(),
+        &ca,
+        &out,
+        &[("OCI_VERSION", "1.1+dev"), ("OCI_DATA_SPARSE", "true")],
+    );
+    println!(
+        "two replicas on S3, conformance v2: {summary}; requests per replica {:?}",
+        proxy.counts()
+    );
+    assert!(ok, "conformance v2 failures:\n{text}\n{}", logs());
+    assert!(summary.contains(" 0 failed"), "{summary}");
+    let counts = proxy.counts();
+    assert!(counts.iter().all(|&c| c > 100), "{counts:?}");
+}

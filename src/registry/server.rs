@@ -19,12 +19,13 @@ use super::connections::LimitAcceptor;
 use super::metrics::Metrics;
 use super::storage::Store;
 use super::storage::gc::GcOptions;
+use super::storage::s3::{S3Config, S3Driver};
 use super::tls::{self, LocalPki, ReloadingResolver};
 use super::{AppState, RegistryConfig, UploadLimits, router};
 use crate::cli::ServeArgs;
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store = Store::new(&args.data).context("opening the data directory")?;
+    let store = open_store(&args)?;
     let auth = args
         .htpasswd
         .as_deref()
@@ -53,8 +54,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             min_free: args.min_free_space,
         },
     };
+    let shared = store.shared();
     let state = AppState::new(store, auth, config, metrics);
-    if !args.read_only && args.gc_interval_seconds > 0 {
+    if shared && args.gc_interval_seconds > 0 {
+        // Collection holds pushes back with an in-process gate: it cannot see
+        // another replica's pushes, so it does not run on a shared bucket.
+        tracing::warn!("garbage collection does not run on S3 storage yet");
+    }
+    if !args.read_only && !shared && args.gc_interval_seconds > 0 {
         collect_on_schedule(
             state.clone(),
             Duration::from_secs(args.gc_interval_seconds),
@@ -181,6 +188,50 @@ fn collect_on_schedule(state: Arc<AppState>, every: Duration, opts: GcOptions) {
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
     });
+}
+
+/// The data directory, or the S3 bucket when `--s3-bucket` is given.
+fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
+    let s3 = &args.s3;
+    let Some(bucket) = &s3.s3_bucket else {
+        return Store::new(&args.data).context("opening the data directory");
+    };
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+    };
+    let secret = |path: &std::path::Path, what: &str| -> anyhow::Result<String> {
+        let bytes = read(path, what)?;
+        Ok(String::from_utf8(bytes)
+            .with_context(|| format!("the {what} {} is not text", path.display()))?
+            .trim()
+            .to_owned())
+    };
+    let (access_key_id, secret_access_key) = match (&s3.s3_access_key_file, &s3.s3_secret_key_file)
+    {
+        (Some(id), Some(key)) => (
+            Some(secret(id, "S3 access key file")?),
+            Some(secret(key, "S3 secret key file")?),
+        ),
+        _ => (None, None),
+    };
+    let config = S3Config {
+        endpoint: s3.s3_endpoint.clone(),
+        bucket: bucket.clone(),
+        region: s3.s3_region.clone(),
+        prefix: s3.s3_prefix.clone(),
+        path_style: s3.s3_path_style,
+        access_key_id,
+        secret_access_key,
+        session_token: None,
+        ca_pem: s3
+            .s3_ca_file
+            .as_deref()
+            .map(|p| read(p, "S3 CA file"))
+            .transpose()?,
+        allow_http: s3.s3_allow_http,
+    };
+    let driver = S3Driver::new(&config).context("configuring the S3 storage")?;
+    Ok(Store::in_bucket(driver))
 }
 
 /// HTTP-level limits: header read time (HTTP/1), streams per connection (HTTP/2).

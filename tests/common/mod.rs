@@ -250,6 +250,7 @@ pub mod rawclient;
 pub mod rawtls;
 pub mod realnode;
 pub mod registry_pod;
+pub mod round_robin;
 pub mod skopeo;
 pub mod store;
 pub mod trust_pod;

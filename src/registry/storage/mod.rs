@@ -56,6 +56,9 @@ pub struct Store {
     layout: Layout,
     /// Shared by every clone: pushes against a running garbage collection.
     gate: Arc<gc::PushGate>,
+    /// Other processes (replicas) write through the same storage: what this
+    /// one holds in memory about it may be stale.
+    shared: bool,
 }
 
 impl Store {
@@ -81,7 +84,21 @@ impl Store {
             driver,
             layout: Layout::new(Path::new("")),
             gate: Default::default(),
+            shared: false,
         }
+    }
+
+    /// The store in an S3 bucket, which several replicas may serve at once.
+    pub fn in_bucket(driver: s3::S3Driver) -> Store {
+        Store {
+            shared: true,
+            ..Store::with_driver(Arc::new(driver))
+        }
+    }
+
+    /// Whether other processes write through the same storage.
+    pub fn shared(&self) -> bool {
+        self.shared
     }
 
     pub fn layout(&self) -> &Layout {
@@ -102,6 +119,10 @@ impl Store {
     /// directory (created at start: without it the volume is not the one
     /// the registry opened), for readiness.
     pub fn reachable(&self) -> bool {
+        if self.shared {
+            // A bucket has no directories: that it answers is what counts.
+            return self.driver.list(&self.layout.repositories()).is_ok();
+        }
         self.driver
             .stat(&self.layout.repositories())
             .is_ok_and(|i| i.is_some_and(|i| i.is_dir))
@@ -299,7 +320,10 @@ impl Store {
     /// its current link and disappears at once (the driver's directories
     /// exist only with content), so no link needs reading.
     pub fn tags(&self, repo: &RepoName) -> Result<Option<Vec<String>>> {
-        if !self.exists(&self.layout.repo(repo).join("_manifests"))? {
+        // In a bucket, a prefix is gone with its last key: a repository whose
+        // manifests were all deleted still holds its layers.
+        let dir = self.layout.repo(repo);
+        if !self.exists(&dir.join("_manifests"))? && !self.exists(&dir.join("_layers"))? {
             return Ok(None);
         }
         let mut tags = self.driver.list(&self.layout.tags(repo))?;

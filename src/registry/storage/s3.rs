@@ -209,6 +209,9 @@ impl Content {
 
 const SEGMENTS_SUFFIX: &str = ".segments";
 
+/// Keys read under one child of a listed prefix before skipping past it.
+const KEYS_BEFORE_SKIP: usize = 32;
+
 impl S3Driver {
     /// The prefix of the segments of the content at `key`.
     fn segments_of(&self, key: &Key) -> Key {
@@ -485,24 +488,51 @@ impl StorageDriver for S3Driver {
 
     fn list(&self, path: &Path) -> Result<Vec<String>> {
         let key = self.key(path)?;
-        let listed = self
-            .block_on(self.store.list_with_delimiter(Some(&key)))
-            .map_err(|e| object_error("s3 list", path, e))?;
-        // `data.segments/` is the content `data`.
-        let mut names: Vec<String> = listed
-            .common_prefixes
-            .iter()
-            .chain(listed.objects.iter().map(|o| &o.location))
-            .filter_map(|k| k.filename())
-            .map(|name| {
-                name.strip_suffix(SEGMENTS_SUFFIX)
-                    .unwrap_or(name)
-                    .to_owned()
-            })
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        Ok(names)
+        let base = match key.as_ref().len() {
+            0 => 0,
+            n => n + 1,
+        };
+        self.block_on(async {
+            // Names are taken from the keys under the prefix, not from a
+            // delimiter listing: a server with folders (SeaweedFS) lists a
+            // prefix whose objects are all gone as a folder for minutes. A
+            // child with many keys is skipped past with one more request
+            // (`start-after` its last possible key), so a listing costs a
+            // request per large child, as a walk with a delimiter would.
+            let mut names: Vec<String> = Vec::new();
+            let mut after: Option<Key> = None;
+            'requests: loop {
+                let mut keys = match &after {
+                    None => self.store.list(Some(&key)),
+                    Some(after) => self.store.list_with_offset(Some(&key), after),
+                };
+                let mut seen_in_child = 0usize;
+                while let Some(meta) = keys.next().await {
+                    let meta = meta.map_err(|e| object_error("s3 list", path, e))?;
+                    let relative = meta.location.as_ref().get(base..).unwrap_or_default();
+                    let child = relative.split('/').next().unwrap_or_default();
+                    let name = child.strip_suffix(SEGMENTS_SUFFIX).unwrap_or(child);
+                    if names.last().map(String::as_str) != Some(name) {
+                        names.push(name.to_owned());
+                        seen_in_child = 0;
+                        continue;
+                    }
+                    seen_in_child += 1;
+                    if seen_in_child >= KEYS_BEFORE_SKIP
+                        && let Ok(past) = Key::parse(
+                            format!("{}/{child}/\u{10FFFF}", key.as_ref()).trim_start_matches('/'),
+                        )
+                    {
+                        after = Some(past);
+                        continue 'requests;
+                    }
+                }
+                break;
+            }
+            names.sort_unstable();
+            names.dedup();
+            Ok(names)
+        })
     }
 
     fn move_content(&self, from: &Path, to: &Path) -> Result<()> {

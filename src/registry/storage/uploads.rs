@@ -203,6 +203,28 @@ impl Uploads {
         Ok(entry.clone())
     }
 
+    /// On storage that other replicas write to, a session this process
+    /// remembers may be behind (another replica appended to it) or over
+    /// (finished or cancelled there): the stored content says which.
+    async fn refresh(&self, s: &mut Session, path: &Path) -> Result<()> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let (driver, p) = (self.store.driver().clone(), path.to_owned());
+        match blocking(move || driver.stat(&p)).await? {
+            None => {
+                s.closed = true;
+                Err(UploadError::Unknown)
+            }
+            Some(info) if info.size == s.size => Ok(()),
+            Some(_) => {
+                let (sha256, size) = self.hash_upload(path, Algorithm::Sha256).await?;
+                (s.sha256, s.size) = (sha256, size);
+                Ok(())
+            }
+        }
+    }
+
     /// Hashes what an upload holds; returns the running hash and the byte count.
     async fn hash_upload(
         &self,
@@ -232,10 +254,11 @@ impl Uploads {
     /// Bytes received so far.
     pub async fn size(&self, repo: &RepoName, id: &str) -> Result<u64> {
         let session = self.session(repo, id).await?;
-        let s = session.lock().await;
+        let mut s = session.lock().await;
         if s.closed {
             return Err(UploadError::Unknown);
         }
+        self.refresh(&mut s, &self.data_path(repo, id)).await?;
         Ok(s.size)
     }
 
@@ -263,13 +286,17 @@ impl Uploads {
         if s.closed {
             return Err(UploadError::Unknown);
         }
+        let path = self.data_path(repo, id);
+        if let Err(e) = self.refresh(&mut s, &path).await {
+            discard(body).await;
+            return Err(e);
+        }
         if let Some(start) = start
             && start != s.size
         {
             discard(body).await;
             return Err(UploadError::OutOfOrder { size: s.size });
         }
-        let path = self.data_path(repo, id);
         let (size, hasher) = self
             .write_body(&path, s.size, s.sha256.clone(), body)
             .await?;
@@ -374,6 +401,7 @@ impl Uploads {
             return Err(UploadError::Unknown);
         }
         let path = self.data_path(repo, id);
+        self.refresh(&mut s, &path).await?;
         let actual = match digest.algorithm() {
             Algorithm::Sha256 => s.sha256.clone().finish(),
             other => self.hash_upload(&path, other).await?.0.finish(),
