@@ -457,3 +457,119 @@ async fn reference_registry_serves_privreg_referrers_as_plain_manifests() {
         .to_owned();
     assert_eq!(after.blobs[&("compat/artifact".to_owned(), layer)], payload);
 }
+
+/// The same both ways on one S3 bucket (SeaweedFS on loopback): privreg's S3
+/// driver and Distribution's share the layout under a key prefix. privreg
+/// writes one prefix and Distribution serves it; Distribution writes another
+/// and privreg serves it; each time the other shows what the writer showed.
+#[tokio::test]
+async fn privreg_and_the_reference_registry_share_an_s3_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((skopeo, registry, pki)) = setup(dir.path()) else {
+        return;
+    };
+    let Some(s3) = common::daemons::SeaweedFs::start(dir.path(), "shared") else {
+        return;
+    };
+    let client = https_client(&pki.ca);
+    let (id_file, key_file) = (dir.path().join("s3-id"), dir.path().join("s3-key"));
+    std::fs::write(&id_file, &s3.access_key).unwrap();
+    std::fs::write(&key_file, &s3.secret_key).unwrap();
+    let privreg_on = |prefix: &str, tls_dir: &Path| {
+        let mut args = pki.privreg_args();
+        args.extend(
+            [
+                "--s3-bucket",
+                &s3.bucket,
+                "--s3-endpoint",
+                &s3.endpoint(),
+                "--s3-path-style",
+                "--s3-allow-http",
+                "--s3-prefix",
+                prefix,
+                "--s3-access-key-file",
+                id_file.to_str().unwrap(),
+                "--s3-secret-key-file",
+                key_file.to_str().unwrap(),
+            ]
+            .map(String::from),
+        );
+        Privreg::start(
+            tls_dir,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let reference_on = |prefix: &str, root: &Path| {
+        let storage = format!(
+            "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \
+             regionendpoint: {}\n    forcepathstyle: true\n    bucket: {}\n    \
+             rootdirectory: /{prefix}\n    secure: false\n    v4auth: true\n",
+            s3.access_key,
+            s3.secret_key,
+            s3.endpoint(),
+            s3.bucket
+        );
+        DockerRegistry::start_with_storage(
+            &registry,
+            root,
+            &storage,
+            &pki.server_cert,
+            &pki.server_key,
+        )
+    };
+
+    // privreg writes, Distribution reads.
+    let mut reg = privreg_on("from-privreg", &dir.path().join("privreg-1"));
+    let content = push_all(&skopeo, &dir.path().join("a"), &reg.host(), &pki.cert_dir);
+    let before = view::view(&client, &reg.url(), REFS).await;
+    check_view(&before, &content);
+    reg.stop();
+    let mut reference = reference_on("from-privreg", &dir.path().join("reference-1"));
+    let after = view::view(&client, &reference.url(), REFS).await;
+    check_view(&after, &content);
+    assert_eq!(
+        after.sorted(),
+        before.sorted(),
+        "Distribution shows privreg's bucket as privreg did"
+    );
+    pull_all(
+        &skopeo,
+        &dir.path().join("a/from-reference"),
+        &reference.host(),
+        &pki.cert_dir,
+        &content,
+    );
+    assert!(
+        !reference.log().contains("level=error"),
+        "{}",
+        reference.log()
+    );
+    reference.stop();
+
+    // Distribution writes, privreg reads.
+    let mut reference = reference_on("from-reference", &dir.path().join("reference-2"));
+    let content = push_all(
+        &skopeo,
+        &dir.path().join("b"),
+        &reference.host(),
+        &pki.cert_dir,
+    );
+    let before = view::view(&client, &reference.url(), REFS).await;
+    check_view(&before, &content);
+    reference.stop();
+    let reg = privreg_on("from-reference", &dir.path().join("privreg-2"));
+    let after = view::view(&client, &reg.url(), REFS).await;
+    check_view(&after, &content);
+    assert_eq!(
+        after.sorted(),
+        before.sorted(),
+        "privreg shows Distribution's bucket as Distribution did"
+    );
+    pull_all(
+        &skopeo,
+        &dir.path().join("b/from-privreg"),
+        &reg.host(),
+        &pki.cert_dir,
+        &content,
+    );
+}

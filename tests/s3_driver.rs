@@ -7,7 +7,6 @@ mod common;
 
 use std::io;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use privreg::registry::storage::StorageDriver;
@@ -17,40 +16,13 @@ use tokio::io::AsyncReadExt;
 use common::daemons::SeaweedFs;
 
 fn config(s3: &SeaweedFs, prefix: &str) -> S3Config {
-    S3Config {
-        endpoint: Some(s3.endpoint()),
-        bucket: s3.bucket.clone(),
-        region: "us-east-1".to_owned(),
-        prefix: prefix.to_owned(),
-        path_style: true,
-        access_key_id: Some(s3.access_key.clone()),
-        secret_access_key: Some(s3.secret_key.clone()),
-        allow_http: true,
-        ..S3Config::default()
-    }
+    s3.config(prefix)
 }
 
 /// Runs blocking driver calls off the runtime's async threads, as the
 /// registry does.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-/// The bucket is made while `weed mini` starts: wait (bounded) until a
-/// listing of it answers.
-async fn ready(driver: &S3Driver, s3: &SeaweedFs) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = driver.clone();
-        match blocking(move || d.list(Path::new(""))).await {
-            Ok(_) => return,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for the bucket: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("the S3 bucket never answered: {e}\n{}", s3.log()),
-        }
-    }
 }
 
 async fn read_all(driver: &S3Driver, path: &'static str, offset: u64) -> Vec<u8> {
@@ -70,7 +42,6 @@ async fn s3_driver_keeps_the_driver_contract_on_a_real_s3_server() {
         return;
     };
     let driver = S3Driver::new(&config(&s3, "tenant-a/registry")).unwrap();
-    ready(&driver, &s3).await;
     let d = driver.clone();
     blocking(move || {
         let link = Path::new("docker/registry/v2/repositories/a/b/_layers/sha256/aa/link");
@@ -217,7 +188,6 @@ async fn s3_writer_streams_a_multipart_upload_and_a_cancel_keeps_nothing_it_wrot
         return;
     };
     let driver = S3Driver::new(&config(&s3, "")).unwrap();
-    ready(&driver, &s3).await;
 
     // 40 MiB in 1 MiB chunks: three parts of the multipart upload.
     let chunks: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; 1 << 20])).collect();
@@ -266,7 +236,6 @@ async fn s3_appends_continue_across_drivers_and_move_into_one_object() {
     };
     let first = S3Driver::new(&config(&s3, "r")).unwrap();
     let second = S3Driver::new(&config(&s3, "r")).unwrap();
-    ready(&first, &s3).await;
     let chunk = |n: usize, byte: u8| Bytes::from(vec![byte; n]);
     let (a, b) = (first.clone(), second.clone());
     blocking(move || {

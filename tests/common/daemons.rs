@@ -49,6 +49,19 @@ pub struct DockerRegistry {
 
 impl DockerRegistry {
     pub fn start(bin: &Path, root: &Path, cert: &Path, key: &Path) -> DockerRegistry {
+        let storage = format!("  filesystem:\n    rootdirectory: {}\n", root.display());
+        Self::start_with_storage(bin, root, &storage, cert, key)
+    }
+
+    /// `start` with another `storage:` driver block (indented two spaces, as
+    /// under `storage:`); `root` then only places the config and the log.
+    pub fn start_with_storage(
+        bin: &Path,
+        root: &Path,
+        storage: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> DockerRegistry {
         std::fs::create_dir_all(root).unwrap();
         let port = free_port();
         let config = root.with_extension(format!("registry-{port}.yml"));
@@ -65,9 +78,7 @@ log:
 storage:
   cache:
     blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: {root}
-  delete:
+{storage}  delete:
     enabled: true
   maintenance:
     uploadpurging:
@@ -82,7 +93,6 @@ health:
   storagedriver:
     enabled: false
 ",
-                root = root.display(),
                 cert = cert.display(),
                 key = key.display(),
             ),
@@ -91,9 +101,12 @@ health:
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(bin);
         cmd.arg("serve").arg(&config);
-        // REGISTRY_* variables override the config file; keep the caller's out.
+        // REGISTRY_* variables override the config file; keep the caller's
+        // out, and the AWS SDK's (an AWS_CA_BUNDLE makes its S3 driver fail
+        // to start).
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("REGISTRY_") {
+            let k_str = k.to_string_lossy();
+            if k_str.starts_with("REGISTRY_") || k_str.starts_with("AWS_") {
                 cmd.env_remove(k);
             }
         }
@@ -204,14 +217,61 @@ impl SeaweedFs {
             .spawn()
             .expect("spawn weed mini");
         wait_for_port(([127, 0, 0, 1], s3_port).into(), &mut child, "SeaweedFS S3");
-        Some(SeaweedFs {
+        let s3 = SeaweedFs {
             s3_port,
             bucket: bucket.to_owned(),
             access_key,
             secret_key,
             log,
             child: Some(child),
+        };
+        s3.wait_for_bucket();
+        Some(s3)
+    }
+
+    /// The S3 driver's settings for this server's bucket under `prefix`.
+    pub fn config(&self, prefix: &str) -> privreg::registry::storage::s3::S3Config {
+        privreg::registry::storage::s3::S3Config {
+            endpoint: Some(self.endpoint()),
+            bucket: self.bucket.clone(),
+            region: "us-east-1".to_owned(),
+            prefix: prefix.to_owned(),
+            path_style: true,
+            access_key_id: Some(self.access_key.clone()),
+            secret_access_key: Some(self.secret_key.clone()),
+            allow_http: true,
+            ..Default::default()
+        }
+    }
+
+    /// The bucket is made after the S3 port opens: waits (bounded) until a
+    /// signed listing of it answers. On a thread of its own, with its own
+    /// runtime, so callers inside a runtime can wait too.
+    fn wait_for_bucket(&self) {
+        let config = self.config("");
+        let answered = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let driver = rt
+                .block_on(async { privreg::registry::storage::s3::S3Driver::new(&config) })
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                use privreg::registry::storage::StorageDriver as _;
+                match driver.list(Path::new("")) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
         })
+        .join()
+        .unwrap();
+        if let Err(e) = answered {
+            panic!("the SeaweedFS bucket never answered: {e}\n{}", self.log());
+        }
     }
 
     pub fn endpoint(&self) -> String {
