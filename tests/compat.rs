@@ -472,32 +472,10 @@ async fn privreg_and_the_reference_registry_share_an_s3_bucket() {
         return;
     };
     let client = https_client(&pki.ca);
-    let (id_file, key_file) = (dir.path().join("s3-id"), dir.path().join("s3-key"));
-    std::fs::write(&id_file, &s3.access_key).unwrap();
-    std::fs::write(&key_file, &s3.secret_key).unwrap();
-    let privreg_on = |prefix: &str, tls_dir: &Path| {
+    let privreg_on = |prefix: &str, data: &Path| {
         let mut args = pki.privreg_args();
-        args.extend(
-            [
-                "--s3-bucket",
-                &s3.bucket,
-                "--s3-endpoint",
-                &s3.endpoint(),
-                "--s3-path-style",
-                "--s3-allow-http",
-                "--s3-prefix",
-                prefix,
-                "--s3-access-key-file",
-                id_file.to_str().unwrap(),
-                "--s3-secret-key-file",
-                key_file.to_str().unwrap(),
-            ]
-            .map(String::from),
-        );
-        Privreg::start(
-            tls_dir,
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
+        args.extend(s3.privreg_args(prefix, data));
+        Privreg::start(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let reference_on = |prefix: &str, root: &Path| {
         let storage = format!(

@@ -332,33 +332,19 @@ fn two_replicas_on_s3_pass_both_conformance_suites() {
         return;
     };
     let (ca, cert, key) = write_pki(dir.path());
-    let (id_file, key_file) = (dir.path().join("s3-id"), dir.path().join("s3-key"));
-    std::fs::write(&id_file, &s3.access_key).unwrap();
-    std::fs::write(&key_file, &s3.secret_key).unwrap();
-    let endpoint = s3.endpoint();
     let replica = |n: usize| {
-        Privreg::start(
-            &dir.path().join(format!("replica-{n}")),
-            &[
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-                "--allow-sparse-manifests",
-                "--s3-bucket",
-                &s3.bucket,
-                "--s3-endpoint",
-                &endpoint,
-                "--s3-path-style",
-                "--s3-allow-http",
-                "--s3-prefix",
-                "conformance",
-                "--s3-access-key-file",
-                id_file.to_str().unwrap(),
-                "--s3-secret-key-file",
-                key_file.to_str().unwrap(),
-            ],
-        )
+        let data = dir.path().join(format!("replica-{n}"));
+        let mut args: Vec<String> = [
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--allow-sparse-manifests",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(s3.privreg_args("conformance", &data));
+        Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let replicas = [replica(1), replica(2)];
     let proxy = common::round_robin::RoundRobin::start(

@@ -229,6 +229,31 @@ impl SeaweedFs {
         Some(s3)
     }
 
+    /// `privreg serve` flags for this bucket under `prefix`, with the
+    /// credentials in files under `dir` (as a mounted Secret would hold them).
+    pub fn privreg_args(&self, prefix: &str, dir: &Path) -> Vec<String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let (id_file, key_file) = (dir.join("s3-access-key"), dir.join("s3-secret-key"));
+        std::fs::write(&id_file, &self.access_key).unwrap();
+        std::fs::write(&key_file, &self.secret_key).unwrap();
+        [
+            "--s3-bucket",
+            &self.bucket,
+            "--s3-endpoint",
+            &self.endpoint(),
+            "--s3-path-style",
+            "--s3-allow-http",
+            "--s3-prefix",
+            prefix,
+            "--s3-access-key-file",
+            id_file.to_str().unwrap(),
+            "--s3-secret-key-file",
+            key_file.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// The S3 driver's settings for this server's bucket under `prefix`.
     pub fn config(&self, prefix: &str) -> privreg::registry::storage::s3::S3Config {
         privreg::registry::storage::s3::S3Config {
