@@ -693,3 +693,136 @@ async fn containerd_pulls_through_hosts_toml() {
 
     drop(ctrd);
 }
+
+/// skopeo, crane and containerd against two replicas on one S3 bucket behind
+/// a proxy that sends each request to the other replica: what one client
+/// pushes through both, every client pulls back identical through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_push_and_pull_through_two_s3_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(skopeo) = Skopeo::find(&dir.path().join("skopeo")) else {
+        return;
+    };
+    let (Some(crane), Some(containerd), Some(ctr)) = (
+        go_tool("crane", "PRIVREG_CRANE"),
+        tool("containerd", "PRIVREG_CONTAINERD"),
+        tool("ctr", "PRIVREG_CTR"),
+    ) else {
+        return;
+    };
+    if !is_root() {
+        assert!(!tools_required(), "containerd tests need root");
+        eprintln!("SKIPPED: containerd needs root");
+        return;
+    }
+    let Some(s3) = common::daemons::SeaweedFs::start(dir.path(), "clients") else {
+        return;
+    };
+    let pki = common::pki::TestPki::loopback(&dir.path().join("pki"));
+    let replica = |n: usize| {
+        let data = dir.path().join(format!("replica-{n}"));
+        let mut args = pki.privreg_args();
+        args.extend(s3.privreg_args("clients", &data));
+        Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let replicas = [replica(1), replica(2)];
+    let proxy = common::round_robin::RoundRobin::start(
+        replicas.iter().map(|r| r.url()).collect(),
+        &pki.server_cert,
+        &pki.server_key,
+        &pki.ca,
+    );
+    let host = proxy.host();
+
+    // skopeo pushes an image and a two-platform index.
+    let img = images::random_image(host_arch(), 3);
+    let multi = images::multi_image(vec![
+        images::random_image("amd64", 2),
+        images::random_image("arm64", 2),
+    ]);
+    let src = dir.path().join("src");
+    write_layout(
+        &src,
+        &[("v1", &img.manifest), ("multi", &multi.index)],
+        img.blobs().into_iter().chain(multi.blobs()),
+    );
+    skopeo.copy(
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{host}/replicas/skopeo:v1"),
+        false,
+        &pki.cert_dir,
+    );
+    skopeo.copy(
+        &format!("oci:{}:multi", src.display()),
+        &format!("docker://{host}/replicas/skopeo:multi"),
+        true,
+        &pki.cert_dir,
+    );
+
+    // crane pushes another image; then reads both back, blob by blob.
+    let crane = |args: &[&str]| {
+        let mut c = Command::new(&crane);
+        c.env("SSL_CERT_FILE", &pki.ca)
+            .env_remove("SSL_CERT_DIR")
+            .args(args);
+        c
+    };
+    let other = images::random_image(host_arch(), 2);
+    let other_src = dir.path().join("other");
+    write_layout(&other_src, &[("v1", &other.manifest)], other.blobs());
+    run(&mut crane(&[
+        "push",
+        other_src.to_str().unwrap(),
+        &format!("{host}/replicas/crane:v1"),
+    ]));
+    for (repo, image) in [("skopeo", &img), ("crane", &other)] {
+        let reference = format!("{host}/replicas/{repo}:v1");
+        assert_eq!(
+            run(&mut crane(&["manifest", &reference])).stdout,
+            image.manifest.bytes
+        );
+        for b in image.blobs() {
+            let got = run(&mut crane(&[
+                "blob",
+                &format!("{host}/replicas/{repo}@{}", b.digest),
+            ]))
+            .stdout;
+            assert_eq!(got, b.bytes, "{repo} blob {}", b.digest);
+        }
+    }
+
+    // skopeo pulls the index back whole.
+    let out = dir.path().join("out-multi");
+    skopeo.copy(
+        &format!("docker://{host}/replicas/skopeo:multi"),
+        &format!("oci:{}:multi", out.display()),
+        true,
+        &pki.cert_dir,
+    );
+    assert_eq!(layout_blobs(&out), by_digest(multi.blobs()));
+
+    // containerd pulls what crane pushed, as a node would.
+    let ctrd = Containerd::start(&containerd, &ctr, &dir.path().join("containerd"));
+    let server = format!("https://{host}");
+    ctrd.write_host(
+        &host,
+        &hosts_toml(Some(&server), &server, true),
+        Some(&pki.ca),
+    );
+    let reference = format!("{host}/replicas/crane:v1");
+    let pulled = ctrd.pull("replicas", &reference);
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    assert_pulled(
+        &ctrd,
+        "replicas",
+        &reference,
+        &other.manifest,
+        &other.blobs(),
+    );
+    let counts = proxy.counts();
+    assert!(counts.iter().all(|&c| c > 10), "{counts:?}");
+}
