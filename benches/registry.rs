@@ -22,6 +22,11 @@ use support::{free_port, wait_ready, write_pki};
 
 mod support;
 
+/// The tests' harness (SeaweedFS, privreg and Distribution processes) for the
+/// S3 lines.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const BIG: usize = 256 << 20;
 const CHUNK: usize = 16 << 20;
 const RUNS: usize = 3;
@@ -317,16 +322,21 @@ async fn push_image(t: &Target, repo: &str, tag: &str, seed: u64) {
 
 fn wrk_manifest(t: &Target, ca_dir: &Path) -> (f64, f64) {
     let _ = ca_dir;
+    wrk_manifest_at(t.name, &t.url, 50)
+}
+
+/// wrk's manifest GETs on `url` over `connections`: (req/s, p99 ms).
+fn wrk_manifest_at(name: &str, url: &str, connections: usize) -> (f64, f64) {
     let out = Command::new("wrk")
         .args([
             "-t2",
-            "-c50",
+            &format!("-c{connections}"),
             "-d8s",
             "--latency",
             "-H",
             &format!("Accept: {OCI_MANIFEST}"),
         ])
-        .arg(format!("{}/v2/bench/small/manifests/v1", t.url))
+        .arg(format!("{url}/v2/bench/small/manifests/v1"))
         .output()
         .expect("wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -344,7 +354,7 @@ fn wrk_manifest(t: &Target, ca_dir: &Path) -> (f64, f64) {
         .map(parse_wrk_duration)
         .unwrap_or(f64::NAN);
     if text.contains("Non-2xx") {
-        panic!("{}: wrk saw errors:\n{text}", t.name);
+        panic!("{name}: wrk saw errors:\n{text}");
     }
     (rps, p99)
 }
@@ -477,6 +487,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let (ca_path, cert, key) = write_pki(root);
+    if std::env::var_os("BENCH_S3").is_some() {
+        return s3::main(root, &ca_path, &cert, &key);
+    }
 
     // The reference registry, through the same script the tests use.
     let ref_port = free_port();
@@ -669,4 +682,141 @@ fn main() {
         .join("target")
         .join("bench-report.txt");
     let _ = std::fs::write(out, &report);
+}
+
+/// `BENCH_S3=1`: the object-storage lines. privreg and Distribution each on
+/// their own prefix of one SeaweedFS bucket on loopback (built by
+/// scripts/test-tools.sh), through the same client: pushes, pull, manifest
+/// GETs under load; and the manifest GETs again with a second privreg
+/// replica on the same bucket (two wrk runs at once, 25 connections on each
+/// replica, against 50 on one).
+mod s3 {
+    use super::*;
+
+    pub fn main(root: &Path, ca: &Path, cert: &Path, key: &Path) {
+        let s3 = common::daemons::SeaweedFs::start(root, "bench")
+            .expect("SeaweedFS (scripts/test-tools.sh builds it)");
+        let replica = |n: usize| {
+            let data = root.join(format!("privreg-{n}"));
+            let mut args: Vec<String> = [
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ]
+            .map(String::from)
+            .to_vec();
+            args.extend(s3.privreg_args("privreg", &data));
+            common::Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let (first, second) = (replica(1), replica(2));
+        let registry = common::tool("docker-registry", "DOCKER_REGISTRY").expect("docker-registry");
+        let storage = format!(
+            "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \
+             regionendpoint: {}\n    forcepathstyle: true\n    bucket: {}\n    \
+             rootdirectory: /distribution\n    secure: false\n    v4auth: true\n",
+            s3.access_key,
+            s3.secret_key,
+            s3.endpoint(),
+            s3.bucket
+        );
+        let reference = common::daemons::DockerRegistry::start_with_storage(
+            &registry,
+            &root.join("distribution"),
+            &storage,
+            cert,
+            key,
+        );
+        let targets = [
+            Target {
+                name: "privreg",
+                url: first.url(),
+                pid: first.pid().unwrap_or(0),
+                client: client(ca),
+                ca: ca.to_owned(),
+            },
+            Target {
+                name: "distribution",
+                url: reference.url(),
+                pid: 0,
+                client: client(ca),
+                ca: ca.to_owned(),
+            },
+        ];
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut results = Vec::new();
+        for t in &targets {
+            eprintln!("measuring {} on S3 ...", t.name);
+            let mut res = Results::default();
+            rt.block_on(async {
+                big_blobs(t, &mut res).await;
+                push_image(t, "bench/small", "v1", 424242).await;
+            });
+            (res.manifest_rps, res.manifest_p99_ms) = wrk_manifest_at(t.name, &t.url, 50);
+            results.push(res);
+        }
+        // The second replica: both serve at once, half the connections each.
+        let both: Vec<(f64, f64)> = std::thread::scope(|scope| {
+            [first.url(), second.url()]
+                .map(|url| scope.spawn(move || wrk_manifest_at("privreg replica", &url, 25)))
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect()
+        });
+        let two_rps: f64 = both.iter().map(|(rps, _)| rps).sum();
+        let (p, d) = (&results[0], &results[1]);
+        let rows = [
+            (
+                "monolithic push 256 MiB (MB/s)",
+                p.mono_mbs,
+                d.mono_mbs,
+                "higher",
+            ),
+            (
+                "chunked push 256 MiB (MB/s)",
+                p.chunked_mbs,
+                d.chunked_mbs,
+                "higher",
+            ),
+            ("pull 256 MiB (MB/s)", p.pull_mbs, d.pull_mbs, "higher"),
+            (
+                "blob HEAD, sequential (per s)",
+                p.blob_head_per_s,
+                d.blob_head_per_s,
+                "higher",
+            ),
+            (
+                "manifest GET, 50 conns (req/s)",
+                p.manifest_rps,
+                d.manifest_rps,
+                "higher",
+            ),
+            (
+                "manifest GET p99 (ms)",
+                p.manifest_p99_ms,
+                d.manifest_p99_ms,
+                "lower",
+            ),
+        ];
+        let mut report = String::from(
+            "metric (S3: SeaweedFS on loopback) | privreg | distribution 2.8.2 | privreg/distribution\n",
+        );
+        for (name, a, b, better) in rows {
+            report.push_str(&format!(
+                "{name} | {a:.1} | {b:.1} | {:.2}x ({better} is better)\n",
+                a / b
+            ));
+        }
+        report.push_str(&format!(
+            "manifest GET, 50 conns over 2 privreg replicas (req/s) | {two_rps:.1} | | {:.2}x one replica\n",
+            two_rps / p.manifest_rps
+        ));
+        println!("{report}");
+        let _ = std::fs::write(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("bench-report-s3.txt"),
+            &report,
+        );
+    }
 }

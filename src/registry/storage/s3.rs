@@ -228,6 +228,12 @@ impl S3Driver {
             Err(e) if not_found(&e) => {}
             Err(e) => return Err(object_error("s3 head", path, e)),
         }
+        self.segments(key, path).await
+    }
+
+    /// The segments of the content at `key` (checked contiguous), when there
+    /// is no plain object there.
+    async fn segments(&self, key: &Key, path: &Path) -> Result<Content> {
         let listed: Vec<ObjectMeta> = self
             .store
             .list(Some(&self.segments_of(key)))
@@ -339,7 +345,19 @@ impl StorageDriver for S3Driver {
     fn get_content(&self, path: &Path) -> Result<Option<Vec<u8>>> {
         let key = self.key(path)?;
         self.block_on(async {
-            let content = self.content(&key, path).await?;
+            // Small content (links, manifests) is a plain object: one GET.
+            match self.store.get(&key).await {
+                Ok(got) => {
+                    return got
+                        .bytes()
+                        .await
+                        .map(|b| Some(b.to_vec()))
+                        .map_err(|e| object_error("s3 get", path, e));
+                }
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(object_error("s3 get", path, e)),
+            }
+            let content = self.segments(&key, path).await?;
             if matches!(content, Content::Absent) {
                 return Ok(None);
             }
@@ -369,7 +387,22 @@ impl StorageDriver for S3Driver {
     fn reader(&self, path: &Path, offset: u64) -> Result<ContentReader> {
         let key = self.key(path)?;
         let stream = self.block_on(async {
-            let content = self.content(&key, path).await?;
+            // A blob is a plain object: one ranged GET, without asking first.
+            let range = (offset > 0).then_some(GetRange::Offset(offset));
+            let options = GetOptions {
+                range,
+                ..GetOptions::default()
+            };
+            let content = match self.store.get_opts(&key, options).await {
+                Ok(got) => {
+                    let stream: BoxStream<'static, io::Result<Bytes>> =
+                        got.into_stream().map_err(io::Error::other).boxed();
+                    return Ok(stream);
+                }
+                Err(e) if not_found(&e) => self.segments(&key, path).await?,
+                // Most likely a range starting at the end (S3 answers 416).
+                Err(_) => self.content(&key, path).await?,
+            };
             if content.size().is_some_and(|size| offset > size) {
                 return Err(storage_error(
                     "s3 get",
