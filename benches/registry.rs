@@ -689,14 +689,16 @@ fn main() {
 /// scripts/test-tools.sh), through the same client: pushes, pull, manifest
 /// GETs under load; and the manifest GETs again with a second privreg
 /// replica on the same bucket (two wrk runs at once, 25 connections on each
-/// replica, against 50 on one).
+/// replica, against 50 on one). Distribution redirects blob GETs to presigned
+/// URLs (its default); privreg's pull is measured streaming (its default) and
+/// redirecting.
 mod s3 {
     use super::*;
 
     pub fn main(root: &Path, ca: &Path, cert: &Path, key: &Path) {
         let s3 = common::daemons::SeaweedFs::start(root, "bench")
             .expect("SeaweedFS (scripts/test-tools.sh builds it)");
-        let replica = |n: usize| {
+        let replica = |n: usize, extra: &[&str]| {
             let data = root.join(format!("privreg-{n}"));
             let mut args: Vec<String> = [
                 "--tls-cert",
@@ -707,9 +709,13 @@ mod s3 {
             .map(String::from)
             .to_vec();
             args.extend(s3.privreg_args("privreg", &data));
+            args.extend(extra.iter().map(|a| a.to_string()));
             common::Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
         };
-        let (first, second) = (replica(1), replica(2));
+        let (first, second) = (replica(1, &[]), replica(2, &[]));
+        // A third, redirecting blob GETs to presigned URLs as Distribution
+        // does by default: the pull line like for like.
+        let redirecting = replica(3, &["--s3-redirect-seconds", "300"]);
         let registry = common::tool("docker-registry", "DOCKER_REGISTRY").expect("docker-registry");
         let storage = format!(
             "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \
@@ -755,6 +761,25 @@ mod s3 {
             (res.manifest_rps, res.manifest_p99_ms) = wrk_manifest_at(t.name, &t.url, 50);
             results.push(res);
         }
+        // The blobs privreg pushed, pulled through the redirecting replica.
+        let redirected = Target {
+            name: "privreg (redirecting)",
+            url: redirecting.url(),
+            pid: 0,
+            client: client(ca),
+            ca: ca.to_owned(),
+        };
+        let redirect_pull_mbs = rt.block_on(async {
+            let mut pulled = Duration::ZERO;
+            for run in 0..RUNS {
+                let (data, digest) = big_blob(run as u64 * 2 + 1);
+                drop(data);
+                let start = Instant::now();
+                assert_eq!(pull(&redirected, "bench/big", &digest).await, BIG);
+                pulled += start.elapsed();
+            }
+            mbs(BIG * RUNS, pulled)
+        });
         // The second replica: both serve at once, half the connections each.
         let both: Vec<(f64, f64)> = std::thread::scope(|scope| {
             [first.url(), second.url()]
@@ -778,7 +803,18 @@ mod s3 {
                 d.chunked_mbs,
                 "higher",
             ),
-            ("pull 256 MiB (MB/s)", p.pull_mbs, d.pull_mbs, "higher"),
+            (
+                "pull 256 MiB, privreg streaming (MB/s)",
+                p.pull_mbs,
+                d.pull_mbs,
+                "higher",
+            ),
+            (
+                "pull 256 MiB, both redirecting (MB/s)",
+                redirect_pull_mbs,
+                d.pull_mbs,
+                "higher",
+            ),
             (
                 "blob HEAD, sequential (per s)",
                 p.blob_head_per_s,

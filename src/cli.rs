@@ -283,6 +283,14 @@ pub struct S3Args {
     )]
     pub s3_secret_key_file: Option<PathBuf>,
 
+    /// Answer blob GETs with a 307 redirect to a presigned URL of the object,
+    /// valid this many seconds (0: stream every blob through the registry).
+    /// Clients then read from the bucket: the endpoint must be reachable and
+    /// trusted by every client, and pulls no longer pass through the
+    /// registry's metrics and limits.
+    #[arg(long, env = "PRIVREG_S3_REDIRECT_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub s3_redirect_seconds: u64,
+
     /// Plain HTTP to the endpoint: credentials and content cross the network
     /// unencrypted. Only for a server on the same host.
     #[arg(long, env = "PRIVREG_S3_ALLOW_HTTP", requires = "s3_endpoint")]

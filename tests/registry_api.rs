@@ -39,6 +39,7 @@ fn config() -> RegistryConfig {
             max_blob_bytes: None,
             ..UploadLimits::default()
         },
+        ..RegistryConfig::default()
     }
 }
 

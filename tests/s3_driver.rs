@@ -308,3 +308,61 @@ async fn s3_appends_continue_across_drivers_and_move_into_one_object() {
     .await;
     assert!(read_all(&first, "docker/registry/v2/blobs/sha256/ab/abcd/data", 0).await == expected);
 }
+
+/// `--s3-redirect-seconds`: a blob GET is answered with a 307 to a presigned
+/// URL of the object, which a client fetches from the S3 server itself; only
+/// for blobs the repository may serve; HEAD still answers in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_gets_redirect_to_presigned_urls_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = SeaweedFs::start(dir.path(), "redirects") else {
+        return;
+    };
+    let data = dir.path().join("privreg");
+    let mut args = s3.privreg_args("r", &data);
+    args.extend(["--s3-redirect-seconds", "60"].map(String::from));
+    let reg = common::Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let client = common::https_client(&reg.ca());
+    let blob = common::oci::random_bytes(3 << 20);
+    let digest = common::oci::push_monolithic(&client, &reg.url(), "r/img", blob.clone())
+        .await
+        .unwrap();
+
+    let direct = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(reg.ca()).unwrap()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("{}/v2/r/img/blobs/{digest}", reg.url());
+    let answer = direct.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 307);
+    assert_eq!(answer.headers()["docker-content-digest"], digest.as_str());
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&s3.endpoint()) && location.contains("X-Amz-Signature="),
+        "{location}"
+    );
+    // The presigned URL serves the blob without credentials of the client's own.
+    let fetched = reqwest::get(&location).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert!(fetched.bytes().await.unwrap() == blob);
+
+    // A client that follows redirects pulls as before; HEAD stays in place.
+    let (status, body) = common::oci::get_bytes(&client, &url).await;
+    assert!(status == 200 && body == blob);
+    let head = direct.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        (3 << 20).to_string().as_str()
+    );
+    // No redirect for a blob this repository may not serve.
+    let other = direct
+        .get(format!("{}/v2/r/other/blobs/{digest}", reg.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}

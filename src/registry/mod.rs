@@ -38,6 +38,8 @@ pub struct AppState {
     pub read_only: bool,
     pub max_manifest_bytes: u64,
     pub allow_sparse_manifests: bool,
+    /// See `RegistryConfig::redirect_blobs`.
+    pub redirect_blobs: Option<std::time::Duration>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -49,6 +51,9 @@ pub struct RegistryConfig {
     /// Accept manifests and indexes whose blobs or children were never pushed.
     pub allow_sparse_manifests: bool,
     pub uploads: UploadLimits,
+    /// Answer blob GETs with a redirect to a presigned storage URL valid this
+    /// long, where the storage has one (S3); `None` streams every blob.
+    pub redirect_blobs: Option<std::time::Duration>,
 }
 
 impl Default for RegistryConfig {
@@ -58,6 +63,7 @@ impl Default for RegistryConfig {
             max_manifest_bytes: 4 << 20,
             allow_sparse_manifests: false,
             uploads: UploadLimits::default(),
+            redirect_blobs: None,
         }
     }
 }
@@ -76,6 +82,7 @@ impl AppState {
             read_only: config.read_only,
             max_manifest_bytes: config.max_manifest_bytes,
             allow_sparse_manifests: config.allow_sparse_manifests,
+            redirect_blobs: config.redirect_blobs,
             metrics,
         })
     }

@@ -53,6 +53,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_timeout: Duration::from_secs(args.body_timeout_seconds),
             min_free: args.min_free_space,
         },
+        redirect_blobs: (args.s3.s3_redirect_seconds > 0)
+            .then(|| Duration::from_secs(args.s3.s3_redirect_seconds)),
     };
     let shared = store.shared();
     let state = AppState::new(store, auth, config, metrics);

@@ -61,10 +61,17 @@ pub async fn get(
 ) -> Result<Response> {
     let (store, r, d) = (state.store.clone(), repo.clone(), digest.clone());
     let range_header = header_str(headers, header::RANGE).map(str::to_owned);
+    let redirect = state.redirect_blobs.filter(|_| !head);
     let found = run(move || {
         let Some(size) = store.stat_in_repo(&r, &d)? else {
             return Ok(None);
         };
+        // The client reads from the storage itself (with its Range, if any).
+        if let Some(valid) = redirect
+            && let Some(url) = store.blob_url(&d, valid)?
+        {
+            return Ok(Some(Err(url)));
+        }
         let range = parse_range(range_header.as_deref(), size);
         let reader = match (&range, head) {
             (Ok(range), false) => {
@@ -73,10 +80,22 @@ pub async fn get(
             }
             _ => None,
         };
-        Ok(Some((size, range, reader)))
+        Ok(Some(Ok((size, range, reader))))
     })
     .await?;
-    let (size, range, reader) = found.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+    let found = found.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+    let (size, range, reader) = match found {
+        Ok(found) => found,
+        Err(url) => {
+            let (name, value) = digest_header(digest);
+            return Ok(Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header(header::LOCATION, header_value(&url))
+                .header(name, value)
+                .body(Body::empty())
+                .expect("valid response parts"));
+        }
+    };
     let range = range.map_err(|Unsatisfiable| RegistryError::BlobRangeInvalid { size })?;
     let (status, start, len) = match range {
         Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),

@@ -86,6 +86,13 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     /// Free and total space where uploads land, if the backend has a limit
     /// it can tell (object storage has none).
     fn space(&self) -> Option<Space>;
+
+    /// A URL from which a client may GET the content at `path` itself for
+    /// `valid` (a presigned object URL); `None` where the backend has none.
+    fn url_for(&self, path: &Path, valid: std::time::Duration) -> Result<Option<String>> {
+        let _ = (path, valid);
+        Ok(None)
+    }
 }
 
 /// An append in progress (one upload request's body).

@@ -175,6 +175,12 @@ impl Store {
         self.blob_size(d)
     }
 
+    /// A URL a client may fetch blob `d` from itself, valid for `valid`
+    /// (object storage's presigned URL); `None` where there is none.
+    pub fn blob_url(&self, d: &Digest, valid: std::time::Duration) -> Result<Option<String>> {
+        self.driver.url_for(&self.layout.blob_data(d), valid)
+    }
+
     /// A reader of blob `d` from byte `offset`.
     pub fn open_blob(&self, d: &Digest, offset: u64) -> Result<driver::ContentReader> {
         self.driver.reader(&self.layout.blob_data(d), offset)

@@ -646,6 +646,17 @@ impl StorageDriver for S3Driver {
     fn space(&self) -> Option<Space> {
         None
     }
+
+    fn url_for(&self, path: &Path, valid: std::time::Duration) -> Result<Option<String>> {
+        use object_store::signer::Signer as _;
+        let key = self.key(path)?;
+        self.block_on(
+            self.store
+                .signed_url(reqwest_object_store::Method::GET, &key, valid),
+        )
+        .map(|url| Some(url.to_string()))
+        .map_err(|e| object_error("s3 presign", path, e))
+    }
 }
 
 /// One upload request's body, streamed into a multipart upload of its
