@@ -708,9 +708,8 @@ mod s3 {
             ]
             .map(String::from)
             .to_vec();
-            args.extend(s3.privreg_args("privreg", &data));
             args.extend(extra.iter().map(|a| a.to_string()));
-            common::Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            s3.start_privreg(&data, "privreg", &args)
         };
         let (first, second) = (replica(1, &[]), replica(2, &[]));
         // A third, redirecting blob GETs to presigned URLs as Distribution

@@ -721,9 +721,7 @@ async fn real_clients_push_and_pull_through_two_s3_replicas() {
     let pki = common::pki::TestPki::loopback(&dir.path().join("pki"));
     let replica = |n: usize| {
         let data = dir.path().join(format!("replica-{n}"));
-        let mut args = pki.privreg_args();
-        args.extend(s3.privreg_args("clients", &data));
-        Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        s3.start_privreg(&data, "clients", &pki.privreg_args())
     };
     let replicas = [replica(1), replica(2)];
     let proxy = common::round_robin::RoundRobin::start(

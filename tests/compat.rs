@@ -472,11 +472,8 @@ async fn privreg_and_the_reference_registry_share_an_s3_bucket() {
         return;
     };
     let client = https_client(&pki.ca);
-    let privreg_on = |prefix: &str, data: &Path| {
-        let mut args = pki.privreg_args();
-        args.extend(s3.privreg_args(prefix, data));
-        Privreg::start(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let privreg_on =
+        |prefix: &str, data: &Path| s3.start_privreg(data, prefix, &pki.privreg_args());
     let reference_on = |prefix: &str, root: &Path| {
         let storage = format!(
             "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \

@@ -334,17 +334,14 @@ fn two_replicas_on_s3_pass_both_conformance_suites() {
     let (ca, cert, key) = write_pki(dir.path());
     let replica = |n: usize| {
         let data = dir.path().join(format!("replica-{n}"));
-        let mut args: Vec<String> = [
+        let tls = [
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
             "--allow-sparse-manifests",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(s3.privreg_args("conformance", &data));
-        Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        ];
+        s3.start_privreg(&data, "conformance", &tls.map(String::from))
     };
     let replicas = [replica(1), replica(2)];
     let proxy = common::round_robin::RoundRobin::start(

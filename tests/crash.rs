@@ -263,31 +263,7 @@ async fn kill9_during_concurrent_pushes_loses_nothing_acknowledged() {
             })
             .collect();
 
-        // Let a good number of images through, then crash in the middle of the rest.
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while ledger.acked_manifests.load(Ordering::SeqCst) < 48 {
-            assert!(
-                Instant::now() < deadline,
-                "workers pushed too little: {}",
-                reg.log()
-            );
-            assert!(
-                tasks.iter().any(|t| !t.is_finished()),
-                "all workers stopped early: {}",
-                reg.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let in_flight = ledger.in_flight.load(Ordering::SeqCst);
-        reg.kill9();
-        ledger.stop.store(true, Ordering::SeqCst);
-        assert!(in_flight > 0, "the kill should hit pushes in progress");
-        for t in tasks {
-            tokio::time::timeout(Duration::from_secs(60), t)
-                .await
-                .expect("a worker hung after the kill")
-                .unwrap();
-        }
+        let in_flight = crash_midway(&ledger, tasks, &mut reg, None).await;
         let sessions_left = store::upload_dirs(&data).len();
 
         reg.restart();
@@ -304,6 +280,49 @@ async fn kill9_during_concurrent_pushes_loses_nothing_acknowledged() {
         assert!(again.is_ok(), "{again:?}");
     }
     reg.stop();
+}
+
+/// Lets a good number of images through, then kills `victim` with SIGKILL in
+/// the middle of the rest and waits (bounded) for every worker; returns the
+/// pushes in flight at the kill. `other`'s log joins the victim's on failure.
+async fn crash_midway(
+    ledger: &Ledger,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    victim: &mut Privreg,
+    other: Option<&Privreg>,
+) -> usize {
+    let logs = || {
+        format!(
+            "{}\n{}",
+            victim.log(),
+            other.map(Privreg::log).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while ledger.acked_manifests.load(Ordering::SeqCst) < 48 {
+        assert!(
+            Instant::now() < deadline,
+            "workers pushed too little: {}",
+            logs()
+        );
+        assert!(
+            tasks.iter().any(|t| !t.is_finished()),
+            "all workers stopped early: {}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let in_flight = ledger.in_flight.load(Ordering::SeqCst);
+    victim.kill9();
+    ledger.stop.store(true, Ordering::SeqCst);
+    assert!(in_flight > 0, "the kill should hit pushes in progress");
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a worker hung after the kill")
+            .unwrap();
+    }
+    in_flight
 }
 
 /// Sum of `privreg_http_requests_total` samples whose labels contain `labels`.
@@ -633,9 +652,7 @@ async fn kill9_of_one_s3_replica_loses_nothing_acknowledged() {
     let pki = common::pki::TestPki::loopback(&dir.path().join("pki"));
     let replica = |n: usize| {
         let data = dir.path().join(format!("replica-{n}"));
-        let mut args = pki.privreg_args();
-        args.extend(s3.privreg_args("crash", &data));
-        Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        s3.start_privreg(&data, "crash", &pki.privreg_args())
     };
     let (mut doomed, survivor) = (replica(1), replica(2));
     let proxy = common::round_robin::RoundRobin::start(
@@ -649,32 +666,7 @@ async fn kill9_of_one_s3_replica_loses_nothing_acknowledged() {
     let tasks: Vec<_> = (0..WORKERS)
         .map(|i| tokio::spawn(worker(i, 0, proxy.url(), client.clone(), ledger.clone())))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while ledger.acked_manifests.load(Ordering::SeqCst) < 48 {
-        assert!(
-            Instant::now() < deadline,
-            "workers pushed too little:\n{}\n{}",
-            doomed.log(),
-            survivor.log()
-        );
-        assert!(
-            tasks.iter().any(|t| !t.is_finished()),
-            "all workers stopped early:\n{}\n{}",
-            doomed.log(),
-            survivor.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let in_flight = ledger.in_flight.load(Ordering::SeqCst);
-    doomed.kill9();
-    ledger.stop.store(true, Ordering::SeqCst);
-    assert!(in_flight > 0, "the kill should hit pushes in progress");
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(60), t)
-            .await
-            .expect("a worker hung after the kill")
-            .unwrap();
-    }
+    let in_flight = crash_midway(&ledger, tasks, &mut doomed, Some(&survivor)).await;
     let (acked, unacked) = verify_acknowledged(&survivor.url(), &client, &ledger).await;
     eprintln!(
         "{acked} acknowledged pushes intact through the surviving replica, {unacked} \

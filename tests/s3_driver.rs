@@ -319,9 +319,11 @@ async fn blob_gets_redirect_to_presigned_urls_when_asked() {
         return;
     };
     let data = dir.path().join("privreg");
-    let mut args = s3.privreg_args("r", &data);
-    args.extend(["--s3-redirect-seconds", "60"].map(String::from));
-    let reg = common::Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let reg = s3.start_privreg(
+        &data,
+        "r",
+        &["--s3-redirect-seconds", "60"].map(String::from),
+    );
     let client = common::https_client(&reg.ca());
     let blob = common::oci::random_bytes(3 << 20);
     let digest = common::oci::push_monolithic(&client, &reg.url(), "r/img", blob.clone())

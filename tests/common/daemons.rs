@@ -254,6 +254,14 @@ impl SeaweedFs {
         .to_vec()
     }
 
+    /// `privreg serve` on this bucket under `prefix`, its local state (and
+    /// the credential files) in `data`, with `extra` flags (TLS...).
+    pub fn start_privreg(&self, data: &Path, prefix: &str, extra: &[String]) -> super::Privreg {
+        let mut args = extra.to_vec();
+        args.extend(self.privreg_args(prefix, data));
+        super::Privreg::start(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// The S3 driver's settings for this server's bucket under `prefix`.
     pub fn config(&self, prefix: &str) -> privreg::registry::storage::s3::S3Config {
         privreg::registry::storage::s3::S3Config {
