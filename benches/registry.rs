@@ -716,15 +716,7 @@ mod s3 {
         // does by default: the pull line like for like.
         let redirecting = replica(3, &["--s3-redirect-seconds", "300"]);
         let registry = common::tool("docker-registry", "DOCKER_REGISTRY").expect("docker-registry");
-        let storage = format!(
-            "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \
-             regionendpoint: {}\n    forcepathstyle: true\n    bucket: {}\n    \
-             rootdirectory: /distribution\n    secure: false\n    v4auth: true\n",
-            s3.access_key,
-            s3.secret_key,
-            s3.endpoint(),
-            s3.bucket
-        );
+        let storage = s3.distribution_storage("distribution");
         let reference = common::daemons::DockerRegistry::start_with_storage(
             &registry,
             &root.join("distribution"),

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -52,6 +53,38 @@ fn layers_are_valid_tar_gzip() {
 /// skopeo pushes an OCI layout (an image and a two-platform index) and copies
 /// it back out to `oci:` and `dir:`: digests preserved, blobs byte-identical.
 /// Without the CA it fails on the certificate.
+/// Builds an image and a two-platform index into an OCI layout `dir/src`,
+/// and has skopeo push them as `<repo>:v1` and `<repo>:multi` (every
+/// platform) to `host`. Returns them and the layout.
+fn skopeo_push_image_and_index(
+    skopeo: &Skopeo,
+    dir: &Path,
+    host: &str,
+    repo: &str,
+    certs: &Path,
+) -> (images::Image, images::MultiImage, PathBuf) {
+    let img = images::random_image(host_arch(), 3);
+    let multi = images::multi_image(vec![
+        images::random_image("amd64", 2),
+        images::random_image("arm64", 3),
+    ]);
+    let src = dir.join("src");
+    write_layout(
+        &src,
+        &[("v1", &img.manifest), ("multi", &multi.index)],
+        img.blobs().into_iter().chain(multi.blobs()),
+    );
+    for (tag, all) in [("v1", false), ("multi", true)] {
+        skopeo.copy(
+            &format!("oci:{}:{tag}", src.display()),
+            &format!("docker://{host}/{repo}:{tag}"),
+            all,
+            certs,
+        );
+    }
+    (img, multi, src)
+}
+
 #[tokio::test]
 async fn skopeo_round_trips_image_and_index() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,30 +95,8 @@ async fn skopeo_round_trips_image_and_index() {
     let certs = reg.cert_dir();
     let host = reg.host();
 
-    let img = images::random_image(host_arch(), 3);
-    let multi = images::multi_image(vec![
-        images::random_image("amd64", 2),
-        images::random_image("arm64", 3),
-    ]);
-    let src = dir.path().join("src");
-    write_layout(
-        &src,
-        &[("v1", &img.manifest), ("multi", &multi.index)],
-        img.blobs().into_iter().chain(multi.blobs()),
-    );
-
-    skopeo.copy(
-        &format!("oci:{}:v1", src.display()),
-        &format!("docker://{host}/clients/skopeo:v1"),
-        false,
-        &certs,
-    );
-    skopeo.copy(
-        &format!("oci:{}:multi", src.display()),
-        &format!("docker://{host}/clients/skopeo:multi"),
-        true,
-        &certs,
-    );
+    let (img, multi, src) =
+        skopeo_push_image_and_index(&skopeo, dir.path(), &host, "clients/skopeo", &certs);
 
     // The registry holds exactly the bytes that were built here.
     let raw = skopeo.raw_manifest(&format!("{host}/clients/skopeo:v1"), &certs);
@@ -733,29 +744,8 @@ async fn real_clients_push_and_pull_through_two_s3_replicas() {
     let host = proxy.host();
 
     // skopeo pushes an image and a two-platform index.
-    let img = images::random_image(host_arch(), 3);
-    let multi = images::multi_image(vec![
-        images::random_image("amd64", 2),
-        images::random_image("arm64", 2),
-    ]);
-    let src = dir.path().join("src");
-    write_layout(
-        &src,
-        &[("v1", &img.manifest), ("multi", &multi.index)],
-        img.blobs().into_iter().chain(multi.blobs()),
-    );
-    skopeo.copy(
-        &format!("oci:{}:v1", src.display()),
-        &format!("docker://{host}/replicas/skopeo:v1"),
-        false,
-        &pki.cert_dir,
-    );
-    skopeo.copy(
-        &format!("oci:{}:multi", src.display()),
-        &format!("docker://{host}/replicas/skopeo:multi"),
-        true,
-        &pki.cert_dir,
-    );
+    let (img, multi, _) =
+        skopeo_push_image_and_index(&skopeo, dir.path(), &host, "replicas/skopeo", &pki.cert_dir);
 
     // crane pushes another image; then reads both back, blob by blob.
     let crane = |args: &[&str]| {

@@ -170,6 +170,40 @@ fn pull_all(skopeo: &Skopeo, dir: &Path, host: &str, certs: &Path, c: &Content) 
     assert_eq!(layout_blobs(&out), by_digest(c.multi.blobs()));
 }
 
+/// skopeo pushes everything (`push_all`) to the server at `url`/`host`,
+/// built under `dir`; returns what was pushed and how the server shows it.
+async fn write_all(
+    skopeo: &Skopeo,
+    client: &reqwest::Client,
+    pki: &TestPki,
+    (url, host): (&str, &str),
+    dir: &Path,
+) -> (Content, View) {
+    let content = push_all(skopeo, dir, host, &pki.cert_dir);
+    let shown = view::view(client, url, REFS).await;
+    check_view(&shown, &content);
+    (content, shown)
+}
+
+/// The server at `url`/`host`, reading what another wrote, shows it as the
+/// writer did (`before`), and skopeo pulls it all back into `out`. Returns
+/// how it shows it.
+async fn read_back(
+    skopeo: &Skopeo,
+    client: &reqwest::Client,
+    pki: &TestPki,
+    (url, host): (&str, &str),
+    (before, content): (&View, &Content),
+    out: &Path,
+    what: &str,
+) -> View {
+    let after = view::view(client, url, REFS).await;
+    check_view(&after, content);
+    assert_eq!(after.sorted(), before.sorted(), "{what}");
+    pull_all(skopeo, out, host, &pki.cert_dir, content);
+    after
+}
+
 fn setup(dir: &Path) -> Option<(Skopeo, std::path::PathBuf, TestPki)> {
     let skopeo = Skopeo::find(&dir.join("skopeo"))?;
     let registry = tool("docker-registry", "DOCKER_REGISTRY")?;
@@ -187,9 +221,9 @@ async fn privreg_serves_a_reference_registry_directory() {
     let client = https_client(&pki.ca);
 
     let mut reference = DockerRegistry::start(&registry, &data, &pki.server_cert, &pki.server_key);
-    let content = push_all(&skopeo, dir.path(), &reference.host(), &pki.cert_dir);
-    let before = view::view(&client, &reference.url(), REFS).await;
-    check_view(&before, &content);
+    let server = (reference.url(), reference.host());
+    let (content, before) =
+        write_all(&skopeo, &client, &pki, (&server.0, &server.1), dir.path()).await;
     reference.stop();
     assert!(
         data.join("docker/registry/v2/repositories/compat/image/_manifests/tags/v1")
@@ -199,24 +233,20 @@ async fn privreg_serves_a_reference_registry_directory() {
     let tree = files(&data);
     let args = pki.privreg_args();
     let reg = Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let after = view::view(&client, &reg.url(), REFS).await;
-    check_view(&after, &content);
+    let after = read_back(
+        &skopeo,
+        &client,
+        &pki,
+        (&reg.url(), &reg.host()),
+        (&before, &content),
+        &dir.path().join("from-privreg"),
+        "privreg shows the directory as docker-registry did",
+    )
+    .await;
     assert!(
         after.is_lexical(),
         "privreg lists tags and repositories in lexical order: {:?}",
         after.tags
-    );
-    assert_eq!(
-        after.sorted(),
-        before.sorted(),
-        "privreg shows the directory as docker-registry did"
-    );
-    pull_all(
-        &skopeo,
-        &dir.path().join("from-privreg"),
-        &reg.host(),
-        &pki.cert_dir,
-        &content,
     );
     // Serving reads changed nothing on disk.
     assert!(
@@ -237,31 +267,27 @@ async fn reference_registry_serves_a_privreg_directory() {
 
     let args = pki.privreg_args();
     let mut reg = Privreg::start(&data, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    let content = push_all(&skopeo, dir.path(), &reg.host(), &pki.cert_dir);
-    let before = view::view(&client, &reg.url(), REFS).await;
-    check_view(&before, &content);
+    let server = (reg.url(), reg.host());
+    let (content, before) =
+        write_all(&skopeo, &client, &pki, (&server.0, &server.1), dir.path()).await;
     reg.stop();
-
-    let reference = DockerRegistry::start(&registry, &data, &pki.server_cert, &pki.server_key);
-    let after = view::view(&client, &reference.url(), REFS).await;
-    check_view(&after, &content);
     assert!(
         before.is_lexical(),
         "privreg lists tags and repositories in lexical order: {:?}",
         before.tags
     );
-    assert_eq!(
-        after.sorted(),
-        before.sorted(),
-        "docker-registry shows the directory as privreg did"
-    );
-    pull_all(
+
+    let reference = DockerRegistry::start(&registry, &data, &pki.server_cert, &pki.server_key);
+    read_back(
         &skopeo,
+        &client,
+        &pki,
+        (&reference.url(), &reference.host()),
+        (&before, &content),
         &dir.path().join("from-reference"),
-        &reference.host(),
-        &pki.cert_dir,
-        &content,
-    );
+        "docker-registry shows the directory as privreg did",
+    )
+    .await;
     assert!(
         !reference.log().contains("level=error"),
         "{}",
@@ -475,15 +501,7 @@ async fn privreg_and_the_reference_registry_share_an_s3_bucket() {
     let privreg_on =
         |prefix: &str, data: &Path| s3.start_privreg(data, prefix, &pki.privreg_args());
     let reference_on = |prefix: &str, root: &Path| {
-        let storage = format!(
-            "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \
-             regionendpoint: {}\n    forcepathstyle: true\n    bucket: {}\n    \
-             rootdirectory: /{prefix}\n    secure: false\n    v4auth: true\n",
-            s3.access_key,
-            s3.secret_key,
-            s3.endpoint(),
-            s3.bucket
-        );
+        let storage = s3.distribution_storage(prefix);
         DockerRegistry::start_with_storage(
             &registry,
             root,
@@ -495,25 +513,27 @@ async fn privreg_and_the_reference_registry_share_an_s3_bucket() {
 
     // privreg writes, Distribution reads.
     let mut reg = privreg_on("from-privreg", &dir.path().join("privreg-1"));
-    let content = push_all(&skopeo, &dir.path().join("a"), &reg.host(), &pki.cert_dir);
-    let before = view::view(&client, &reg.url(), REFS).await;
-    check_view(&before, &content);
+    let server = (reg.url(), reg.host());
+    let (content, before) = write_all(
+        &skopeo,
+        &client,
+        &pki,
+        (&server.0, &server.1),
+        &dir.path().join("a"),
+    )
+    .await;
     reg.stop();
     let mut reference = reference_on("from-privreg", &dir.path().join("reference-1"));
-    let after = view::view(&client, &reference.url(), REFS).await;
-    check_view(&after, &content);
-    assert_eq!(
-        after.sorted(),
-        before.sorted(),
-        "Distribution shows privreg's bucket as privreg did"
-    );
-    pull_all(
+    read_back(
         &skopeo,
+        &client,
+        &pki,
+        (&reference.url(), &reference.host()),
+        (&before, &content),
         &dir.path().join("a/from-reference"),
-        &reference.host(),
-        &pki.cert_dir,
-        &content,
-    );
+        "Distribution shows privreg's bucket as privreg did",
+    )
+    .await;
     assert!(
         !reference.log().contains("level=error"),
         "{}",
@@ -523,28 +543,25 @@ async fn privreg_and_the_reference_registry_share_an_s3_bucket() {
 
     // Distribution writes, privreg reads.
     let mut reference = reference_on("from-reference", &dir.path().join("reference-2"));
-    let content = push_all(
+    let server = (reference.url(), reference.host());
+    let (content, before) = write_all(
         &skopeo,
+        &client,
+        &pki,
+        (&server.0, &server.1),
         &dir.path().join("b"),
-        &reference.host(),
-        &pki.cert_dir,
-    );
-    let before = view::view(&client, &reference.url(), REFS).await;
-    check_view(&before, &content);
+    )
+    .await;
     reference.stop();
     let reg = privreg_on("from-reference", &dir.path().join("privreg-2"));
-    let after = view::view(&client, &reg.url(), REFS).await;
-    check_view(&after, &content);
-    assert_eq!(
-        after.sorted(),
-        before.sorted(),
-        "privreg shows Distribution's bucket as Distribution did"
-    );
-    pull_all(
+    read_back(
         &skopeo,
+        &client,
+        &pki,
+        (&reg.url(), &reg.host()),
+        (&before, &content),
         &dir.path().join("b/from-privreg"),
-        &reg.host(),
-        &pki.cert_dir,
-        &content,
-    );
+        "privreg shows Distribution's bucket as Distribution did",
+    )
+    .await;
 }

@@ -262,6 +262,20 @@ impl SeaweedFs {
         super::Privreg::start(data, &args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
+    /// Distribution's `storage:` block (its s3 driver) for this bucket under
+    /// `prefix`, for `DockerRegistry::start_with_storage`.
+    pub fn distribution_storage(&self, prefix: &str) -> String {
+        format!(
+            "  s3:\n    accesskey: {}\n    secretkey: {}\n    region: us-east-1\n    \
+             regionendpoint: {}\n    forcepathstyle: true\n    bucket: {}\n    \
+             rootdirectory: /{prefix}\n    secure: false\n    v4auth: true\n",
+            self.access_key,
+            self.secret_key,
+            self.endpoint(),
+            self.bucket
+        )
+    }
+
     /// The S3 driver's settings for this server's bucket under `prefix`.
     pub fn config(&self, prefix: &str) -> privreg::registry::storage::s3::S3Config {
         privreg::registry::storage::s3::S3Config {

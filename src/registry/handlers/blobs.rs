@@ -52,6 +52,18 @@ pub fn parse_range(
     Ok(Some((start, end)))
 }
 
+/// Where a blob GET is answered from.
+enum Found<R> {
+    /// Its size, the requested range, and a reader (none for HEAD or a bad range).
+    Here(
+        u64,
+        std::result::Result<Option<(u64, u64)>, Unsatisfiable>,
+        Option<R>,
+    ),
+    /// A URL the client fetches the blob from itself.
+    Elsewhere(String),
+}
+
 pub async fn get(
     state: &Arc<AppState>,
     repo: &RepoName,
@@ -70,7 +82,7 @@ pub async fn get(
         if let Some(valid) = redirect
             && let Some(url) = store.blob_url(&d, valid)?
         {
-            return Ok(Some(Err(url)));
+            return Ok(Some(Found::Elsewhere(url)));
         }
         let range = parse_range(range_header.as_deref(), size);
         let reader = match (&range, head) {
@@ -80,13 +92,13 @@ pub async fn get(
             }
             _ => None,
         };
-        Ok(Some(Ok((size, range, reader))))
+        Ok(Some(Found::Here(size, range, reader)))
     })
     .await?;
     let found = found.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
     let (size, range, reader) = match found {
-        Ok(found) => found,
-        Err(url) => {
+        Found::Here(size, range, reader) => (size, range, reader),
+        Found::Elsewhere(url) => {
             let (name, value) = digest_header(digest);
             return Ok(Response::builder()
                 .status(StatusCode::TEMPORARY_REDIRECT)

@@ -95,6 +95,20 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     }
 }
 
+/// Refuses a storage path that could leave a driver's root: an absolute
+/// path, `..`, or a prefix. Every driver checks with this before it touches
+/// anything.
+pub(super) fn check_relative(path: &Path) -> Result<()> {
+    if path
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        Ok(())
+    } else {
+        Err(io::Error::from(io::ErrorKind::InvalidInput)).ctx("resolve storage path", path)
+    }
+}
+
 /// An append in progress (one upload request's body).
 pub trait ContentWriter: Send {
     /// Appends `chunks`, in order.
@@ -184,14 +198,8 @@ impl FsDriver {
 
     /// `path` under the root; refuses what could leave it.
     fn resolve(&self, path: &Path) -> Result<PathBuf> {
-        if path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            Ok(self.root.join(path))
-        } else {
-            Err(io::Error::from(io::ErrorKind::InvalidInput)).ctx("resolve storage path", path)
-        }
+        check_relative(path)?;
+        Ok(self.root.join(path))
     }
 }
 

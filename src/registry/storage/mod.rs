@@ -121,7 +121,8 @@ impl Store {
     pub fn reachable(&self) -> bool {
         if self.shared {
             // A bucket has no directories: that it answers is what counts.
-            return self.driver.list(&self.layout.repositories()).is_ok();
+            // A stat costs a few requests; a listing grows with the registry.
+            return self.driver.stat(&self.layout.repositories()).is_ok();
         }
         self.driver
             .stat(&self.layout.repositories())

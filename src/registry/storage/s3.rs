@@ -37,7 +37,7 @@ use object_store::{
 use tokio::runtime::Handle;
 
 use super::StorageError;
-use super::driver::{ContentReader, ContentWriter, FileInfo, StorageDriver};
+use super::driver::{ContentReader, ContentWriter, FileInfo, StorageDriver, check_relative};
 use super::space::Space;
 
 type Result<T> = std::result::Result<T, StorageError>;
@@ -156,32 +156,22 @@ impl S3Driver {
 
     /// The object key of a layout path; refuses what could leave the prefix.
     fn key(&self, path: &Path) -> Result<Key> {
+        check_relative(path)?;
+        let invalid = |e: io::Error| storage_error("s3 key", path, e);
         let mut parts: Vec<&str> = Vec::new();
         if !self.prefix.is_empty() {
             parts.extend(self.prefix.split('/'));
         }
         for c in path.components() {
-            match c {
-                Component::Normal(p) => parts.push(p.to_str().ok_or_else(|| {
-                    storage_error("s3 key", path, io::Error::from(io::ErrorKind::InvalidInput))
-                })?),
-                Component::CurDir => {}
-                _ => {
-                    return Err(storage_error(
-                        "s3 key",
-                        path,
-                        io::Error::from(io::ErrorKind::InvalidInput),
-                    ));
-                }
+            if let Component::Normal(p) = c {
+                parts.push(
+                    p.to_str()
+                        .ok_or_else(|| invalid(io::ErrorKind::InvalidInput.into()))?,
+                );
             }
         }
-        Key::parse(parts.join("/")).map_err(|e| {
-            storage_error(
-                "s3 key",
-                path,
-                io::Error::new(io::ErrorKind::InvalidInput, e),
-            )
-        })
+        Key::parse(parts.join("/"))
+            .map_err(|e| invalid(io::Error::new(io::ErrorKind::InvalidInput, e)))
     }
 
     fn block_on<F: Future>(&self, f: F) -> F::Output {
@@ -204,6 +194,16 @@ impl Content {
             Content::Object(meta) => Some(meta.size),
             Content::Segments(segments) => segments.last().map(|(offset, meta)| offset + meta.size),
         }
+    }
+
+    /// When the content was last written (its newest segment).
+    fn modified(&self) -> SystemTime {
+        let newest = match self {
+            Content::Absent => None,
+            Content::Object(meta) => Some(meta.last_modified),
+            Content::Segments(segments) => segments.iter().map(|(_, m)| m.last_modified).max(),
+        };
+        newest.map_or(SystemTime::UNIX_EPOCH, SystemTime::from)
     }
 }
 
@@ -419,7 +419,9 @@ impl StorageDriver for S3Driver {
         let key = self.key(path)?;
         let segments = self.segments_of(&key);
         self.block_on(async {
-            match self.content(&key, path).await? {
+            let content = self.content(&key, path).await?;
+            let size = content.size().unwrap_or(0);
+            match content {
                 // Replacing the content: the plain object goes, segments
                 // from here on are written.
                 Content::Object(_) if offset == 0 => {
@@ -441,7 +443,6 @@ impl StorageDriver for S3Driver {
                 }
                 Content::Absent => {}
                 Content::Segments(existing) => {
-                    let size = existing.last().map_or(0, |(o, m)| o + m.size);
                     if offset > size {
                         return Err(storage_error(
                             "s3 append",
@@ -481,28 +482,13 @@ impl StorageDriver for S3Driver {
     fn stat(&self, path: &Path) -> Result<Option<FileInfo>> {
         let key = self.key(path)?;
         self.block_on(async {
-            match self.content(&key, path).await? {
-                Content::Object(meta) => {
-                    return Ok(Some(FileInfo {
-                        size: meta.size,
-                        modified: SystemTime::from(meta.last_modified),
-                        is_dir: false,
-                    }));
-                }
-                Content::Segments(segments) => {
-                    let size = segments.last().map_or(0, |(o, m)| o + m.size);
-                    let modified = segments
-                        .iter()
-                        .map(|(_, m)| m.last_modified)
-                        .max()
-                        .map_or(SystemTime::UNIX_EPOCH, SystemTime::from);
-                    return Ok(Some(FileInfo {
-                        size,
-                        modified,
-                        is_dir: false,
-                    }));
-                }
-                Content::Absent => {}
+            let content = self.content(&key, path).await?;
+            if let Some(size) = content.size() {
+                return Ok(Some(FileInfo {
+                    size,
+                    modified: content.modified(),
+                    is_dir: false,
+                }));
             }
             // A "directory" exists while a key lies under it; the first page
             // of the listing tells.
