@@ -812,8 +812,12 @@ fn registry_work(ns: &'static str) -> Vec<Access> {
     ));
     // Why a registry pod fails: a list and watch by label, nothing more.
     v.extend(grid(&["list", "watch"], &[PODS], &[ns]));
+    // The disruption budget of a registry with several pods: applied, not watched.
+    v.extend(grid(&["get", "create", "patch"], &[BUDGETS], &[ns]));
     v
 }
+
+const BUDGETS: (&str, &str) = ("policy", "poddisruptionbudgets");
 
 const DAEMONSETS: (&str, &str) = ("apps", "daemonsets");
 const PODS: (&str, &str) = ("", "pods");
@@ -831,7 +835,7 @@ fn trust_work(own: &'static str) -> Vec<Access> {
 /// core Events, RBAC, cluster-scoped reads.
 fn never(namespaces: &[&'static str], own: &'static str) -> Vec<Access> {
     let mut resources = CHILDREN.to_vec();
-    resources.extend([REGISTRIES, LEASES, DAEMONSETS, PODS]);
+    resources.extend([REGISTRIES, LEASES, DAEMONSETS, PODS, BUDGETS]);
     let mut v = grid(&["delete", "deletecollection"], &resources, namespaces);
     let others: Vec<&'static str> = namespaces.iter().copied().filter(|n| *n != own).collect();
     v.extend(grid(&["get"], &[PODS], &others));

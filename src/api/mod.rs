@@ -53,10 +53,25 @@ pub mod bounds {
     pub const MAX_TOLERATIONS: usize = 32;
     pub const MAX_NODE_SELECTOR: usize = 32;
     pub const MAX_IMAGE_LENGTH: usize = 512;
+    /// Registry pods of one PrivateRegistry (more than one needs object storage).
+    pub const MAX_REPLICAS: i32 = 64;
+    /// Presigned blob URLs live at most a week, as S3 allows.
+    pub const MAX_S3_REDIRECT_SECONDS: i32 = 604_800;
 }
 
+/// An S3 endpoint: `https://` (or `http://`) and a DNS name or IP address, an
+/// optional port, nothing else (no user, path, query or fragment).
+pub const S3_ENDPOINT_PATTERN: &str = r"^https?://([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*|[0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9a-fA-F:.]+\])(:[0-9]{1,5})?/?$";
+/// An S3 bucket name as AWS allows it: 3-63 lowercase letters, digits, `.`, `-`.
+pub const S3_BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
+/// A key prefix: `/`-separated segments of letters, digits, `.`, `_`, `-`,
+/// with no empty segment, `.` or `..` (checked again by the operator).
+pub const S3_PREFIX_PATTERN: &str = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?$";
+/// An S3 region (`us-east-1`, `eu-central-2`, `garage`).
+pub const S3_REGION_PATTERN: &str = r"^[a-z0-9][a-z0-9-]{0,31}$";
+
 /// A private, TLS-secured image registry in this namespace, trusted by every node.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
     group = "privreg.dev",
     version = "v1alpha1",
@@ -96,6 +111,7 @@ pub mod bounds {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.replicas) || self.replicas == 1 || (has(self.storage) && has(self.storage.s3))").message("replicas above 1 need storage.s3: a volume has one writer"))]
 pub struct PrivateRegistrySpec {
     /// The name clients type in image references (`<hostname>:<port>/repo:tag`).
     /// Defaults to `<name>.<namespace>.svc`. Always included in the server
@@ -112,6 +128,12 @@ pub struct PrivateRegistrySpec {
     /// Where images are stored.
     #[serde(default)]
     pub storage: StorageSpec,
+
+    /// Registry pods behind the Service, 1 to 64. Default 1. More than one
+    /// needs `storage.s3`: a volume has one writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub replicas: Option<i32>,
 
     /// The registry's certificate authority and server certificate.
     #[serde(default)]
@@ -156,9 +178,10 @@ pub struct PrivateRegistrySpec {
     pub tolerations: Option<Vec<Toleration>>,
 }
 
-/// Storage of the registry: one PersistentVolumeClaim.
+/// Storage of the registry: one PersistentVolumeClaim, or an S3 bucket.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.s3) || (!has(self.size) && !has(self.storageClassName))").message("size and storageClassName are for the volume; with s3 there is none"))]
 pub struct StorageSpec {
     /// Requested size of the volume, as a Kubernetes quantity, 1Mi to 1Pi. Default `20Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,6 +198,69 @@ pub struct StorageSpec {
     /// Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_on_delete: Option<bool>,
+
+    /// Keep images in an S3-compatible bucket instead of a volume: no
+    /// PersistentVolumeClaim, and `replicas` may be above 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3StorageSpec>,
+}
+
+/// An S3-compatible bucket (AWS S3, Ceph RGW, SeaweedFS, Garage, R2, MinIO),
+/// in CNCF Distribution's layout under `prefix`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3StorageSpec {
+    /// `https://host[:port]` of the S3 server; AWS S3 when unset. `http://` sends
+    /// the requests (signed, never the secret key itself) in clear text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = S3_ENDPOINT_PATTERN), length(max = 300))]
+    pub endpoint: Option<String>,
+
+    /// The bucket. It must exist.
+    #[schemars(regex(pattern = S3_BUCKET_PATTERN), length(min = 3, max = 63))]
+    pub bucket: String,
+
+    /// Key prefix of this registry in the bucket (`team-a/registry`). Several
+    /// registries may share a bucket under different prefixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = S3_PREFIX_PATTERN), length(max = 256))]
+    pub prefix: Option<String>,
+
+    /// Region of the bucket. Default `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = S3_REGION_PATTERN), length(max = 32))]
+    pub region: Option<String>,
+
+    /// Address the bucket in the path (`https://host/bucket/key`) rather than
+    /// the host name; most servers other than AWS need it. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_style: bool,
+
+    /// Secret with the keys `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+    /// (the keys an ObjectBucketClaim's Secret has). It must carry the label
+    /// `privreg.dev/use: s3-credentials`, its owner's consent to this use;
+    /// only those two keys are mounted into the registry pods.
+    pub credentials_secret_ref: SecretReference,
+
+    /// ConfigMap in this namespace whose key `ca.crt` holds the CA of an
+    /// endpoint with a private CA (public certificates only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map_ref: Option<ConfigMapReference>,
+
+    /// Answer blob downloads with a redirect to a presigned URL valid this many
+    /// seconds (1 to 604800), so clients fetch layers from the S3 server
+    /// directly; they must reach and trust it. Default 0: the registry streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub redirect_seconds: Option<i32>,
+}
+
+/// A ConfigMap in the PrivateRegistry's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ConfigMapReference {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
 }
 
 /// Free space to keep: a percentage (`5%`) or a byte quantity (`10Gi`).

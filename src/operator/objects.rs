@@ -4,20 +4,25 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::rotation::{self, CaState};
-use super::validate::{CONTAINER_PORT, Desired, METRICS_PORT};
+use super::validate::{
+    Bucket, CONTAINER_PORT, Desired, METRICS_PORT, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, Storage,
+};
 use crate::api::ServiceType;
 use crate::certs::CertAndKey;
 use crate::labels;
@@ -27,6 +32,13 @@ pub const AUTH_MOUNT: &str = "/etc/privreg/auth";
 /// The key of the htpasswd Secret that is mounted (and the only one).
 pub const HTPASSWD_KEY: &str = "htpasswd";
 pub const DATA_MOUNT: &str = "/var/lib/privreg";
+pub const S3_CREDENTIALS_MOUNT: &str = "/etc/privreg/s3";
+/// The files the two credential keys become (only these are mounted).
+pub const S3_ACCESS_KEY_FILE: &str = "access-key-id";
+pub const S3_SECRET_KEY_FILE: &str = "secret-access-key";
+pub const S3_CA_MOUNT: &str = "/etc/privreg/s3-ca";
+/// The key of the S3 CA ConfigMap that is mounted (and the only one).
+pub const S3_CA_KEY: &str = "ca.crt";
 /// The unprivileged user the registry runs as (distroless "nonroot").
 pub const RUN_AS: i64 = 65532;
 
@@ -157,25 +169,51 @@ pub fn ca_configmap(d: &Desired, ca_pem: &str, owner: &OwnerReference) -> Config
     }
 }
 
-/// The registry's volume. Owned (so deleted with the registry) only when the
-/// user chose `retainOnDelete: false`.
-pub fn pvc(d: &Desired, owner: &OwnerReference) -> PersistentVolumeClaim {
-    let owner = (!d.retain_storage).then_some(owner);
+/// The registry's volume, if it has one. Owned (so deleted with the registry)
+/// only when the user chose `retainOnDelete: false`.
+pub fn pvc(d: &Desired, owner: &OwnerReference) -> Option<PersistentVolumeClaim> {
+    let Storage::Volume {
+        size,
+        class,
+        retain,
+    } = &d.storage
+    else {
+        return None;
+    };
+    let owner = (!retain).then_some(owner);
     let mut metadata = meta(d, d.pvc_name(), owner);
-    if d.retain_storage {
+    if *retain {
         // An empty list, so an apply after `retainOnDelete: false -> true` drops the owner.
         metadata.owner_references = Some(Vec::new());
     }
-    PersistentVolumeClaim {
+    Some(PersistentVolumeClaim {
         metadata,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            storage_class_name: d.storage_class.clone(),
+            storage_class_name: class.clone(),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_owned(),
-                    Quantity(d.storage_size.clone()),
+                    Quantity(size.clone()),
                 )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// With several registry pods, a node drain evicts one at a time: the others
+/// keep serving. `maxUnavailable: 1` stays right whatever the replica count
+/// becomes, so the budget is never in the way of a later scale-down.
+pub fn pod_disruption_budget(d: &Desired, owner: &OwnerReference) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(d, d.workload_name(), Some(owner)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(d)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -215,15 +253,19 @@ pub fn serve_args(d: &Desired) -> Vec<String> {
         "serve".to_owned(),
         "--listen".to_owned(),
         format!("0.0.0.0:{CONTAINER_PORT}"),
-        "--data".to_owned(),
-        DATA_MOUNT.to_owned(),
+    ];
+    match &d.storage {
+        Storage::Volume { .. } => args.extend(["--data".to_owned(), DATA_MOUNT.to_owned()]),
+        Storage::Bucket(b) => args.extend(bucket_args(b)),
+    }
+    args.extend([
         "--tls-cert".to_owned(),
         format!("{TLS_MOUNT}/tls.crt"),
         "--tls-key".to_owned(),
         format!("{TLS_MOUNT}/tls.key"),
         "--metrics-listen".to_owned(),
         format!("0.0.0.0:{METRICS_PORT}"),
-    ];
+    ]);
     if d.htpasswd_secret.is_some() {
         args.extend([
             "--htpasswd".to_owned(),
@@ -259,6 +301,37 @@ pub fn serve_args(d: &Desired) -> Vec<String> {
     args
 }
 
+/// `privreg serve`'s S3 flags. Values go in the `--flag=value` form, so none
+/// can be read as another flag whatever it holds (validation already bounds
+/// their shapes).
+fn bucket_args(b: &Bucket) -> Vec<String> {
+    let mut args = vec![
+        format!("--s3-bucket={}", b.bucket),
+        format!("--s3-region={}", b.region),
+        format!("--s3-access-key-file={S3_CREDENTIALS_MOUNT}/{S3_ACCESS_KEY_FILE}"),
+        format!("--s3-secret-key-file={S3_CREDENTIALS_MOUNT}/{S3_SECRET_KEY_FILE}"),
+    ];
+    if let Some(endpoint) = &b.endpoint {
+        args.push(format!("--s3-endpoint={endpoint}"));
+        if endpoint.starts_with("http://") {
+            args.push("--s3-allow-http".to_owned());
+        }
+    }
+    if !b.prefix.is_empty() {
+        args.push(format!("--s3-prefix={}", b.prefix));
+    }
+    if b.path_style {
+        args.push("--s3-path-style".to_owned());
+    }
+    if b.ca_config_map.is_some() {
+        args.push(format!("--s3-ca-file={S3_CA_MOUNT}/{S3_CA_KEY}"));
+    }
+    if b.redirect_seconds > 0 {
+        args.push(format!("--s3-redirect-seconds={}", b.redirect_seconds));
+    }
+    args
+}
+
 /// An HTTP(S) GET probe of `path` on the named container `port`.
 pub(super) fn probe(path: &str, scheme: &str, port: &str, period_seconds: i32) -> Probe {
     Probe {
@@ -282,63 +355,112 @@ pub(super) fn probe(path: &str, scheme: &str, port: &str, period_seconds: i32) -
 /// the registry reloads the refreshed files.
 pub const CERTIFICATE_NAMES_ANNOTATION: &str = "privreg.dev/certificate-names";
 
-pub fn deployment(d: &Desired, owner: &OwnerReference, sans: &[String]) -> Deployment {
-    let mut volumes = vec![
-        Volume {
-            name: "tls".to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(d.tls_secret_name()),
-                default_mode: Some(0o440),
+/// A read-only mount of `volume` at `path`.
+fn read_only_mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// Only the listed keys of a Secret, as the listed files, readable by the
+/// registry's group alone.
+fn secret_keys(secret: &str, keys: &[(&str, &str)]) -> SecretVolumeSource {
+    SecretVolumeSource {
+        secret_name: Some(secret.to_owned()),
+        default_mode: Some(0o440),
+        items: Some(
+            keys.iter()
+                .map(|(key, path)| KeyToPath {
+                    key: (*key).to_owned(),
+                    path: (*path).to_owned(),
+                    mode: None,
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The volumes and mounts of the registry's storage: its claim, or the
+/// bucket's credentials (two keys only) and CA.
+fn storage_volumes(d: &Desired) -> (Vec<Volume>, Vec<VolumeMount>) {
+    match &d.storage {
+        Storage::Volume { .. } => (
+            vec![Volume {
+                name: "data".to_owned(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: d.pvc_name(),
+                    read_only: Some(false),
+                }),
                 ..Default::default()
-            }),
+            }],
+            vec![VolumeMount {
+                name: "data".to_owned(),
+                mount_path: DATA_MOUNT.to_owned(),
+                ..Default::default()
+            }],
+        ),
+        Storage::Bucket(b) => {
+            let mut volumes = vec![Volume {
+                name: "s3-credentials".to_owned(),
+                secret: Some(secret_keys(
+                    &b.credentials_secret,
+                    &[
+                        (S3_ACCESS_KEY_ID, S3_ACCESS_KEY_FILE),
+                        (S3_SECRET_ACCESS_KEY, S3_SECRET_KEY_FILE),
+                    ],
+                )),
+                ..Default::default()
+            }];
+            let mut mounts = vec![read_only_mount("s3-credentials", S3_CREDENTIALS_MOUNT)];
+            if let Some(ca) = &b.ca_config_map {
+                volumes.push(Volume {
+                    name: "s3-ca".to_owned(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: ca.clone(),
+                        items: Some(vec![KeyToPath {
+                            key: S3_CA_KEY.to_owned(),
+                            path: S3_CA_KEY.to_owned(),
+                            mode: None,
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                mounts.push(read_only_mount("s3-ca", S3_CA_MOUNT));
+            }
+            (volumes, mounts)
+        }
+    }
+}
+
+pub fn deployment(d: &Desired, owner: &OwnerReference, sans: &[String]) -> Deployment {
+    let (storage_volumes, storage_mounts) = storage_volumes(d);
+    let mut volumes = vec![Volume {
+        name: "tls".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(d.tls_secret_name()),
+            default_mode: Some(0o440),
             ..Default::default()
-        },
-        Volume {
-            name: "data".to_owned(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: d.pvc_name(),
-                read_only: Some(false),
-            }),
-            ..Default::default()
-        },
-    ];
+        }),
+        ..Default::default()
+    }];
+    volumes.extend(storage_volumes);
     // The Secret is mounted as a directory (no subPath), so kubelet swaps in a
     // renewed certificate and `privreg serve` reloads it without a restart.
-    let mut mounts = vec![
-        VolumeMount {
-            name: "tls".to_owned(),
-            mount_path: TLS_MOUNT.to_owned(),
-            read_only: Some(true),
-            ..Default::default()
-        },
-        VolumeMount {
-            name: "data".to_owned(),
-            mount_path: DATA_MOUNT.to_owned(),
-            ..Default::default()
-        },
-    ];
+    let mut mounts = vec![read_only_mount("tls", TLS_MOUNT)];
+    mounts.extend(storage_mounts);
     if let Some(secret) = &d.htpasswd_secret {
         volumes.push(Volume {
             name: "auth".to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                default_mode: Some(0o440),
-                // Only the key the registry reads, whatever else the Secret holds.
-                items: Some(vec![KeyToPath {
-                    key: HTPASSWD_KEY.to_owned(),
-                    path: HTPASSWD_KEY.to_owned(),
-                    mode: None,
-                }]),
-                ..Default::default()
-            }),
+            // Only the key the registry reads, whatever else the Secret holds.
+            secret: Some(secret_keys(secret, &[(HTPASSWD_KEY, HTPASSWD_KEY)])),
             ..Default::default()
         });
-        mounts.push(VolumeMount {
-            name: "auth".to_owned(),
-            mount_path: AUTH_MOUNT.to_owned(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        mounts.push(read_only_mount("auth", AUTH_MOUNT));
     }
     let container = Container {
         name: "registry".to_owned(),
@@ -385,12 +507,8 @@ pub fn deployment(d: &Desired, owner: &OwnerReference, sans: &[String]) -> Deplo
     Deployment {
         metadata: meta(d, d.workload_name(), Some(owner)),
         spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            // One writer on a ReadWriteOnce volume: stop the old pod before the new one.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".to_owned()),
-                ..Default::default()
-            }),
+            replicas: Some(d.replicas),
+            strategy: Some(strategy(d)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(d)),
                 ..Default::default()
@@ -409,6 +527,7 @@ pub fn deployment(d: &Desired, owner: &OwnerReference, sans: &[String]) -> Deplo
                     volumes: Some(volumes),
                     node_selector: d.node_selector.clone(),
                     tolerations: d.tolerations.clone(),
+                    topology_spread_constraints: spread(d),
                     automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
@@ -428,6 +547,47 @@ pub fn deployment(d: &Desired, owner: &OwnerReference, sans: &[String]) -> Deplo
         }),
         ..Default::default()
     }
+}
+
+/// A volume has one writer: the old pod stops before the new one starts. On
+/// a bucket, new pods start (one at a time) before old ones stop, so an update
+/// never takes the registry down, and one that cannot start (a bad image, a
+/// missing CA ConfigMap) leaves the running pods serving.
+fn strategy(d: &Desired) -> DeploymentStrategy {
+    match d.storage {
+        Storage::Volume { .. } => DeploymentStrategy {
+            type_: Some("Recreate".to_owned()),
+            ..Default::default()
+        },
+        Storage::Bucket(_) => DeploymentStrategy {
+            type_: Some("RollingUpdate".to_owned()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        },
+    }
+}
+
+/// Several pods spread over nodes and zones, so losing one takes one pod.
+/// Preferred, not required (`ScheduleAnyway`): on a one-node cluster every
+/// replica still runs.
+fn spread(d: &Desired) -> Option<Vec<TopologySpreadConstraint>> {
+    (d.replicas > 1).then(|| {
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+            .into_iter()
+            .map(|key| TopologySpreadConstraint {
+                max_skew: 1,
+                topology_key: key.to_owned(),
+                when_unsatisfiable: "ScheduleAnyway".to_owned(),
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(d)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect()
+    })
 }
 
 /// Hex SHA-256 of the sorted names, one per line.
@@ -477,6 +637,7 @@ pub(crate) mod tests {
         for spec in [
             "{}",
             "{auth: {htpasswdSecretRef: {name: users}, anonymousPull: true}}",
+            BUCKET,
         ] {
             let d = desired(spec);
             let dep = deployment(&d, &owner(), &[]);
@@ -507,8 +668,89 @@ pub(crate) mod tests {
             );
             assert_eq!(serve.htpasswd.is_some(), d.htpasswd_secret.is_some());
             assert_eq!(serve.anonymous_pull, d.anonymous_pull);
+            if let Storage::Bucket(b) = &d.storage {
+                let s3 = &serve.s3;
+                assert_eq!(s3.s3_bucket.as_deref(), Some(b.bucket.as_str()));
+                assert_eq!(s3.s3_endpoint, b.endpoint);
+                assert_eq!(s3.s3_prefix, b.prefix);
+                assert_eq!(s3.s3_region, b.region);
+                assert!(s3.s3_path_style && s3.s3_allow_http);
+                assert_eq!(s3.s3_redirect_seconds, 300);
+                assert_eq!(
+                    s3.s3_ca_file.as_deref().and_then(|p| p.to_str()),
+                    Some("/etc/privreg/s3-ca/ca.crt")
+                );
+                assert_eq!(
+                    s3.s3_secret_key_file.as_deref().and_then(|p| p.to_str()),
+                    Some("/etc/privreg/s3/secret-access-key")
+                );
+            }
             assert_eq!(cli.log_format, crate::telemetry::LogFormat::Json);
         }
+    }
+
+    const BUCKET: &str = "{replicas: 3, storage: {s3: {endpoint: 'http://s3.storage:8333', bucket: images, prefix: team-a, pathStyle: true, credentialsSecretRef: {name: s3-keys}, caConfigMapRef: {name: s3-ca}, redirectSeconds: 300}}}";
+
+    #[test]
+    fn a_bucket_registry_rolls_spreads_and_mounts_two_keys_only() {
+        let d = desired(BUCKET);
+        assert!(pvc(&d, &owner()).is_none(), "no volume claim");
+        let spec = deployment(&d, &owner(), &[]).spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let strategy = spec.strategy.unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        let rolling = strategy.rolling_update.unwrap();
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+        let pod = spec.template.spec.unwrap();
+        let spread = pod.topology_spread_constraints.unwrap();
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert!(
+            spread
+                .iter()
+                .all(|c| c.when_unsatisfiable == "ScheduleAnyway")
+        );
+        let volumes = pod.volumes.unwrap();
+        assert!(volumes.iter().all(|v| v.persistent_volume_claim.is_none()));
+        let credentials = volumes
+            .iter()
+            .find(|v| v.name == "s3-credentials")
+            .and_then(|v| v.secret.clone())
+            .unwrap();
+        assert_eq!(credentials.secret_name.as_deref(), Some("s3-keys"));
+        let keys: Vec<_> = credentials
+            .items
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.key, i.path))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("AWS_ACCESS_KEY_ID".into(), "access-key-id".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "secret-access-key".into())
+            ]
+        );
+        let ca = volumes
+            .iter()
+            .find(|v| v.name == "s3-ca")
+            .and_then(|v| v.config_map.clone())
+            .unwrap();
+        assert_eq!(ca.name, "s3-ca");
+        assert_eq!(ca.items.unwrap().len(), 1);
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert!(mounts.iter().all(|m| m.mount_path != DATA_MOUNT));
+        assert!(
+            mounts
+                .iter()
+                .filter(|m| m.name.starts_with("s3"))
+                .all(|m| m.read_only == Some(true))
+        );
+        let budget = pod_disruption_budget(&d, &owner()).spec.unwrap();
+        assert_eq!(budget.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            budget.selector.unwrap().match_labels,
+            Some(selector_labels(&d))
+        );
     }
 
     #[test]
@@ -553,12 +795,13 @@ pub(crate) mod tests {
 
     #[test]
     fn pvc_owner_follows_retention() {
-        let kept = pvc(&desired("{}"), &owner());
+        let kept = pvc(&desired("{}"), &owner()).unwrap();
         assert_eq!(kept.metadata.owner_references, Some(vec![]));
         let dropped = pvc(
             &desired("{storage: {retainOnDelete: false, size: 1Gi}}"),
             &owner(),
-        );
+        )
+        .unwrap();
         assert_eq!(dropped.metadata.owner_references.unwrap().len(), 1);
         let size = &dropped.spec.unwrap().resources.unwrap().requests.unwrap()["storage"];
         assert_eq!(size.0, "1Gi");

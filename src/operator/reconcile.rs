@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -104,7 +105,13 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
         objects::ca_configmap(&desired, &published_ca, &owner),
     )
     .await?;
-    let pvc = apply(&ctx, &ns, objects::pvc(&desired, &owner)).await?;
+    let pvc_phase = match objects::pvc(&desired, &owner) {
+        Some(pvc) => apply(&ctx, &ns, pvc).await?.status.and_then(|s| s.phase),
+        None => None,
+    };
+    if desired.replicas > 1 {
+        apply(&ctx, &ns, objects::pod_disruption_budget(&desired, &owner)).await?;
+    }
     let deployment = apply(&ctx, &ns, objects::deployment(&desired, &owner, &sans)).await?;
     let available_replicas = deployment
         .status
@@ -130,7 +137,11 @@ pub async fn reconcile(pr: Arc<PrivateRegistry>, ctx: Arc<Context>) -> Result<Ac
             .ok()
             .map(|i| i.sha256_fingerprint),
         not_after: Some(leaf.not_after),
-        pvc_phase: pvc.status.and_then(|s| s.phase),
+        pvc_phase,
+        bucket: match &desired.storage {
+            validate::Storage::Bucket(b) => Some(b.bucket.clone()),
+            validate::Storage::Volume { .. } => None,
+        },
         available_replicas,
         serving,
         pod_problem: pod_problem.clone(),
@@ -263,6 +274,7 @@ async fn check_ownership(ctx: &Context, d: &Desired, owner: &OwnerReference) -> 
         check::<Secret>(ctx, d, d.tls_secret_name(), ours),
         check::<ConfigMap>(ctx, d, d.ca_configmap_name(), ours),
         check::<PersistentVolumeClaim>(ctx, d, d.pvc_name(), our_volume),
+        check::<PodDisruptionBudget>(ctx, d, d.workload_name(), ours),
         generated_ca,
     )?;
     Ok(())
@@ -315,6 +327,16 @@ async fn check_consent(ctx: &Context, d: &Desired) -> Result<()> {
             name,
             "htpasswd",
             &[objects::HTPASSWD_KEY],
+        )
+        .await?;
+    }
+    if let validate::Storage::Bucket(b) = &d.storage {
+        consented_secret(
+            ctx,
+            &d.namespace,
+            &b.credentials_secret,
+            "s3-credentials",
+            &[validate::S3_ACCESS_KEY_ID, validate::S3_SECRET_ACCESS_KEY],
         )
         .await?;
     }
@@ -377,6 +399,7 @@ where
         "PersistentVolumeClaim" => "PersistentVolumeClaim",
         "Deployment" => "Deployment",
         "DaemonSet" => "DaemonSet",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
         _ => "object",
     }
 }

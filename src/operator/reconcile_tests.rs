@@ -402,7 +402,7 @@ async fn another_owners_object_is_never_touched() {
 async fn a_retained_volume_is_attached_again() {
     let pr = registry("{}");
     // What a deleted registry of the same name left: labels, no owner.
-    let retained = objects::pvc(&desired(&pr), &owner(&pr, Some("u-0")));
+    let retained = objects::pvc(&desired(&pr), &owner(&pr, Some("u-0"))).expect("a volume");
     let fake = fake_with(&pr, |f| f.insert(&retained));
 
     run(&fake, pr).await.expect("not a NameConflict");
@@ -488,4 +488,57 @@ async fn an_htpasswd_secret_is_used_only_with_consent() {
         .map(|i| i.key)
         .collect();
     assert_eq!(items, [objects::HTPASSWD_KEY]);
+}
+
+/// A registry on a bucket: its credentials Secret only with consent (else
+/// nothing is written), then no volume claim, a disruption budget, and the
+/// replicas asked for.
+#[tokio::test]
+async fn a_bucket_registry_needs_consent_and_gets_no_volume() {
+    let pr = registry(
+        "{replicas: 2, storage: {s3: {endpoint: 'https://s3.storage:8333', bucket: images, credentialsSecretRef: {name: users}}}}",
+    );
+    let keys = [
+        crate::operator::validate::S3_ACCESS_KEY_ID,
+        crate::operator::validate::S3_SECRET_ACCESS_KEY,
+    ];
+    let refused = [
+        (None, "SecretNotOptedIn"),
+        (
+            Some(users_secret(Some("htpasswd"), &keys)),
+            "SecretNotOptedIn",
+        ),
+        (
+            Some(users_secret(Some("s3-credentials"), &keys[..1])),
+            "SecretKeyMissing",
+        ),
+    ];
+    for (secret, reason) in refused {
+        let fake = fake_with(&pr, |f| secret.iter().for_each(|s| f.insert(s)));
+        let err = run(&fake, pr.clone()).await.expect_err("refused");
+        assert!(
+            matches!(&err, Error::Refused(r) if r.reason() == reason),
+            "{err:?}"
+        );
+        assert_read_only(&fake);
+    }
+
+    let fake = fake_with(&pr, |f| {
+        f.insert(&users_secret(Some("s3-credentials"), &keys))
+    });
+    run(&fake, pr).await.expect("consented");
+    assert!(fake.get::<PersistentVolumeClaim>(NS, "reg-data").is_none());
+    let budget: k8s_openapi::api::policy::v1::PodDisruptionBudget =
+        fake.get(NS, NAME).expect("a disruption budget");
+    assert_eq!(
+        budget.spec.and_then(|s| s.max_unavailable),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let deployment: Deployment = fake.get(NS, NAME).expect("Deployment");
+    assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(2));
+    let registry: PrivateRegistry = fake.get(NS, NAME).expect("the registry");
+    assert_eq!(
+        condition(&registry, crate::operator::status::STORAGE_READY),
+        ("True".to_owned(), "ObjectStorage".to_owned())
+    );
 }

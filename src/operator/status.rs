@@ -25,6 +25,8 @@ pub struct Observed {
     pub not_after: Option<time::OffsetDateTime>,
     /// The PVC's phase (`Bound`, `Pending`, ...).
     pub pvc_phase: Option<String>,
+    /// The S3 bucket the registry keeps its images in, instead of a volume.
+    pub bucket: Option<String>,
     /// Available replicas of the registry Deployment.
     pub available_replicas: i32,
     /// What the Service presents (None: not checked, by configuration or
@@ -99,13 +101,26 @@ pub fn compute(
         .pvc_phase
         .clone()
         .unwrap_or_else(|| "Unknown".to_owned());
-    let storage_ok = phase == "Bound";
+    // A bucket is the registry pods' to reach (their readiness checks it, so
+    // an unreachable bucket shows as no available pod); the operator never
+    // holds the tenant's S3 credentials nor dials the tenant's endpoint.
+    let storage_ok = observed.bucket.is_some() || phase == "Bound";
+    let (reason, message) = match &observed.bucket {
+        Some(bucket) => (
+            "ObjectStorage",
+            format!(
+                "images are kept in S3 bucket {bucket}; each registry pod's readiness checks it"
+            ),
+        ),
+        None if storage_ok => ("Bound", format!("volume claim is {phase}")),
+        None => ("NotBound", format!("volume claim is {phase}")),
+    };
     let storage = condition(
         previous,
         STORAGE_READY,
         storage_ok,
-        if storage_ok { "Bound" } else { "NotBound" },
-        format!("volume claim is {phase}"),
+        reason,
+        message,
         generation,
         now,
     );

@@ -52,6 +52,16 @@ pub enum SpecError {
         min: u64,
         max: u64,
     },
+    #[error("spec.storage.s3.{field} {value:?} {rule}")]
+    S3 {
+        field: &'static str,
+        value: String,
+        rule: &'static str,
+    },
+    #[error("spec.storage.{0} is for the volume; with spec.storage.s3 the registry has no volume")]
+    VolumeFieldWithS3(&'static str),
+    #[error("spec.replicas {0} needs spec.storage.s3: a volume has one writer")]
+    ReplicasNeedBucket(i32),
     #[error("spec.storage.size {0:?} must be a quantity between 1Mi and 1Pi")]
     StorageSize(String),
     #[error("spec.registry.minFreeSpace {0:?} must be a percentage (5%) or a byte quantity (10Gi)")]
@@ -111,9 +121,9 @@ pub struct Desired {
     pub cert_validity: Duration,
     pub renew_before: Duration,
     pub extra_sans: Vec<String>,
-    pub storage_size: String,
-    pub storage_class: Option<String>,
-    pub retain_storage: bool,
+    pub storage: Storage,
+    /// Registry pods; above 1 only with a bucket.
+    pub replicas: i32,
     pub htpasswd_secret: Option<String>,
     pub anonymous_pull: bool,
     pub image: String,
@@ -174,6 +184,39 @@ impl Desired {
         sans
     }
 }
+
+/// Where a registry keeps its images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// One PersistentVolumeClaim, one writer.
+    Volume {
+        size: String,
+        class: Option<String>,
+        retain: bool,
+    },
+    /// An S3 bucket the registry's pods share.
+    Bucket(Bucket),
+}
+
+/// `spec.storage.s3`, checked: every field reaches `privreg serve` as a flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// Empty, or `/`-separated segments (the driver keeps them whole: `a`
+    /// and `ab` never share a key).
+    pub prefix: String,
+    pub region: String,
+    pub path_style: bool,
+    pub credentials_secret: String,
+    pub ca_config_map: Option<String>,
+    pub redirect_seconds: u32,
+}
+
+/// The Secret keys of S3 credentials (as an ObjectBucketClaim's Secret has them).
+pub const S3_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const S3_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
 
 /// `privreg serve` settings from `spec.registry` and `spec.auth`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,6 +372,178 @@ fn at_most(field: &'static str, count: usize, max: usize) -> Result<(), SpecErro
     Ok(())
 }
 
+fn storage(spec: &api::StorageSpec) -> Result<Storage, SpecError> {
+    let Some(s3) = &spec.s3 else {
+        let size = spec
+            .size
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STORAGE.to_owned());
+        if !quantity_bytes(&size)
+            .is_some_and(|b| (bounds::STORAGE_MIN_BYTES..=bounds::STORAGE_MAX_BYTES).contains(&b))
+        {
+            return Err(SpecError::StorageSize(size));
+        }
+        let class = spec
+            .storage_class_name
+            .as_deref()
+            .map(|c| object_name("spec.storage.storageClassName", c))
+            .transpose()?;
+        return Ok(Storage::Volume {
+            size,
+            class,
+            retain: spec.retain_on_delete.unwrap_or(true),
+        });
+    };
+    if spec.size.is_some() {
+        return Err(SpecError::VolumeFieldWithS3("size"));
+    }
+    if spec.storage_class_name.is_some() {
+        return Err(SpecError::VolumeFieldWithS3("storageClassName"));
+    }
+    bucket(s3).map(Storage::Bucket)
+}
+
+fn s3_error(field: &'static str, value: &str, rule: &'static str) -> SpecError {
+    SpecError::S3 {
+        field,
+        value: value.to_owned(),
+        rule,
+    }
+}
+
+/// Every field of `spec.storage.s3` becomes an argument of `privreg serve` in
+/// the tenant's pods: each is held to a shape that cannot carry anything else
+/// (another flag, a path outside the prefix, a user or query in the URL).
+fn bucket(s3: &api::S3StorageSpec) -> Result<Bucket, SpecError> {
+    let endpoint = s3.endpoint.as_deref().map(s3_endpoint).transpose()?;
+    let name = &s3.bucket;
+    let bucket_ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.contains("..");
+    if !bucket_ok {
+        return Err(s3_error(
+            "bucket",
+            name,
+            "is not a bucket name (3-63 lowercase letters, digits, '.', '-')",
+        ));
+    }
+    let prefix = s3.prefix.as_deref().map(s3_prefix).transpose()?;
+    let region = s3
+        .region
+        .clone()
+        .unwrap_or_else(|| DEFAULT_S3_REGION.to_owned());
+    let region_ok = (1..=32).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-');
+    if !region_ok {
+        return Err(s3_error(
+            "region",
+            &region,
+            "is not a region (lowercase letters, digits, '-')",
+        ));
+    }
+    let redirect_seconds = match s3.redirect_seconds {
+        None => 0,
+        Some(v) => u32::try_from(v)
+            .ok()
+            .filter(|v| i32::try_from(*v).is_ok_and(|v| v <= bounds::MAX_S3_REDIRECT_SECONDS))
+            .ok_or(SpecError::Count {
+                field: "spec.storage.s3.redirectSeconds",
+                value: v,
+                min: 0,
+                max: bounds::MAX_S3_REDIRECT_SECONDS,
+            })?,
+    };
+    Ok(Bucket {
+        endpoint,
+        bucket: name.clone(),
+        prefix: prefix.unwrap_or_default(),
+        region,
+        path_style: s3.path_style,
+        credentials_secret: object_name(
+            "spec.storage.s3.credentialsSecretRef.name",
+            &s3.credentials_secret_ref.name,
+        )?,
+        ca_config_map: s3
+            .ca_config_map_ref
+            .as_ref()
+            .map(|r| object_name("spec.storage.s3.caConfigMapRef.name", &r.name))
+            .transpose()?,
+        redirect_seconds,
+    })
+}
+
+/// `scheme://host[:port]`, normalised without a trailing `/`: a DNS name or an
+/// IP address, no user, path, query or fragment.
+fn s3_endpoint(value: &str) -> Result<String, SpecError> {
+    let bad = || {
+        s3_error(
+            "endpoint",
+            value,
+            "must be https:// (or http://) and a host name or IP address, with an optional port and nothing else",
+        )
+    };
+    if value.len() > 300 {
+        return Err(bad());
+    }
+    let trimmed = value.strip_suffix('/').unwrap_or(value);
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 literal without a port ends in `]`, and has colons inside.
+        Some((host, port)) if !port.ends_with(']') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(bad());
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            host.parse::<std::net::Ipv4Addr>().is_ok()
+                || (certs::is_dns_name(host) && !host.starts_with("*."))
+        }
+    };
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Segments of letters, digits, `.`, `_`, `-` (none empty, `.` or `..`),
+/// returned without a trailing `/`.
+fn s3_prefix(value: &str) -> Result<String, SpecError> {
+    let body = value.strip_suffix('/').unwrap_or(value);
+    let ok = value.len() <= 256
+        && !body.is_empty()
+        && body.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if !ok {
+        return Err(s3_error(
+            "prefix",
+            value,
+            "must be '/'-separated segments of letters, digits, '.', '_', '-' (no empty, '.' or '..' segment)",
+        ));
+    }
+    Ok(body.to_owned())
+}
+
 /// A Kubernetes object name (DNS subdomain), as a referenced Secret must have.
 fn object_name(field: &'static str, value: &str) -> Result<String, SpecError> {
     if !certs::is_dns_name(value) || value.starts_with("*.") || value.len() > 253 {
@@ -422,22 +637,19 @@ pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecEr
             return Err(SpecError::San(san.clone()));
         }
     }
-    let storage_size = spec
-        .storage
-        .size
-        .clone()
-        .unwrap_or_else(|| DEFAULT_STORAGE.to_owned());
-    if !quantity_bytes(&storage_size)
-        .is_some_and(|b| (bounds::STORAGE_MIN_BYTES..=bounds::STORAGE_MAX_BYTES).contains(&b))
-    {
-        return Err(SpecError::StorageSize(storage_size));
+    let storage = storage(&spec.storage)?;
+    let replicas = spec.replicas.unwrap_or(1);
+    if !(1..=bounds::MAX_REPLICAS).contains(&replicas) {
+        return Err(SpecError::Count {
+            field: "spec.replicas",
+            value: replicas,
+            min: 1,
+            max: bounds::MAX_REPLICAS,
+        });
     }
-    let storage_class = spec
-        .storage
-        .storage_class_name
-        .as_deref()
-        .map(|c| object_name("spec.storage.storageClassName", c))
-        .transpose()?;
+    if replicas > 1 && matches!(storage, Storage::Volume { .. }) {
+        return Err(SpecError::ReplicasNeedBucket(replicas));
+    }
     let ca_secret = spec
         .tls
         .ca
@@ -486,9 +698,8 @@ pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecEr
         cert_validity,
         renew_before,
         extra_sans: spec.tls.cert.extra_sans.clone(),
-        storage_size,
-        storage_class,
-        retain_storage: spec.storage.retain_on_delete.unwrap_or(true),
+        storage,
+        replicas,
         htpasswd_secret,
         anonymous_pull: spec.auth.as_ref().is_some_and(|a| a.anonymous_pull),
         server: server_settings(spec)?,
@@ -533,8 +744,15 @@ spec: {}
         let d = validate(&registry(MINIMAL), &own_image("img:1")).unwrap();
         assert_eq!(d.hostname, "reg.tools.svc");
         assert_eq!(d.endpoint(), "reg.tools.svc:5000");
-        assert_eq!(d.storage_size, "20Gi");
-        assert!(d.retain_storage);
+        assert_eq!(
+            d.storage,
+            Storage::Volume {
+                size: "20Gi".into(),
+                class: None,
+                retain: true
+            }
+        );
+        assert_eq!(d.replicas, 1);
         assert_eq!(d.image, "img:1");
         assert_eq!(d.cert_validity, DEFAULT_CERT_VALIDITY);
         assert_eq!(d.ca_secret_name(), "reg-ca");
@@ -742,5 +960,118 @@ spec:
         ] {
             assert_eq!(quantity_bytes(bad), None, "{bad}");
         }
+    }
+
+    fn with_spec(spec: &str) -> Result<Desired, SpecError> {
+        let yaml = format!("{}spec: {spec}\n", MINIMAL.replace("spec: {}\n", ""));
+        validate(&registry(&yaml), &own_image("img"))
+    }
+
+    fn with_s3(fields: &str) -> Result<Desired, SpecError> {
+        let credentials = if fields.contains("credentialsSecretRef") {
+            ""
+        } else {
+            "credentialsSecretRef: {name: s3}, "
+        };
+        with_spec(&format!(
+            "{{replicas: 2, storage: {{s3: {{bucket: images, {credentials}{fields}}}}}}}"
+        ))
+    }
+
+    #[test]
+    fn a_bucket_is_checked_and_defaulted() {
+        let d = with_s3("endpoint: 'https://s3.internal:8333/', prefix: team-a/reg/").unwrap();
+        assert_eq!(d.replicas, 2);
+        let Storage::Bucket(b) = d.storage else {
+            panic!("a bucket")
+        };
+        assert_eq!(b.endpoint.as_deref(), Some("https://s3.internal:8333"));
+        assert_eq!(b.prefix, "team-a/reg");
+        assert_eq!(b.region, "us-east-1");
+        assert_eq!(b.credentials_secret, "s3");
+        assert_eq!(b.redirect_seconds, 0);
+        for endpoint in [
+            "http://10.0.0.7:9000",
+            "https://[fd00::7]:443",
+            "https://[::1]",
+        ] {
+            assert!(
+                with_s3(&format!("endpoint: '{endpoint}'")).is_ok(),
+                "{endpoint}"
+            );
+        }
+    }
+
+    /// Every S3 field reaches `privreg serve` as a flag in the tenant's pod:
+    /// each must keep its shape, whatever the admission schema let through.
+    #[test]
+    fn hostile_bucket_fields_are_refused() {
+        for fields in [
+            "endpoint: 'https://user:pw@s3.internal'",
+            "endpoint: 'https://s3.internal/other-bucket'",
+            "endpoint: 'https://s3.internal?x=1'",
+            "endpoint: 'https://s3.internal#x'",
+            "endpoint: 'file:///etc/passwd'",
+            "endpoint: 's3.internal'",
+            "endpoint: 'https://s3.internal:0'",
+            "endpoint: 'https://s3.internal:70000'",
+            "endpoint: 'https://*.internal'",
+            "endpoint: 'https:// --s3-bucket=x'",
+            "endpoint: 'https://[not:an:ip'",
+            "prefix: '../team-b'",
+            "prefix: 'team-a/../../team-b'",
+            "prefix: '/abs'",
+            "prefix: 'a//b'",
+            "prefix: '.'",
+            "prefix: 'a b'",
+            "prefix: '--s3-bucket=x'",
+            "region: 'us east'",
+            "region: '-x'",
+            "region: 'US-EAST-1'",
+            "redirectSeconds: -1",
+            "redirectSeconds: 604801",
+            "credentialsSecretRef: {name: 'Bad_Name'}",
+            "caConfigMapRef: {name: '../x'}",
+        ] {
+            let e = with_s3(fields).expect_err(fields);
+            assert_eq!(e.reason(), "InvalidSpec", "{fields}: {e}");
+        }
+        for bucket in [
+            "ab",
+            "Images",
+            "-images",
+            "images-",
+            "a..b",
+            "im_ages",
+            &"a".repeat(64),
+        ] {
+            let spec = format!(
+                "{{storage: {{s3: {{bucket: '{bucket}', credentialsSecretRef: {{name: s3}}}}}}}}"
+            );
+            assert!(with_spec(&spec).is_err(), "{bucket}");
+        }
+    }
+
+    #[test]
+    fn replicas_need_a_bucket_and_volume_fields_need_a_volume() {
+        assert_eq!(
+            with_spec("{replicas: 2}").unwrap_err(),
+            SpecError::ReplicasNeedBucket(2)
+        );
+        assert!(with_spec("{replicas: 0}").is_err());
+        assert!(with_s3("").is_ok());
+        assert!(
+            with_spec(
+                "{replicas: 65, storage: {s3: {bucket: images, credentialsSecretRef: {name: s3}}}}"
+            )
+            .is_err()
+        );
+        assert_eq!(
+            with_spec(
+                "{storage: {size: 1Gi, s3: {bucket: images, credentialsSecretRef: {name: s3}}}}"
+            )
+            .unwrap_err(),
+            SpecError::VolumeFieldWithS3("size")
+        );
     }
 }
