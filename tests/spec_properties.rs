@@ -45,6 +45,32 @@ fn san() -> impl Strategy<Value = String> {
 }
 
 prop_compose! {
+    /// `storage.s3` as a hostile tenant writes it.
+    fn s3()(
+        endpoint in proptest::option::of(prop_oneof![
+            "https?://[a-z0-9.]{1,20}(:[0-9]{1,6})?/?",
+            "https?://.{0,30}",
+            Just("https://user:pw@s3.example".to_owned()),
+            Just("https://[::1]:9000".to_owned()),
+            ".{0,30}",
+        ]),
+        bucket in prop_oneof!["[a-z0-9.-]{1,70}", ".{0,20}"],
+        prefix in proptest::option::of(prop_oneof!["[A-Za-z0-9./_-]{0,40}", name(), ".{0,20}"]),
+        region in proptest::option::of(prop_oneof!["[a-z0-9-]{1,40}", ".{0,10}"]),
+        redirect in proptest::option::of(any::<i32>()),
+        replicas in proptest::option::of(any::<i32>()),
+        credentials in name(),
+    ) -> (serde_json::Value, Option<i32>) {
+        let mut s3 = serde_json::json!({"bucket": bucket, "credentialsSecretRef": {"name": credentials}});
+        if let Some(v) = endpoint { s3["endpoint"] = v.into(); }
+        if let Some(v) = prefix { s3["prefix"] = v.into(); }
+        if let Some(v) = region { s3["region"] = v.into(); }
+        if let Some(v) = redirect { s3["redirectSeconds"] = v.into(); }
+        (s3, replicas)
+    }
+}
+
+prop_compose! {
     fn spec()(
         hostname in proptest::option::of(name()),
         port in proptest::option::of(any::<i32>()),
@@ -126,6 +152,7 @@ proptest! {
         let _ = objects::pvc(&d, &owner);
         let sans = d.sans(cluster_ip.as_deref());
         let _ = objects::deployment(&d, &owner, &sans);
+
         // ECDSA keeps the property fast; the algorithm does not change the date math.
         let permitted: Vec<String> = sans.iter().map(|s| certs::constraint_for(s)).collect();
         let ca = certs::generate_constrained_ca(
@@ -162,5 +189,39 @@ proptest! {
     fn certificate_lifetimes_never_panic(secs in any::<u64>()) {
         let _ = certs::generate_ca("ca", Duration::from_secs(secs), KeyAlgorithm::EcdsaP256);
         let _ = certs::expiry(time::OffsetDateTime::now_utc(), Duration::from_secs(secs));
+    }
+
+    /// Whatever a bucket spec holds, the pipeline does not panic, and what
+    /// validate accepts stays within the prefix and names no user, path or
+    /// query; a volume keeps one replica.
+    #[test]
+    fn no_bucket_spec_escapes(bucket in s3(), size in proptest::option::of("[0-9]{1,3}Gi")) {
+        let (s3, replicas) = bucket;
+        let mut spec = serde_json::json!({"storage": {"s3": s3}});
+        if let Some(r) = replicas { spec["replicas"] = r.into(); }
+        if let Some(size) = size { spec["storage"]["size"] = size.into(); }
+        let Ok(pr) = serde_json::from_value::<PrivateRegistry>(serde_json::json!({
+            "apiVersion": "privreg.dev/v1alpha1",
+            "kind": "PrivateRegistry",
+            "metadata": {"name": "reg", "namespace": "tenant", "uid": "u-1", "generation": 1},
+            "spec": spec,
+        })) else {
+            return Ok(());
+        };
+        let policy = Policy::new("privreg:test", &[]).unwrap();
+        let Ok(d) = validate(&pr, &policy) else { return Ok(()) };
+        prop_assert!((1..=64).contains(&d.replicas));
+        match &d.storage {
+            privreg::operator::validate::Storage::Bucket(b) => {
+                prop_assert!(b.prefix.split('/').all(|p| p != ".." && p != "."));
+                prop_assert!(!b.prefix.starts_with('/'));
+                let endpoint = b.endpoint.clone().unwrap_or_default();
+                prop_assert!(!endpoint.contains(['@', '?', '#', ' ']), "{endpoint}");
+                prop_assert!(endpoint.matches('/').count() <= 2, "{endpoint}");
+            }
+            privreg::operator::validate::Storage::Volume { .. } => prop_assert_eq!(d.replicas, 1),
+        }
+        let _ = objects::deployment(&d, &owner(), &d.sans(None));
+        let _ = objects::pod_disruption_budget(&d, &owner());
     }
 }

@@ -65,8 +65,10 @@ pub const S3_ENDPOINT_PATTERN: &str = r"^https?://([a-z0-9]([-a-z0-9]{0,61}[a-z0
 /// An S3 bucket name as AWS allows it: 3-63 lowercase letters, digits, `.`, `-`.
 pub const S3_BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 /// A key prefix: `/`-separated segments of letters, digits, `.`, `_`, `-`,
-/// with no empty segment, `.` or `..` (checked again by the operator).
-pub const S3_PREFIX_PATTERN: &str = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?$";
+/// with no empty segment, `.` or `..` (checked again by the operator). A
+/// segment starts with no dot, or with one dot and then no dot, or with two
+/// dots and then anything: RE2 has no look-ahead to say "not `..`".
+pub const S3_PREFIX_PATTERN: &str = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)(/([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+))*/?$";
 /// An S3 region (`us-east-1`, `eu-central-2`, `garage`).
 pub const S3_REGION_PATTERN: &str = r"^[a-z0-9][a-z0-9-]{0,31}$";
 
@@ -176,6 +178,20 @@ pub struct PrivateRegistrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub tolerations: Option<Vec<Toleration>>,
+}
+
+impl PrivateRegistrySpec {
+    /// The tenant's Secrets this spec names (each used only with its owner's
+    /// consent label): htpasswd, a brought CA, S3 credentials.
+    pub fn referenced_secrets(&self) -> impl Iterator<Item = &str> {
+        let htpasswd = self.auth.as_ref().map(|a| &a.htpasswd_secret_ref);
+        let ca = self.tls.ca.secret_ref.as_ref();
+        let s3 = self.storage.s3.as_ref().map(|s| &s.credentials_secret_ref);
+        [htpasswd, ca, s3]
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+    }
 }
 
 /// Storage of the registry: one PersistentVolumeClaim, or an S3 bucket.
@@ -594,6 +610,23 @@ mod tests {
         assert!(r.spec.trust.enabled);
         assert_eq!(r.spec.trust.runtimes.len(), 3);
         assert_eq!(r.spec.port, None);
+    }
+
+    #[test]
+    fn every_secret_a_spec_names_is_listed_for_the_consent_watch() {
+        let r: PrivateRegistry = serde_json::from_value(serde_json::json!({
+            "apiVersion": "privreg.dev/v1alpha1",
+            "kind": "PrivateRegistry",
+            "metadata": {"name": "reg", "namespace": "tools"},
+            "spec": {
+                "auth": {"htpasswdSecretRef": {"name": "users"}},
+                "tls": {"ca": {"secretRef": {"name": "my-ca"}}},
+                "storage": {"s3": {"bucket": "images", "credentialsSecretRef": {"name": "keys"}}}
+            }
+        }))
+        .unwrap();
+        let names: Vec<&str> = r.spec.referenced_secrets().collect();
+        assert_eq!(names, ["users", "my-ca", "keys"]);
     }
 
     #[test]

@@ -578,6 +578,9 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
             crate::FIELD_MANAGER
         ))
         .list_semantic(watcher::ListSemantic::MostRecent);
+    let consented = watcher::Config::default()
+        .labels(objects::SECRET_USE_LABEL)
+        .list_semantic(watcher::ListSemantic::MostRecent);
     let registry_pods = watcher::Config::default()
         .labels(&objects::all_registry_pods_selector())
         .list_semantic(watcher::ListSemantic::MostRecent);
@@ -595,6 +598,7 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
         .map(
             |((((((registries, deployments), services), secrets), configmaps), pvcs), pods)| {
                 let (reader, writer) = reflector::store();
+                let referencing = reader.clone();
                 let trigger = reflector(
                     writer,
                     watcher(registries, registries_config.clone()).modify(without_managed_fields),
@@ -605,7 +609,24 @@ async fn run_controllers(ctx: &Arc<Context>, args: &OperatorArgs, scope: &Scope)
                     .trigger_backoff(trigger_backoff())
                     .owns(deployments, owned.clone())
                     .owns(services, owned.clone())
-                    .owns(secrets, owned.clone())
+                    .owns(secrets.clone(), owned.clone())
+                    // A tenant's Secret that carries the consent label: when
+                    // its owner labels it (or changes it), the registries that
+                    // name it are reconciled at once, not after a refusal's
+                    // backoff has run out.
+                    .watches(secrets, consented.clone(), move |secret| {
+                        let namespace = secret.namespace();
+                        let name = secret.name_any();
+                        referencing
+                            .state()
+                            .into_iter()
+                            .filter(|pr| {
+                                pr.namespace() == namespace
+                                    && pr.spec.referenced_secrets().any(|s| s == name)
+                            })
+                            .map(|pr| ObjectRef::from_obj(&*pr))
+                            .collect::<Vec<_>>()
+                    })
                     .owns(configmaps, owned.clone())
                     // A retained volume has no owner reference, so map it back by label.
                     .watches(pvcs, owned.clone(), |pvc| {

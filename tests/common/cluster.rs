@@ -281,6 +281,13 @@ fn write_private(path: &Path, data: &[u8]) {
 
 /// A kube client from a kubeconfig file (its current context).
 pub async fn client_from_kubeconfig(path: &Path) -> kube::Client {
+    client_with_retry(path, true).await
+}
+
+/// A client of the kubeconfig at `path`; with `retry` false it sees a 429 or
+/// 503 as it comes (kube's default client retries them, for minutes: an
+/// eviction a PodDisruptionBudget refuses would wait instead of failing).
+pub async fn client_with_retry(path: &Path, retry: bool) -> kube::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = kube::config::Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", path.display()));
@@ -290,6 +297,8 @@ pub async fn client_from_kubeconfig(path: &Path) -> kube::Client {
     )
     .await
     .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", path.display()));
+    let mut config = config;
+    config.default_retry = retry;
     kube::Client::try_from(config).expect("build kube client")
 }
 
@@ -655,6 +664,11 @@ impl ControlPlane {
     /// A kube client as admin (`system:masters`).
     pub async fn client(&self) -> kube::Client {
         client_from_kubeconfig(&self.admin_kubeconfig).await
+    }
+
+    /// An admin client that does not retry a 429 or 503 (see [`client_with_retry`]).
+    pub async fn client_without_retry(&self) -> kube::Client {
+        client_with_retry(&self.admin_kubeconfig, false).await
     }
 
     /// Writes a kubeconfig that authenticates as `user` in `groups` with a client

@@ -4,8 +4,8 @@
 //! - [`provide_volume`]: a PersistentVolume, pre-bound to the registry's claim,
 //!   that kube-controller-manager binds;
 //! - [`run_registry_pod`]: the ReplicaSet's pod is bound to a node, its volumes are
-//!   set up in a temp dir (Secret volumes written from the Secret, honouring
-//!   `items`; the claim as a plain directory), `privreg serve` runs with the
+//!   set up in a temp dir (Secret and ConfigMap volumes written from the
+//!   object, honouring `items`; the claim as a plain directory), `privreg serve` runs with the
 //!   container's own args and env, those paths mapped, and the pod is reported
 //!   Running and Ready once the server answers its readiness probe path.
 //!
@@ -167,6 +167,16 @@ pub async fn run_registry_pod(
             for (key, path) in files {
                 std::fs::write(local.join(path), &data[&key].0).unwrap();
             }
+        } else if let Some(source) = &volume.config_map {
+            let data = Api::<ConfigMap>::namespaced(admin.clone(), namespace)
+                .get(&source.name)
+                .await
+                .unwrap_or_else(|e| panic!("ConfigMap {namespace}/{}: {e}", source.name))
+                .data
+                .unwrap_or_default();
+            for item in source.items.clone().unwrap_or_default() {
+                std::fs::write(local.join(&item.path), &data[&item.key]).unwrap();
+            }
         } else if volume.persistent_volume_claim.is_none() {
             panic!("unexpected volume {volume:?}");
         }
@@ -203,9 +213,14 @@ pub async fn run_registry_pod(
             if a.starts_with("--min-free-space=") {
                 return "--min-free-space=64Mi".to_owned();
             }
+            // A path as its own argument or as `--flag=<path>`.
+            let (flag, value) = match a.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (format!("{flag}="), value),
+                _ => (String::new(), a.as_str()),
+            };
             for (mount, local) in &mounts {
-                if let Some(rest) = a.strip_prefix(mount.as_str()) {
-                    return format!("{}{rest}", local.display());
+                if let Some(rest) = value.strip_prefix(mount.as_str()) {
+                    return format!("{flag}{}{rest}", local.display());
                 }
             }
             a
@@ -292,16 +307,28 @@ pub async fn run_registry_pod(
         .collect::<Vec<_>>()
         .join(",");
     let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+    // With several replicas, each call runs a pod no earlier call took (one
+    // not yet bound to a node), else the one there is.
     let found = eventually(
         &format!("the pod of Deployment {namespace}/{name}"),
         TIMEOUT,
         || async {
-            pods.list(&ListParams::default().labels(&selector))
+            let live: Vec<Pod> = pods
+                .list(&ListParams::default().labels(&selector))
                 .await
                 .ok()?
                 .items
                 .into_iter()
-                .find(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let unbound = live
+                .iter()
+                .position(|p| p.spec.as_ref().is_none_or(|s| s.node_name.is_none()));
+            let mut live = live;
+            match unbound {
+                Some(i) => Some(live.swap_remove(i)),
+                None => live.pop(),
+            }
         },
     )
     .await;
