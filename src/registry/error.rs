@@ -81,11 +81,17 @@ impl From<UploadError> for RegistryError {
 }
 
 impl From<StorageError> for RegistryError {
-    /// A full disk is the client's to know about (and nothing was kept); any
-    /// other failure is the operator's.
+    /// A full disk is the client's to know about (and nothing was kept), as
+    /// is a push held too long by a collection (retry); any other failure is
+    /// the operator's.
     fn from(e: StorageError) -> Self {
         if e.is_full() {
             RegistryError::StorageFull
+        } else if e.is_busy() {
+            RegistryError::TooManyRequests {
+                what: "pushes are held while a garbage collection runs",
+                retry_after: std::time::Duration::from_secs(10),
+            }
         } else {
             RegistryError::Storage(e)
         }

@@ -56,14 +56,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redirect_blobs: (args.s3.s3_redirect_seconds > 0)
             .then(|| Duration::from_secs(args.s3.s3_redirect_seconds)),
     };
-    let shared = store.shared();
     let state = AppState::new(store, auth, config, metrics);
-    if shared && args.gc_interval_seconds > 0 {
-        // Collection holds pushes back with an in-process gate: it cannot see
-        // another replica's pushes, so it does not run on a shared bucket.
-        tracing::warn!("garbage collection does not run on S3 storage yet");
-    }
-    if !args.read_only && !shared && args.gc_interval_seconds > 0 {
+    if !args.read_only && args.gc_interval_seconds > 0 {
         collect_on_schedule(
             state.clone(),
             Duration::from_secs(args.gc_interval_seconds),
@@ -186,6 +180,10 @@ fn collect_on_schedule(state: Arc<AppState>, every: Duration, opts: GcOptions) {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "garbage collection done"
                 );
+            }
+            // Every replica on a bucket schedules collections; one at a time runs.
+            Err(e) if e.is_busy() => {
+                tracing::info!(reason = %e, "garbage collection skipped")
             }
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }

@@ -178,7 +178,7 @@ pub async fn put(
     // The check and the write run as one push step, so a garbage collection
     // cannot delete a reference between them.
     let missing = run(move || {
-        store.gate().pushing(|| {
+        store.pushing(|| {
             if check && let Some(m) = missing_reference(&store, &r, &blobs, &children)? {
                 return Ok((Some(m), Vec::new()));
             }

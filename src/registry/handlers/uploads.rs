@@ -103,7 +103,7 @@ async fn try_mount(
     };
     let (store, target, d) = (state.store.clone(), repo.clone(), digest.clone());
     let mounted = run(move || {
-        store.gate().pushing(|| {
+        store.pushing(|| {
             let present = match &from {
                 Some(from) => store.stat_in_repo(from, &d)?.is_some(),
                 None => store.blob_size(&d)?.is_some(),

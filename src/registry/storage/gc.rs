@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use super::lease::{BucketLease, HeldLease};
 use super::{Result, Store};
 use crate::registry::digest::Digest;
 use crate::registry::manifest;
@@ -223,8 +224,42 @@ impl Store {
         Ok(())
     }
 
-    /// Mark and sweep, safe beside pushes that go through the store's gate.
+    /// Mark and sweep, safe beside pushes that go through the store's gate
+    /// and, on shared storage, beside other replicas' pushes (the bucket's
+    /// lease, see `lease`). Refused (ResourceBusy) while another replica's
+    /// collection holds the lease.
     pub fn collect_garbage(&self, opts: &GcOptions) -> Result<GcReport> {
+        let held = match &self.lease {
+            Some(lease) => match lease.acquire(self.driver.as_ref())? {
+                Some(held) => Some(held),
+                None => return Err(super::lease::busy("another replica collects garbage")),
+            },
+            None => None,
+        };
+        self.collect_holding(opts, held.as_ref())
+    }
+
+    /// Whether blob `d` (object dated `info`) was written or reused less
+    /// than `grace` ago: on shared storage its touch marker counts too.
+    fn blob_is_young(
+        &self,
+        d: &Digest,
+        info: Option<super::driver::FileInfo>,
+        grace: Duration,
+    ) -> Result<bool> {
+        if younger_than(info, grace) {
+            return Ok(true);
+        }
+        if self.lease.is_none() {
+            return Ok(false);
+        }
+        Ok(BucketLease::touched(self.driver.as_ref(), d)?
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .is_some_and(|age| age < grace))
+    }
+
+    fn collect_holding(&self, opts: &GcOptions, held: Option<&HeldLease>) -> Result<GcReport> {
+        let still_held = || held.map_or(Ok(()), HeldLease::check);
         self.gate.begin();
         let _collecting = Collecting(&self.gate);
         let mut report = GcReport::default();
@@ -235,6 +270,7 @@ impl Store {
             .filter_map(|r| RepoName::parse(r))
             .collect();
         for repo in &repos {
+            still_held()?;
             self.mark_repo(repo, opts, &mut marked, &mut report)?;
         }
         for blob in self.all_blobs()? {
@@ -243,9 +279,12 @@ impl Store {
                 continue;
             }
             let data = self.layout.blob_data(&blob);
+            still_held()?;
             let deleted = self.gate.exclusive(|| -> Result<Option<u64>> {
                 let info = self.driver.stat(&data)?;
-                if younger_than(info, opts.grace) || self.gate.recently_referenced(&blob) {
+                if self.blob_is_young(&blob, info, opts.grace)?
+                    || self.gate.recently_referenced(&blob)
+                {
                     return Ok(None);
                 }
                 let size = info.map_or(0, |i| i.size);
@@ -264,6 +303,11 @@ impl Store {
         }
         if !opts.dry_run {
             report.layer_links_removed = self.remove_dangling_layer_links()?;
+            if self.lease.is_some() {
+                BucketLease::prune_touched(self.driver.as_ref(), opts.grace, |d| {
+                    Ok(self.blob_size(d)?.is_some())
+                })?;
+            }
         }
         report.manifests_deleted.sort();
         report.blobs_deleted.sort();

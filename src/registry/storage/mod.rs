@@ -9,6 +9,7 @@ mod fs_batch;
 mod fsio;
 pub mod gc;
 mod journal;
+pub mod lease;
 pub mod paths;
 mod referrers;
 pub mod s3;
@@ -41,6 +42,12 @@ impl StorageError {
         self.op
     }
 
+    /// A collection holds pushes (or another replica's collection runs):
+    /// the client's to retry.
+    pub fn is_busy(&self) -> bool {
+        self.source.kind() == io::ErrorKind::ResourceBusy
+    }
+
     /// The filesystem had no room (ENOSPC): the client's to hear about.
     pub fn is_full(&self) -> bool {
         self.source.kind() == io::ErrorKind::StorageFull
@@ -56,9 +63,10 @@ pub struct Store {
     layout: Layout,
     /// Shared by every clone: pushes against a running garbage collection.
     gate: Arc<gc::PushGate>,
-    /// Other processes (replicas) write through the same storage: what this
-    /// one holds in memory about it may be stale.
-    shared: bool,
+    /// Set when other processes (replicas) write through the same storage:
+    /// what this one holds in memory about it may be stale, and collections
+    /// coordinate with them through the bucket's lease.
+    lease: Option<Arc<lease::BucketLease>>,
 }
 
 impl Store {
@@ -84,21 +92,35 @@ impl Store {
             driver,
             layout: Layout::new(Path::new("")),
             gate: Default::default(),
-            shared: false,
+            lease: None,
         }
     }
 
     /// The store in an S3 bucket, which several replicas may serve at once.
     pub fn in_bucket(driver: s3::S3Driver) -> Store {
+        Self::in_bucket_with(driver, lease::LeaseTimings::default())
+    }
+
+    /// [`Store::in_bucket`] with other waits for the collection lease.
+    pub fn in_bucket_with(driver: s3::S3Driver, timings: lease::LeaseTimings) -> Store {
         Store {
-            shared: true,
+            lease: Some(Arc::new(lease::BucketLease::new(timings))),
             ..Store::with_driver(Arc::new(driver))
         }
     }
 
     /// Whether other processes write through the same storage.
     pub fn shared(&self) -> bool {
-        self.shared
+        self.lease.is_some()
+    }
+
+    /// Runs a push step (see `gc::PushGate`): on shared storage, once no
+    /// replica's collection holds the bucket's lease.
+    pub fn pushing<T>(&self, step: impl FnOnce() -> Result<(T, Vec<Digest>)>) -> Result<T> {
+        match &self.lease {
+            Some(lease) => lease.push_step(self.driver.as_ref(), || self.gate.pushing(step)),
+            None => self.gate.pushing(step),
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -109,17 +131,11 @@ impl Store {
         &self.driver
     }
 
-    /// See `gc::PushGate`: every push step that makes content referenced runs
-    /// through it.
-    pub fn gate(&self) -> &gc::PushGate {
-        &self.gate
-    }
-
     /// Whether the storage answers and holds the layout's repositories
     /// directory (created at start: without it the volume is not the one
     /// the registry opened), for readiness.
     pub fn reachable(&self) -> bool {
-        if self.shared {
+        if self.shared() {
             // A bucket has no directories: that it answers is what counts.
             // A stat costs a few requests; a listing grows with the registry.
             return self.driver.stat(&self.layout.repositories()).is_ok();
@@ -198,7 +214,11 @@ impl Store {
 
     /// Marks blob `d` as just used (its modification time), best effort.
     pub fn touch_blob(&self, d: &Digest) {
-        self.driver.touch(&self.layout.blob_data(d));
+        match &self.lease {
+            // An object's date cannot be changed in place: a marker dates it.
+            Some(_) => lease::BucketLease::touch(self.driver.as_ref(), d),
+            None => self.driver.touch(&self.layout.blob_data(d)),
+        }
     }
 
     /// Makes blob `d` (already in the global store) part of `repo`.
@@ -215,9 +235,19 @@ impl Store {
     /// Moves a finished, verified upload into the global store. If the blob is
     /// already there (another push of the same content won), the upload is dropped.
     pub fn commit_blob_file(&self, upload: &Path, d: &Digest) -> Result<()> {
+        if self.lease.is_some() {
+            // An object's date is not its commit time on every S3 server (a
+            // renamed object may keep its source's): a marker written now
+            // dates the blob for a collection's grace period, before
+            // anything can reference it.
+            lease::BucketLease::date(self.driver.as_ref(), d)?;
+        }
         if self.blob_size(d)?.is_some() {
-            // Reused: date it now, so a collection's grace period covers it.
-            self.touch_blob(d);
+            // Reused: date it now, so a collection's grace period covers it
+            // (on shared storage the marker above did).
+            if self.lease.is_none() {
+                self.touch_blob(d);
+            }
             self.driver.delete(upload)?;
             return Ok(());
         }

@@ -421,7 +421,7 @@ impl Uploads {
         let (size, seen) = (s.size, s.seen);
         let (store, repo_owned, digest_owned) = (self.store.clone(), repo.clone(), digest.clone());
         let committed = blocking(move || {
-            store.gate().pushing(|| {
+            store.pushing(|| {
                 store.commit_blob_file(&path, &digest_owned)?;
                 store.link_blob(&repo_owned, &digest_owned)?;
                 Ok(((), vec![digest_owned.clone()]))

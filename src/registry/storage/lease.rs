@@ -1,0 +1,374 @@
+//! Garbage collection on storage several replicas share (an S3 bucket). The
+//! in-process `PushGate` cannot see another replica's pushes, so on a bucket
+//! a collection first takes a lease object in the bucket, and every replica
+//! holds its push steps (the writes that make content referenced: a manifest
+//! PUT, a blob commit or mount) while a lease is held.
+//!
+//! Why that is enough: a push step checks the lease at its start (trusting a
+//! "free" answer for at most `fresh`) and finishes within `step_budget`. A
+//! collector that has written its lease waits `fresh + step_budget` before
+//! it marks: by then every step that began before the lease was visible has
+//! finished (so the mark sees what it referenced), and every later one waits
+//! for the lease to go. Steps longer than the budget are logged.
+//!
+//! Taking the lease without a conditional write (not every S3 server honours
+//! `If-None-Match`): a collector reads the lease, writes its own with a
+//! random token, and reads it back after the settling wait; of collectors
+//! that raced, only the last writer finds its token and goes on. A lease
+//! names its expiry, so one whose collector died is ignored once expired,
+//! and a collector stops deleting before its own lease runs out.
+//!
+//! Blobs are dated for the grace period by a marker under `privreg/touched/`,
+//! written when a blob is committed or reused (a mount, a second upload): an
+//! object's own date cannot be changed in place, and is not even its commit
+//! time on every server (on SeaweedFS a renamed object kept an older date).
+//! A collection consults the marker of each blob it would delete, and
+//! removes markers once older than the grace period.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::driver::StorageDriver;
+use super::{Result, StorageError};
+use crate::registry::digest::Digest;
+
+/// Where the lease lives, beside (not inside) Distribution's layout.
+const LEASE_PATH: &str = "privreg/gc-lease";
+const TOUCHED_DIR: &str = "privreg/touched";
+
+/// The waits of the protocol (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimings {
+    /// How long a push step trusts a "no lease" answer.
+    pub fresh: Duration,
+    /// The longest a push step may take after its check.
+    pub step_budget: Duration,
+    /// The longest a push step waits for a held lease before it is refused
+    /// (429, retry).
+    pub hold_max: Duration,
+    /// How long a lease is valid: the longest a collection may run.
+    pub ttl: Duration,
+}
+
+impl Default for LeaseTimings {
+    fn default() -> Self {
+        LeaseTimings {
+            fresh: Duration::from_secs(2),
+            step_budget: Duration::from_secs(20),
+            hold_max: Duration::from_secs(60),
+            ttl: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct LeaseRecord {
+    holder: String,
+    /// Seconds since the Unix epoch.
+    until: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(super) fn busy(what: &'static str) -> StorageError {
+    StorageError {
+        op: what,
+        path: PathBuf::from(LEASE_PATH),
+        source: io::ErrorKind::ResourceBusy.into(),
+    }
+}
+
+/// One replica's side of the bucket's collection lease.
+#[derive(Debug)]
+pub struct BucketLease {
+    timings: LeaseTimings,
+    /// When this replica last saw no lease held.
+    seen_free: Mutex<Option<Instant>>,
+}
+
+/// A held lease; released on drop (best effort: an expiry ends it anyway).
+pub struct HeldLease<'a> {
+    driver: &'a dyn StorageDriver,
+    token: String,
+    until: u64,
+    margin: Duration,
+}
+
+impl HeldLease<'_> {
+    /// Refuses to go on once the lease is about to expire: another replica
+    /// may then take it, and its mark would not see this one's deletions.
+    pub fn check(&self) -> Result<()> {
+        if unix_now().saturating_add(self.margin.as_secs()) >= self.until {
+            return Err(StorageError {
+                op: "garbage collection ran out of its lease",
+                path: PathBuf::from(LEASE_PATH),
+                source: io::ErrorKind::TimedOut.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HeldLease<'_> {
+    fn drop(&mut self) {
+        let path = Path::new(LEASE_PATH);
+        if read(self.driver, path)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.holder == self.token)
+            && let Err(e) = self.driver.delete(path)
+        {
+            tracing::warn!(error = %e, "releasing the collection lease failed; it expires on its own");
+        }
+    }
+}
+
+fn read(driver: &dyn StorageDriver, path: &Path) -> Result<Option<LeaseRecord>> {
+    Ok(driver
+        .get_content(path)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+impl BucketLease {
+    pub fn new(timings: LeaseTimings) -> BucketLease {
+        BucketLease {
+            timings,
+            seen_free: Mutex::new(None),
+        }
+    }
+
+    /// A lease another collection holds now (unexpired), if any.
+    fn held(&self, driver: &dyn StorageDriver) -> Result<Option<LeaseRecord>> {
+        Ok(read(driver, Path::new(LEASE_PATH))?.filter(|r| r.until > unix_now()))
+    }
+
+    /// Runs a push step once no collection holds the lease: waits for one to
+    /// end, at most `hold_max`, then refuses (ResourceBusy).
+    pub fn push_step<T>(
+        &self,
+        driver: &dyn StorageDriver,
+        step: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let fresh = self
+            .seen_free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < self.timings.fresh);
+        if !fresh {
+            while self.held(driver)?.is_some() {
+                if started.elapsed() >= self.timings.hold_max {
+                    return Err(busy("push held by a garbage collection"));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            *self.seen_free.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+        let checked = Instant::now();
+        let out = step();
+        if checked.elapsed() > self.timings.step_budget {
+            tracing::warn!(
+                elapsed_ms = checked.elapsed().as_millis() as u64,
+                budget_ms = self.timings.step_budget.as_millis() as u64,
+                "a push step outlasted the collection lease's budget; a collection that began meanwhile may not have seen it"
+            );
+        }
+        out
+    }
+
+    /// Takes the lease for one collection, or `None` when another replica
+    /// holds it (or won the race for it).
+    pub fn acquire<'a>(&self, driver: &'a dyn StorageDriver) -> Result<Option<HeldLease<'a>>> {
+        if self.held(driver)?.is_some() {
+            return Ok(None);
+        }
+        let token = format!("{:032x}", rand::random::<u128>());
+        let until = unix_now().saturating_add(self.timings.ttl.as_secs());
+        let record = LeaseRecord {
+            holder: token.clone(),
+            until,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| StorageError {
+            op: "write the collection lease",
+            path: PathBuf::from(LEASE_PATH),
+            source: io::Error::other(e),
+        })?;
+        driver.put_content(Path::new(LEASE_PATH), &bytes)?;
+        let held = HeldLease {
+            driver,
+            token: token.clone(),
+            until,
+            margin: self.timings.step_budget,
+        };
+        // Every push step that began before the lease was visible ends, and
+        // a racing collector's write lands, before the read-back.
+        std::thread::sleep(self.timings.fresh + self.timings.step_budget);
+        match read(driver, Path::new(LEASE_PATH))? {
+            Some(r) if r.holder == token => Ok(Some(held)),
+            // Another collector wrote after this one: it goes on (and the
+            // drop leaves its lease alone).
+            _ => Ok(None),
+        }
+    }
+
+    /// The marker `touch` writes for blob `d`.
+    pub fn touched_path(d: &Digest) -> PathBuf {
+        Path::new(TOUCHED_DIR)
+            .join(d.algorithm().name())
+            .join(d.hex())
+    }
+
+    /// Dates blob `d` as used now.
+    pub fn date(driver: &dyn StorageDriver, d: &Digest) -> Result<()> {
+        driver.put_content(&Self::touched_path(d), b"")
+    }
+
+    /// [`BucketLease::date`], best effort.
+    pub fn touch(driver: &dyn StorageDriver, d: &Digest) {
+        if let Err(e) = Self::date(driver, d) {
+            tracing::warn!(error = %e, digest = %d, "dating a reused blob failed");
+        }
+    }
+
+    /// When blob `d` was last touched, if it was.
+    pub fn touched(driver: &dyn StorageDriver, d: &Digest) -> Result<Option<SystemTime>> {
+        Ok(driver.stat(&Self::touched_path(d))?.map(|i| i.modified))
+    }
+
+    /// Removes touch markers older than `grace` (they no longer keep anything)
+    /// and those of blobs that are gone; returns how many.
+    pub fn prune_touched(
+        driver: &dyn StorageDriver,
+        grace: Duration,
+        exists: impl Fn(&Digest) -> Result<bool>,
+    ) -> Result<usize> {
+        let mut removed = 0;
+        let root = Path::new(TOUCHED_DIR);
+        for alg in driver.list(root)? {
+            for hex in driver.list(&root.join(&alg))? {
+                let path = root.join(&alg).join(&hex);
+                let old = driver.stat(&path)?.is_none_or(|i| {
+                    SystemTime::now()
+                        .duration_since(i.modified)
+                        .is_ok_and(|age| age >= grace)
+                });
+                let gone = match format!("{alg}:{hex}").parse::<Digest>() {
+                    Ok(d) => !exists(&d)?,
+                    Err(_) => true,
+                };
+                if (old || gone) && driver.delete(&path)? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::storage::driver::FsDriver;
+
+    fn quick() -> LeaseTimings {
+        LeaseTimings {
+            fresh: Duration::from_millis(10),
+            step_budget: Duration::from_millis(40),
+            hold_max: Duration::from_millis(300),
+            ttl: Duration::from_secs(120),
+        }
+    }
+
+    /// Two replicas' sides of one bucket (here a directory: the protocol
+    /// needs only reads, writes and deletes).
+    fn two_replicas() -> (tempfile::TempDir, FsDriver, BucketLease, BucketLease) {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = FsDriver::open(dir.path()).unwrap();
+        (
+            dir,
+            driver,
+            BucketLease::new(quick()),
+            BucketLease::new(quick()),
+        )
+    }
+
+    #[test]
+    fn one_collection_at_a_time_and_pushes_wait_for_it() {
+        let (_dir, driver, a, b) = two_replicas();
+        let held = a.acquire(&driver).unwrap().expect("the lease is free");
+        assert!(b.acquire(&driver).unwrap().is_none(), "held by the other");
+        // A push on either replica waits, then is refused (429 at the edge).
+        let waited = Instant::now();
+        let refused = b.push_step(&driver, || Ok(())).unwrap_err();
+        assert!(refused.is_busy(), "{refused:?}");
+        assert!(waited.elapsed() >= quick().hold_max);
+        assert!(a.push_step(&driver, || Ok(())).unwrap_err().is_busy());
+        held.check().unwrap();
+        drop(held);
+        // Released: pushes run, and the next collection may take it.
+        assert_eq!(b.push_step(&driver, || Ok(7)).unwrap(), 7);
+        assert!(b.acquire(&driver).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_push_waiting_on_a_lease_runs_once_it_is_released() {
+        let (_dir, driver, a, b) = two_replicas();
+        let held = a.acquire(&driver).unwrap().expect("free");
+        std::thread::scope(|s| {
+            let push = s.spawn(|| {
+                let started = Instant::now();
+                let out = b.push_step(&driver, || Ok("pushed"));
+                (out.unwrap(), started.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+            let (out, waited) = push.join().unwrap();
+            assert_eq!(out, "pushed");
+            assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        });
+    }
+
+    #[test]
+    fn an_expired_lease_is_ignored() {
+        let (_dir, driver, a, b) = two_replicas();
+        // A collector that died long ago.
+        let stale = LeaseRecord {
+            holder: "dead".into(),
+            until: unix_now() - 1,
+        };
+        driver
+            .put_content(Path::new(LEASE_PATH), &serde_json::to_vec(&stale).unwrap())
+            .unwrap();
+        assert_eq!(b.push_step(&driver, || Ok(1)).unwrap(), 1);
+        assert!(a.acquire(&driver).unwrap().is_some());
+    }
+
+    /// Two collectors that both found the lease free: the one whose write
+    /// landed last goes on; the other backs off and leaves that lease alone.
+    #[test]
+    fn of_racing_collectors_the_last_writer_goes_on() {
+        let (_dir, driver, a, _) = two_replicas();
+        let winner = LeaseRecord {
+            holder: "other-replica".into(),
+            until: unix_now() + 60,
+        };
+        std::thread::scope(|s| {
+            let collector = s.spawn(|| a.acquire(&driver).unwrap().is_some());
+            // During the collector's settling wait, the other's write lands.
+            std::thread::sleep(Duration::from_millis(20));
+            driver
+                .put_content(Path::new(LEASE_PATH), &serde_json::to_vec(&winner).unwrap())
+                .unwrap();
+            assert!(!collector.join().unwrap(), "it backs off");
+        });
+        assert_eq!(read(&driver, Path::new(LEASE_PATH)).unwrap(), Some(winner));
+    }
+}
