@@ -149,6 +149,15 @@ fn online_gc_on_a_bucket_is_safe_beside_two_replicas_pushes() {
     });
 }
 
+/// Without a grace period a blob pushed before its manifest may be collected
+/// first: the manifest PUT then fails cleanly (MANIFEST_BLOB_UNKNOWN) and the
+/// client pushes again. What must never happen is an acknowledged manifest
+/// whose blob is gone: the push gate, not the grace period, guarantees that.
+#[test]
+fn without_grace_pushes_may_retry_but_never_break() {
+    stress(Duration::ZERO, true, on_disk);
+}
+
 /// The stores to serve from (one per replica), made inside the runtime, and
 /// what must live as long as they do (their directory, their S3 server).
 type Stores = (Vec<Store>, Box<dyn std::any::Any>);
