@@ -29,7 +29,7 @@ use common::cluster::{ControlPlane, eventually};
 use common::daemons::SeaweedFs;
 use common::oci::{get_bytes, image_manifest, push_manifest, push_monolithic, random_bytes};
 use common::operator::{Operator, TIMEOUT, condition, install};
-use common::registry_pod::run_registry_pod;
+use common::registry_pod::{registry_client, run_registry_pod};
 use common::{free_port, tools_required};
 
 const NS: &str = "team-s3";
@@ -200,20 +200,7 @@ async fn a_registry_on_s3_runs_two_replicas_with_a_disruption_budget() {
         "{:?}",
         a.args
     );
-    let ca_pem = eventually("the CA ConfigMap", TIMEOUT, || async {
-        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(admin.clone(), NS)
-            .get_opt("reg-ca")
-            .await
-            .ok()??
-            .data?
-            .remove("ca.crt")
-    })
-    .await;
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .tls_built_in_root_certs(false)
-        .build()
-        .unwrap();
+    let client = registry_client(&admin, NS, "reg").await;
     let (url_a, url_b) = (format!("https://{}", a.addr), format!("https://{}", b.addr));
     let config = random_bytes(512);
     let layer = random_bytes(3 << 20);

@@ -129,17 +129,23 @@ fn owner() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
     }
 }
 
+/// The resource around `spec`, if it deserialises at all.
+fn registry(spec: serde_json::Value) -> Option<PrivateRegistry> {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "privreg.dev/v1alpha1",
+        "kind": "PrivateRegistry",
+        "metadata": {"name": "reg", "namespace": "tenant", "uid": "u-1", "generation": 1},
+        "spec": spec,
+    }))
+    .ok()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn no_spec_panics_the_pipeline(spec in spec(), cluster_ip in proptest::option::of(san())) {
-        let Ok(pr) = serde_json::from_value::<PrivateRegistry>(serde_json::json!({
-            "apiVersion": "privreg.dev/v1alpha1",
-            "kind": "PrivateRegistry",
-            "metadata": {"name": "reg", "namespace": "tenant", "uid": "u-1", "generation": 1},
-            "spec": spec,
-        })) else {
+        let Some(pr) = registry(spec) else {
             return Ok(());
         };
         let policy = Policy::new("privreg:test", &["allowed.example/*".into()]).unwrap();
@@ -200,12 +206,7 @@ proptest! {
         let mut spec = serde_json::json!({"storage": {"s3": s3}});
         if let Some(r) = replicas { spec["replicas"] = r.into(); }
         if let Some(size) = size { spec["storage"]["size"] = size.into(); }
-        let Ok(pr) = serde_json::from_value::<PrivateRegistry>(serde_json::json!({
-            "apiVersion": "privreg.dev/v1alpha1",
-            "kind": "PrivateRegistry",
-            "metadata": {"name": "reg", "namespace": "tenant", "uid": "u-1", "generation": 1},
-            "spec": spec,
-        })) else {
+        let Some(pr) = registry(spec) else {
             return Ok(());
         };
         let policy = Policy::new("privreg:test", &[]).unwrap();

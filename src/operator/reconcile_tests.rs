@@ -434,6 +434,26 @@ fn users_secret(label: Option<&str>, keys: &[&str]) -> Secret {
     }
 }
 
+/// With each Secret (or none) of `cases`, the reconcile is refused for the
+/// reason given, names the Secret `users`, and writes nothing.
+async fn assert_refused_read_only(
+    pr: &PrivateRegistry,
+    cases: impl IntoIterator<Item = (Option<Secret>, &str)>,
+) {
+    for (secret, reason) in cases {
+        let fake = fake_with(pr, |f| secret.iter().for_each(|s| f.insert(s)));
+
+        let err = run(&fake, pr.clone()).await.expect_err("refused");
+
+        assert!(
+            matches!(&err, Error::Refused(r) if r.reason() == reason),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("users"), "{err}");
+        assert_read_only(&fake);
+    }
+}
+
 #[tokio::test]
 async fn an_htpasswd_secret_is_used_only_with_consent() {
     let pr = registry("{auth: {htpasswdSecretRef: {name: users}}}");
@@ -449,18 +469,7 @@ async fn an_htpasswd_secret_is_used_only_with_consent() {
             "SecretKeyMissing",
         ),
     ];
-    for (secret, reason) in refused {
-        let fake = fake_with(&pr, |f| secret.iter().for_each(|s| f.insert(s)));
-
-        let err = run(&fake, pr.clone()).await.expect_err("refused");
-
-        assert!(
-            matches!(&err, Error::Refused(r) if r.reason() == reason),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("users"), "{err}");
-        assert_read_only(&fake);
-    }
+    assert_refused_read_only(&pr, refused).await;
 
     let fake = fake_with(&pr, |f| {
         f.insert(&users_secret(Some("htpasswd"), &["htpasswd", "notes"]))
@@ -513,15 +522,7 @@ async fn a_bucket_registry_needs_consent_and_gets_no_volume() {
             "SecretKeyMissing",
         ),
     ];
-    for (secret, reason) in refused {
-        let fake = fake_with(&pr, |f| secret.iter().for_each(|s| f.insert(s)));
-        let err = run(&fake, pr.clone()).await.expect_err("refused");
-        assert!(
-            matches!(&err, Error::Refused(r) if r.reason() == reason),
-            "{err:?}"
-        );
-        assert_read_only(&fake);
-    }
+    assert_refused_read_only(&pr, refused).await;
 
     let fake = fake_with(&pr, |f| {
         f.insert(&users_secret(Some("s3-credentials"), &keys))

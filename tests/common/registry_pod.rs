@@ -252,25 +252,7 @@ pub async fn run_registry_pod(
     };
 
     // Readiness: the probe's path answers 200 over TLS the registry's CA vouches for.
-    let ca_pem = eventually(
-        &format!("ConfigMap {namespace}/{name}-ca"),
-        TIMEOUT,
-        || async {
-            Api::<ConfigMap>::namespaced(admin.clone(), namespace)
-                .get_opt(&format!("{name}-ca"))
-                .await
-                .ok()??
-                .data?
-                .remove("ca.crt")
-        },
-    )
-    .await;
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
-        .tls_built_in_root_certs(false)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let client = registry_client(admin, namespace, name).await;
     let url = format!("https://{listen}/readyz");
     let deadline = Instant::now() + TIMEOUT;
     loop {
@@ -336,4 +318,28 @@ pub async fn run_registry_pod(
     bind(admin, &found, node).await;
     report_ready(admin, &found, Some("10.244.0.10")).await;
     pod
+}
+
+/// An HTTPS client that trusts registry `namespace/name`'s CA (from its CA
+/// ConfigMap, once the operator has made it) and nothing else.
+pub async fn registry_client(admin: &Client, namespace: &str, name: &str) -> reqwest::Client {
+    let ca_pem = eventually(
+        &format!("ConfigMap {namespace}/{name}-ca"),
+        TIMEOUT,
+        || async {
+            Api::<ConfigMap>::namespaced(admin.clone(), namespace)
+                .get_opt(&format!("{name}-ca"))
+                .await
+                .ok()??
+                .data?
+                .remove("ca.crt")
+        },
+    )
+    .await;
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
