@@ -448,18 +448,12 @@ fn bucket(s3: &api::S3StorageSpec) -> Result<Bucket, SpecError> {
             "is not a region (lowercase letters, digits, '-')",
         ));
     }
-    let redirect_seconds = match s3.redirect_seconds {
-        None => 0,
-        Some(v) => u32::try_from(v)
-            .ok()
-            .filter(|v| i32::try_from(*v).is_ok_and(|v| v <= bounds::MAX_S3_REDIRECT_SECONDS))
-            .ok_or(SpecError::Count {
-                field: "spec.storage.s3.redirectSeconds",
-                value: v,
-                min: 0,
-                max: bounds::MAX_S3_REDIRECT_SECONDS,
-            })?,
-    };
+    let redirect_seconds = count(
+        "spec.storage.s3.redirectSeconds",
+        s3.redirect_seconds,
+        (0, bounds::MAX_S3_REDIRECT_SECONDS),
+    )?
+    .unwrap_or(0);
     Ok(Bucket {
         endpoint,
         bucket: name.clone(),
@@ -639,14 +633,7 @@ pub fn validate(pr: &PrivateRegistry, policy: &Policy) -> Result<Desired, SpecEr
     }
     let storage = storage(&spec.storage)?;
     let replicas = spec.replicas.unwrap_or(1);
-    if !(1..=bounds::MAX_REPLICAS).contains(&replicas) {
-        return Err(SpecError::Count {
-            field: "spec.replicas",
-            value: replicas,
-            min: 1,
-            max: bounds::MAX_REPLICAS,
-        });
-    }
+    count("spec.replicas", Some(replicas), (1, bounds::MAX_REPLICAS))?;
     if replicas > 1 && matches!(storage, Storage::Volume { .. }) {
         return Err(SpecError::ReplicasNeedBucket(replicas));
     }

@@ -114,7 +114,7 @@ impl Drop for Collecting<'_> {
 }
 
 /// Whether `path` was modified less than `grace` ago (or cannot be dated).
-fn younger_than(info: Option<super::driver::FileInfo>, grace: Duration) -> bool {
+pub(super) fn younger_than(info: Option<super::driver::FileInfo>, grace: Duration) -> bool {
     info.and_then(|i| SystemTime::now().duration_since(i.modified).ok())
         .is_none_or(|age| age < grace)
 }
@@ -253,9 +253,9 @@ impl Store {
         if self.lease.is_none() {
             return Ok(false);
         }
-        Ok(BucketLease::touched(self.driver.as_ref(), d)?
-            .and_then(|at| SystemTime::now().duration_since(at).ok())
-            .is_some_and(|age| age < grace))
+        // No marker: never reused, so the object's date was the answer.
+        let marker = BucketLease::touched(self.driver.as_ref(), d)?;
+        Ok(marker.is_some() && younger_than(marker, grace))
     }
 
     fn collect_holding(&self, opts: &GcOptions, held: Option<&HeldLease>) -> Result<GcReport> {

@@ -18,12 +18,11 @@
 //! names its expiry, so one whose collector died is ignored once expired,
 //! and a collector stops deleting before its own lease runs out.
 //!
-//! Blobs are dated for the grace period by a marker under `privreg/touched/`,
-//! written when a blob is committed or reused (a mount, a second upload): an
-//! object's own date cannot be changed in place, and is not even its commit
-//! time on every server (on SeaweedFS a renamed object kept an older date).
-//! A collection consults the marker of each blob it would delete, and
-//! removes markers once older than the grace period.
+//! A new blob is dated for the grace period by its object (a commit writes
+//! or copies it, which dates it). A reused one (a mount, a second upload)
+//! cannot be re-dated in place, so `touch` writes a marker under
+//! `privreg/touched/`; a collection consults the marker of each blob it would
+//! delete, and removes markers once older than the grace period.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::driver::StorageDriver;
+use super::driver::{FileInfo, StorageDriver};
 use super::{Result, StorageError};
 use crate::registry::digest::Digest;
 
@@ -226,21 +225,16 @@ impl BucketLease {
             .join(d.hex())
     }
 
-    /// Dates blob `d` as used now.
-    pub fn date(driver: &dyn StorageDriver, d: &Digest) -> Result<()> {
-        driver.put_content(&Self::touched_path(d), b"")
-    }
-
-    /// [`BucketLease::date`], best effort.
+    /// Dates blob `d` as used now (best effort).
     pub fn touch(driver: &dyn StorageDriver, d: &Digest) {
-        if let Err(e) = Self::date(driver, d) {
+        if let Err(e) = driver.put_content(&Self::touched_path(d), b"") {
             tracing::warn!(error = %e, digest = %d, "dating a reused blob failed");
         }
     }
 
-    /// When blob `d` was last touched, if it was.
-    pub fn touched(driver: &dyn StorageDriver, d: &Digest) -> Result<Option<SystemTime>> {
-        Ok(driver.stat(&Self::touched_path(d))?.map(|i| i.modified))
+    /// The marker of blob `d`'s last reuse, if it was reused.
+    pub fn touched(driver: &dyn StorageDriver, d: &Digest) -> Result<Option<FileInfo>> {
+        driver.stat(&Self::touched_path(d))
     }
 
     /// Removes touch markers older than `grace` (they no longer keep anything)
@@ -255,11 +249,9 @@ impl BucketLease {
         for alg in driver.list(root)? {
             for hex in driver.list(&root.join(&alg))? {
                 let path = root.join(&alg).join(&hex);
-                let old = driver.stat(&path)?.is_none_or(|i| {
-                    SystemTime::now()
-                        .duration_since(i.modified)
-                        .is_ok_and(|age| age >= grace)
-                });
+                let old = driver
+                    .stat(&path)?
+                    .is_none_or(|i| !super::gc::younger_than(Some(i), grace));
                 let gone = match format!("{alg}:{hex}").parse::<Digest>() {
                     Ok(d) => !exists(&d)?,
                     Err(_) => true,

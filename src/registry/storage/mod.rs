@@ -235,19 +235,9 @@ impl Store {
     /// Moves a finished, verified upload into the global store. If the blob is
     /// already there (another push of the same content won), the upload is dropped.
     pub fn commit_blob_file(&self, upload: &Path, d: &Digest) -> Result<()> {
-        if self.lease.is_some() {
-            // An object's date is not its commit time on every S3 server (a
-            // renamed object may keep its source's): a marker written now
-            // dates the blob for a collection's grace period, before
-            // anything can reference it.
-            lease::BucketLease::date(self.driver.as_ref(), d)?;
-        }
         if self.blob_size(d)?.is_some() {
-            // Reused: date it now, so a collection's grace period covers it
-            // (on shared storage the marker above did).
-            if self.lease.is_none() {
-                self.touch_blob(d);
-            }
+            // Reused: date it now, so a collection's grace period covers it.
+            self.touch_blob(d);
             self.driver.delete(upload)?;
             return Ok(());
         }
