@@ -14,7 +14,7 @@ use common::containerd::Containerd;
 use common::daemons::go_tool;
 use common::images::{self, Blob, by_digest, host_arch, layout_blobs, layout_refs, write_layout};
 use common::skopeo::Skopeo;
-use common::{Privreg, https_client, run, run_failing, sha256, tool, tools_required, view};
+use common::{Privreg, https_client, run, run_failing, sha256, tool, view};
 
 const UNKNOWN_CA: &str = "x509: certificate signed by unknown authority";
 
@@ -439,13 +439,6 @@ async fn oras_push_attach_discover_pull() {
     assert_eq!(std::fs::read(out.join("sig.json")).unwrap(), signature);
 }
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 fn hosts_toml(server: Option<&str>, host: &str, ca: bool) -> String {
     let mut s = String::new();
     if let Some(server) = server {
@@ -493,9 +486,7 @@ async fn containerd_pulls_through_hosts_toml() {
     let Some(skopeo) = Skopeo::find(&dir.path().join("skopeo")) else {
         return;
     };
-    if !is_root() {
-        assert!(!tools_required(), "containerd tests need root");
-        eprintln!("SKIPPED: containerd needs root");
+    if !common::root_or_skip("containerd") {
         return;
     }
     let reg = Privreg::start(&dir.path().join("data"), &[]);
@@ -721,9 +712,7 @@ async fn real_clients_push_and_pull_through_two_s3_replicas() {
     ) else {
         return;
     };
-    if !is_root() {
-        assert!(!tools_required(), "containerd tests need root");
-        eprintln!("SKIPPED: containerd needs root");
+    if !common::root_or_skip("containerd") {
         return;
     }
     let Some(s3) = common::daemons::SeaweedFs::start(dir.path(), "clients") else {

@@ -91,10 +91,7 @@ impl Timings {
 
 #[test]
 fn the_recipe_on_a_real_node() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(!tools_required(), "the real node needs root");
-        eprintln!("SKIPPED: the real node needs root");
+    if !common::root_or_skip("the real node") {
         return;
     }
     if std::env::consts::ARCH != "x86_64" {

@@ -89,13 +89,6 @@ const HELLO: &str = "Hello from privreg! This container was pulled by containerd
 const UNKNOWN_CA: &str = "x509: certificate signed by unknown authority";
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 /// Whether `name` is in a directory of `PATH` (containerd and its shim look
 /// up `containerd-shim-runc-v2` and `runc` there, not in /usr/sbin by default).
 fn on_path(name: &str) -> bool {
@@ -297,9 +290,7 @@ async fn the_whole_recipe_from_a_private_registry_to_a_running_container() {
     ) else {
         return;
     };
-    if !is_root() {
-        assert!(!tools_required(), "containerd and runc need root");
-        eprintln!("SKIPPED: containerd and runc need root");
+    if !common::root_or_skip("containerd and runc") {
         return;
     }
     let Some(cp) = ControlPlane::start_with_service_cidr(SERVICE_CIDR).await else {

@@ -27,7 +27,7 @@ use common::node::{
     BundleVolume, Crictl, NodeContainerd, Serve, TrustAgent, text, trust_uninstall,
 };
 use common::skopeo::Skopeo;
-use common::{tool, tools_required};
+use common::tool;
 
 const UNKNOWN_CA: &str = "x509: certificate signed by unknown authority";
 /// The registry's friendly name: never in DNS, never in /etc/hosts.
@@ -128,13 +128,6 @@ fn der_of(pem: &str) -> Vec<u8> {
 
 fn lines_with(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }
 
 /// No tools needed: the agent follows a kubelet-style volume, logs refused
@@ -348,9 +341,7 @@ async fn cri_pulls_follow_the_agent() {
     ) else {
         return;
     };
-    if !is_root() {
-        assert!(!tools_required(), "containerd tests need root");
-        eprintln!("SKIPPED: containerd needs root");
+    if !common::root_or_skip("containerd") {
         return;
     }
     let mut timings: Vec<String> = Vec::new();

@@ -255,3 +255,17 @@ pub mod skopeo;
 pub mod store;
 pub mod trust_pod;
 pub mod view;
+
+/// Whether this process runs as root; if not, the test is SKIPPED outside CI
+/// (a failure in CI): `what` names the part that needs root.
+pub fn root_or_skip(what: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if !root {
+        assert!(!tools_required(), "{what} needs root");
+        eprintln!("SKIPPED: {what} needs root");
+    }
+    root
+}
