@@ -685,3 +685,102 @@ async fn kill9_of_one_s3_replica_loses_nothing_acknowledged() {
     .await;
     assert!(again.is_ok(), "{again:?}");
 }
+
+/// A replica killed by SIGKILL in the middle of a large request body leaves
+/// an S3 multipart upload behind: invisible, but its parts are stored. The
+/// upload purge of a registry on the same bucket (the surviving replica)
+/// aborts it and removes its record, so nothing of the request remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_body_on_s3_leaves_nothing_after_the_purge() {
+    use privreg::registry::storage::s3::S3Driver;
+    use privreg::registry::storage::{StorageDriver as _, Store};
+    use privreg::registry::{AppState, RegistryConfig, metrics::Metrics};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = common::daemons::SeaweedFs::start(dir.path(), "killed") else {
+        return;
+    };
+    let pki = common::pki::TestPki::loopback(&dir.path().join("pki"));
+    let mut doomed = s3.start_privreg(&dir.path().join("doomed"), "killed", &pki.privreg_args());
+    let client = https_client(&pki.ca);
+    let r = client
+        .post(format!("{}/v2/cut/blobs/uploads/", doomed.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = location_path(r.headers()["location"].to_str().unwrap());
+
+    // 40 MiB of an announced 64 MiB: two parts sent, the third filling.
+    let (addr, ca) = (doomed.addr(), pki.ca.clone());
+    let conn = tokio::task::spawn_blocking(move || {
+        let mut conn = TlsConn::connect(addr, client_config(&ca, &[])).unwrap();
+        conn.send_head(
+            "PATCH",
+            &location,
+            &[
+                ("Content-Type", "application/octet-stream".into()),
+                ("Content-Length", (64u64 << 20).to_string()),
+            ],
+        )
+        .unwrap();
+        let piece = vec![7u8; 1 << 20];
+        for _ in 0..40 {
+            conn.send_body(&piece).unwrap();
+        }
+        conn
+    })
+    .await
+    .unwrap();
+
+    let driver = {
+        let config = s3.config("killed");
+        tokio::task::spawn_blocking(move || S3Driver::new(&config))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let records = || {
+        let d = driver.clone();
+        tokio::task::spawn_blocking(move || d.list(std::path::Path::new("privreg/multipart")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while records().await.unwrap().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no multipart upload was recorded: {}",
+            doomed.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.kill9();
+    drop(conn);
+    let left = s3.unfinished_multipart_uploads().await;
+    assert_eq!(left.len(), 1, "the kill should leave one upload: {left:?}");
+
+    let store = Store::in_bucket(driver.clone());
+    let state = AppState::new(
+        store,
+        None,
+        RegistryConfig::default(),
+        Arc::new(Metrics::new()),
+    );
+    // The session itself is the registry's to purge by age; the multipart
+    // upload is aborted by the same purge.
+    state.uploads.purge(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        s3.unfinished_multipart_uploads().await,
+        Vec::<String>::new()
+    );
+    assert_eq!(records().await.unwrap().unwrap(), Vec::<String>::new());
+    let d = driver.clone();
+    let uploads = tokio::task::spawn_blocking(move || {
+        d.list(std::path::Path::new(
+            "docker/registry/v2/repositories/cut/_uploads",
+        ))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(uploads.is_empty(), "{uploads:?}");
+}

@@ -368,3 +368,72 @@ async fn blob_gets_redirect_to_presigned_urls_when_asked() {
         .unwrap();
     assert_eq!(other.status(), 404);
 }
+
+/// Multipart uploads are recorded in the bucket while they run: a writer that
+/// closes or cancels leaves neither a record nor an unfinished upload; one
+/// that never ends (its process died) is aborted by `abort_abandoned_writes`
+/// once its record is older than the age given, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_multipart_uploads_are_aborted_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = SeaweedFs::start(dir.path(), "abandoned") else {
+        return;
+    };
+    let driver = S3Driver::new(&config(&s3, "tenant")).unwrap();
+    let records = Path::new("privreg/multipart");
+    let d = driver.clone();
+    blocking(move || {
+        let part = Bytes::from(vec![1u8; 20 << 20]);
+        let mut closed = d.writer(Path::new("uploads/closed/data"), 0).unwrap();
+        closed.write(std::slice::from_ref(&part)).unwrap();
+        closed.close().unwrap();
+        let mut cancelled = d.writer(Path::new("uploads/cancelled/data"), 0).unwrap();
+        cancelled.write(std::slice::from_ref(&part)).unwrap();
+        cancelled.cancel().unwrap();
+        assert_eq!(d.list(records).unwrap(), Vec::<String>::new());
+        // A small body is one PUT: no multipart upload, no record.
+        let mut small = d.writer(Path::new("uploads/small/data"), 0).unwrap();
+        small.write(&[Bytes::from_static(b"small")]).unwrap();
+        assert_eq!(d.list(records).unwrap(), Vec::<String>::new());
+        small.close().unwrap();
+    })
+    .await;
+    assert_eq!(
+        s3.unfinished_multipart_uploads().await,
+        Vec::<String>::new()
+    );
+
+    // A writer whose process died: never closed, never dropped.
+    let d = driver.clone();
+    blocking(move || {
+        let mut dead = d.writer(Path::new("uploads/dead/data"), 0).unwrap();
+        dead.write(&[Bytes::from(vec![2u8; 20 << 20])]).unwrap();
+        std::mem::forget(dead);
+    })
+    .await;
+    assert_eq!(s3.unfinished_multipart_uploads().await.len(), 1);
+    let d = driver.clone();
+    let (young, old) = blocking(move || {
+        let young = d
+            .abort_abandoned_writes(std::time::Duration::from_secs(3600))
+            .unwrap();
+        let listed = d.list(records).unwrap();
+        assert_eq!(listed.len(), 1, "a young record stays");
+        // A record whose upload already ended (its delete failed) is cleared
+        // without counting.
+        d.put_content(
+            &records.join("ended"),
+            b"tenant/uploads/closed/data.segments/00000000000000000000\nno-such-upload\n",
+        )
+        .unwrap();
+        let old = d.abort_abandoned_writes(std::time::Duration::ZERO).unwrap();
+        assert_eq!(d.list(records).unwrap(), Vec::<String>::new());
+        (young, old)
+    })
+    .await;
+    assert_eq!((young, old), (0, 1));
+    assert_eq!(
+        s3.unfinished_multipart_uploads().await,
+        Vec::<String>::new()
+    );
+}

@@ -157,6 +157,8 @@ impl Drop for DockerRegistry {
 /// under `dir`. Stopped on drop.
 pub struct SeaweedFs {
     pub s3_port: u16,
+    /// The filer's HTTP API: where the server keeps what S3 does not list.
+    filer_port: u16,
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
@@ -181,20 +183,20 @@ impl SeaweedFs {
         .unwrap();
         // Every listener on its own free port (the defaults would collide
         // with a second instance); gRPC ports are not derived from HTTP ones.
-        let s3_port = free_port();
+        let (s3_port, filer_port) = (free_port(), free_port());
         let mut cmd = Command::new(&bin);
         cmd.arg("mini")
             .arg(format!("-dir={}", data.display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
             .arg(format!("-s3.config={}", identities.display()))
             .arg(format!("-bucket={bucket}"))
-            .arg(format!("-s3.port={s3_port}"));
+            .arg(format!("-s3.port={s3_port}"))
+            .arg(format!("-filer.port={filer_port}"));
         for flag in [
             "master.port",
             "master.port.grpc",
             "volume.port",
             "volume.port.grpc",
-            "filer.port",
             "filer.port.grpc",
             "s3.port.grpc",
             "webdav.port",
@@ -219,6 +221,7 @@ impl SeaweedFs {
         wait_for_port(([127, 0, 0, 1], s3_port).into(), &mut child, "SeaweedFS S3");
         let s3 = SeaweedFs {
             s3_port,
+            filer_port,
             bucket: bucket.to_owned(),
             access_key,
             secret_key,
@@ -323,6 +326,36 @@ impl SeaweedFs {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The bucket's multipart uploads that were neither completed nor
+    /// aborted, as the server keeps them (`.uploads/<id>` in its filer; S3's
+    /// own listing call needs a signer the tests do not have).
+    pub async fn unfinished_multipart_uploads(&self) -> Vec<String> {
+        let url = format!(
+            "http://127.0.0.1:{}/buckets/{}/.uploads/",
+            self.filer_port, self.bucket
+        );
+        let response = reqwest::Client::new()
+            .get(&url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            return Vec::new();
+        }
+        let text = response.text().await.unwrap();
+        let listing: serde_json::Value = serde_json::from_str(&text).unwrap();
+        listing["Entries"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| e["FullPath"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn log(&self) -> String {

@@ -93,6 +93,15 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         let _ = (path, valid);
         Ok(None)
     }
+
+    /// Ends writes that hold space without showing it (an object store's
+    /// multipart uploads), left unfinished for `max_age` by a process that
+    /// died; returns how many. A file system has none: what a killed writer
+    /// left is upload data that the upload purge deletes.
+    fn abort_abandoned_writes(&self, max_age: std::time::Duration) -> Result<usize> {
+        let _ = max_age;
+        Ok(0)
+    }
 }
 
 /// Refuses a storage path that could leave a driver's root: an absolute

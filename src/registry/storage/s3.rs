@@ -32,13 +32,15 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload,
-    WriteMultipart,
 };
 use tokio::runtime::Handle;
 
 use super::StorageError;
 use super::driver::{ContentReader, ContentWriter, FileInfo, StorageDriver, check_relative};
 use super::space::Space;
+
+mod multipart;
+use multipart::PartWriter;
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -66,17 +68,15 @@ pub struct S3Config {
     pub allow_http: bool,
 }
 
-/// Size of the parts a writer uploads (S3 wants at least 5 MiB per part but
-/// the last).
-const PART_SIZE: usize = 16 << 20;
-
-/// Parts of one upload in flight at once: bounds the memory a writer holds.
-const PARTS_IN_FLIGHT: usize = 2;
+/// Under the prefix: the records of multipart uploads in progress.
+const MULTIPART_RECORDS: &str = "privreg/multipart";
 
 #[derive(Debug, Clone)]
 pub struct S3Driver {
     store: Arc<AmazonS3>,
     prefix: String,
+    /// Where multipart uploads in progress are recorded (see `multipart`).
+    records: Key,
     runtime: Handle,
 }
 
@@ -147,9 +147,16 @@ impl S3Driver {
                 io::Error::from(io::ErrorKind::InvalidInput),
             ));
         }
+        let records = Key::from_iter(
+            prefix
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .chain(MULTIPART_RECORDS.split('/')),
+        );
         Ok(S3Driver {
             store: Arc::new(store),
             prefix,
+            records,
             runtime,
         })
     }
@@ -176,6 +183,12 @@ impl S3Driver {
 
     fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.runtime.block_on(f)
+    }
+
+    /// A writer of the object at `target`, its multipart uploads recorded
+    /// for the purge.
+    fn part_writer(&self, target: Key) -> PartWriter {
+        PartWriter::new(self.store.clone(), target, self.records.clone())
     }
 }
 
@@ -468,11 +481,11 @@ impl StorageDriver for S3Driver {
             }
             Ok::<_, StorageError>(())
         })?;
+        let segment = segments.clone().join(format!("{offset:020}").as_str());
         Ok(Box::new(S3Writer {
-            store: self.store.clone(),
-            segment: segments.clone().join(format!("{offset:020}").as_str()),
-            upload: None,
-            runtime: self.runtime.clone(),
+            object: Some(self.part_writer(segment.clone())),
+            segment,
+            driver: self.clone(),
             path: path.to_owned(),
             start: offset,
             size: offset,
@@ -578,29 +591,24 @@ impl StorageDriver for S3Driver {
                 Content::Segments(segments) => {
                     let keys = segments.iter().map(|(_, m)| m.location.clone()).collect();
                     let mut bytes = self.stream(Content::Segments(segments), 0, from).await?;
-                    let upload = self
-                        .store
-                        .put_multipart(&target)
-                        .await
-                        .map_err(|e| object_error("s3 start multipart upload", to, e))?;
-                    let mut upload = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    let mut object = self.part_writer(target);
                     while let Some(chunk) = bytes.next().await {
-                        let chunk = match chunk {
-                            Ok(chunk) => chunk,
-                            Err(e) => {
-                                let _ = upload.abort().await;
-                                return Err(storage_error("s3 read segment", from, e));
-                            }
+                        let pushed = match chunk {
+                            Ok(chunk) => object
+                                .push(chunk)
+                                .await
+                                .map_err(|e| object_error("s3 upload part", to, e)),
+                            Err(e) => Err(storage_error("s3 read segment", from, e)),
                         };
-                        if let Err(e) = upload.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                            return Err(object_error("s3 upload part", to, e));
+                        if let Err(e) = pushed {
+                            let _ = object.abort().await;
+                            return Err(e);
                         }
-                        upload.put(chunk);
                     }
-                    upload
+                    object
                         .finish()
                         .await
-                        .map_err(|e| object_error("s3 complete multipart upload", to, e))?;
+                        .map_err(|e| object_error("s3 complete upload", to, e))?;
                     self.delete_all(keys, from).await
                 }
             }
@@ -643,45 +651,43 @@ impl StorageDriver for S3Driver {
         .map(|url| Some(url.to_string()))
         .map_err(|e| object_error("s3 presign", path, e))
     }
+
+    fn abort_abandoned_writes(&self, max_age: std::time::Duration) -> Result<usize> {
+        let within = Key::from_iter(self.prefix.split('/').filter(|p| !p.is_empty()));
+        self.block_on(multipart::abort_stale(
+            &self.store,
+            &self.records,
+            &within,
+            max_age,
+        ))
+        .map_err(|e| {
+            object_error(
+                "s3 abort abandoned uploads",
+                Path::new(MULTIPART_RECORDS),
+                e,
+            )
+        })
+    }
 }
 
-/// One upload request's body, streamed into a multipart upload of its
-/// segment: the segment becomes visible whole when the writer closes.
+/// One upload request's body, written as one segment: visible whole when
+/// the writer closes.
 struct S3Writer {
-    store: Arc<AmazonS3>,
+    object: Option<PartWriter>,
     segment: Key,
-    /// Started at the first write (an empty body is one empty object).
-    upload: Option<WriteMultipart>,
-    runtime: Handle,
+    driver: S3Driver,
     path: PathBuf,
     start: u64,
     size: u64,
 }
 
-impl S3Writer {
-    fn put_empty_segment(&self) -> Result<()> {
-        self.runtime
-            .block_on(self.store.put(&self.segment, PutPayload::default()))
-            .map(|_| ())
-            .map_err(|e| object_error("s3 put", &self.path, e))
-    }
-}
-
 impl ContentWriter for S3Writer {
     fn write(&mut self, chunks: &[Bytes]) -> Result<()> {
-        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
-            if self.upload.is_none() {
-                let upload = self
-                    .runtime
-                    .block_on(self.store.put_multipart(&self.segment))
-                    .map_err(|e| object_error("s3 start multipart upload", &self.path, e))?;
-                self.upload = Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE));
-            }
-            let upload = self.upload.as_mut().expect("started above");
-            self.runtime
-                .block_on(upload.wait_for_capacity(PARTS_IN_FLIGHT))
+        let object = self.object.as_mut().expect("open until closed");
+        for chunk in chunks {
+            self.driver
+                .block_on(object.push(chunk.clone()))
                 .map_err(|e| object_error("s3 upload part", &self.path, e))?;
-            upload.put(chunk.clone());
             self.size += chunk.len() as u64;
         }
         Ok(())
@@ -692,29 +698,44 @@ impl ContentWriter for S3Writer {
     }
 
     fn close(mut self: Box<Self>) -> Result<()> {
-        match self.upload.take() {
-            Some(upload) => self
-                .runtime
-                .block_on(upload.finish())
-                .map(|_| ())
-                .map_err(|e| object_error("s3 complete multipart upload", &self.path, e)),
-            // Nothing was written: content that starts empty still exists,
-            // as a file opened for writing does.
-            None if self.start == 0 => self.put_empty_segment(),
-            None => Ok(()),
+        let object = self.object.take().expect("open until closed");
+        // An empty body makes a segment only at 0: content that starts empty
+        // exists, as a file opened for writing does.
+        if self.size == self.start && self.start > 0 {
+            return self
+                .driver
+                .block_on(object.abort())
+                .map_err(|e| object_error("s3 abort multipart upload", &self.path, e));
         }
+        self.driver
+            .block_on(object.finish())
+            .map_err(|e| object_error("s3 complete upload", &self.path, e))
     }
 
     fn cancel(mut self: Box<Self>) -> Result<()> {
-        if let Some(upload) = self.upload.take() {
-            self.runtime
-                .block_on(upload.abort())
-                .map_err(|e| object_error("s3 abort multipart upload", &self.path, e))?;
-        }
+        let object = self.object.take().expect("open until closed");
+        self.driver
+            .block_on(object.abort())
+            .map_err(|e| object_error("s3 abort multipart upload", &self.path, e))?;
         // Cut back to where this writer started: empty content still exists.
         if self.start == 0 {
-            self.put_empty_segment()?;
+            let empty = self.driver.part_writer(self.segment.clone());
+            self.driver
+                .block_on(empty.finish())
+                .map_err(|e| object_error("s3 put", &self.path, e))?;
         }
         Ok(())
+    }
+}
+
+impl Drop for S3Writer {
+    /// A writer dropped unclosed (its request's task failed) aborts what it
+    /// had sent, in the background.
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take() {
+            self.driver.runtime.spawn(async move {
+                let _ = object.abort().await;
+            });
+        }
     }
 }

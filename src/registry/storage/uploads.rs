@@ -483,6 +483,13 @@ impl Uploads {
             purged += 1;
         }
         self.metrics.uploads_purged.inc_by(purged as u64);
+        // What a killed replica was writing when it died (an object store's
+        // multipart upload) is not part of any session directory.
+        let driver = self.store.driver().clone();
+        let aborted = blocking(move || driver.abort_abandoned_writes(max_age)).await?;
+        if aborted > 0 {
+            tracing::info!(uploads = aborted, "abandoned multipart uploads aborted");
+        }
         Ok(purged)
     }
 
