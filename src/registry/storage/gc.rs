@@ -1,7 +1,10 @@
 //! Garbage collection: mark every blob a kept manifest references, sweep the
 //! rest. Offline (`privreg gc`) it runs alone on a data directory, also one
-//! `registry:2` wrote; online (`privreg serve`) a `SweepGuard` keeps blobs that
-//! a push in progress may be about to reference.
+//! `registry:2` wrote; online (`privreg serve`) the `PushGate` keeps blobs
+//! that a push in progress may be about to reference, and on a bucket the
+//! lease does the same across replicas (see `lease`). Deletions, of blobs
+//! and of untagged manifests, all happen after the whole mark, in the sweep,
+//! which is the only phase that holds other replicas' pushes.
 //!
 //! Kept manifests: every manifest revision of every repository, or with
 //! `delete_untagged` only those reachable from a tag: a tagged manifest, the
@@ -151,14 +154,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Marks what `repo` keeps; deletes (unless dry-run) manifests no tag
-    /// reaches when `delete_untagged`.
+    /// Marks what `repo` keeps; adds to `untagged` the manifests no tag
+    /// reaches when `delete_untagged` (the sweep deletes them).
     fn mark_repo(
         &self,
         repo: &RepoName,
         opts: &GcOptions,
         marked: &mut HashSet<Digest>,
-        report: &mut GcReport,
+        untagged: &mut Vec<Untagged>,
     ) -> Result<()> {
         let mut parsed = HashMap::new();
         for d in self.manifest_revisions(repo)? {
@@ -178,50 +181,52 @@ impl Store {
         } else {
             parsed.keys().cloned().collect()
         };
-        for (d, m) in &parsed {
-            if kept.contains(d) {
-                marked.insert(d.clone());
-                if let Some(m) = m {
-                    marked.extend(m.blobs.iter().cloned());
-                    marked.extend(m.children.iter().cloned());
-                }
-                continue;
+        for (digest, manifest) in parsed {
+            if kept.contains(&digest) {
+                mark(marked, &digest, manifest.as_ref());
+            } else {
+                untagged.push(Untagged {
+                    repo: repo.clone(),
+                    digest,
+                    manifest,
+                });
             }
-            let link = self.layout.revision_link_dir(repo, d).join("link");
-            let spared = self.gate.exclusive(|| -> Result<bool> {
-                // Re-checked with pushes held off: tagged or pushed meanwhile?
-                if younger_than(self.driver.stat(&link)?, opts.grace)
-                    || self.gate.recently_referenced(d)
-                    || self.tag_targets(repo)?.contains(d)
-                {
-                    return Ok(true);
-                }
-                if !opts.dry_run {
-                    let subject = m.as_ref().and_then(|m| m.subject.clone());
-                    self.delete_manifest(repo, d, subject.as_ref())?;
-                    // The tags' history of it goes too, as in Distribution.
-                    for name in self.driver.list(&self.layout.tags(repo))? {
-                        if let Some(tag) = Tag::parse(&name)
-                            && let Some(dir) = self.layout.tag_index_link(repo, &tag, d).parent()
-                        {
-                            self.driver.delete(dir)?;
-                        }
-                    }
-                }
-                Ok(false)
-            })?;
-            if spared {
-                // Still referenced for this run: keep what it references too.
-                marked.insert(d.clone());
-                if let Some(m) = m {
-                    marked.extend(m.blobs.iter().cloned());
-                    marked.extend(m.children.iter().cloned());
-                }
-                continue;
-            }
-            report.manifests_deleted.push((repo.to_string(), d.clone()));
         }
         Ok(())
+    }
+
+    /// Deletes an untagged manifest unless, re-checked with pushes held
+    /// off, it was tagged, pushed or used meanwhile; `false` if spared.
+    fn sweep_manifest(
+        &self,
+        m: &Untagged,
+        opts: &GcOptions,
+        held: Option<&HeldLease>,
+    ) -> Result<bool> {
+        let (repo, d) = (&m.repo, &m.digest);
+        let link = self.layout.revision_link_dir(repo, d).join("link");
+        self.gate.exclusive(|| -> Result<bool> {
+            if younger_than(self.driver.stat(&link)?, opts.grace)
+                || self.gate.recently_referenced(d)
+                || self.marked_by_a_push(d, opts.grace, held)?
+                || self.tag_targets(repo)?.contains(d)
+            {
+                return Ok(false);
+            }
+            if !opts.dry_run {
+                let subject = m.manifest.as_ref().and_then(|m| m.subject.clone());
+                self.delete_manifest(repo, d, subject.as_ref())?;
+                // The tags' history of it goes too, as in Distribution.
+                for name in self.driver.list(&self.layout.tags(repo))? {
+                    if let Some(tag) = Tag::parse(&name)
+                        && let Some(dir) = self.layout.tag_index_link(repo, &tag, d).parent()
+                    {
+                        self.driver.delete(dir)?;
+                    }
+                }
+            }
+            Ok(true)
+        })
     }
 
     /// Mark and sweep, safe beside pushes that go through the store's gate
@@ -239,23 +244,34 @@ impl Store {
         self.collect_holding(opts, held.as_ref())
     }
 
-    /// Whether blob `d` (object dated `info`) was written or reused less
-    /// than `grace` ago: on shared storage its touch marker counts too.
+    /// Whether a push step (of any replica) marked `d` as used within the
+    /// grace period or since the collection began (shared storage only).
+    fn marked_by_a_push(
+        &self,
+        d: &Digest,
+        grace: Duration,
+        held: Option<&HeldLease>,
+    ) -> Result<bool> {
+        if self.lease.is_none() {
+            return Ok(false);
+        }
+        let marker = BucketLease::touched(self.driver.as_ref(), d)?;
+        Ok(match held {
+            Some(held) => held.counts(marker, grace),
+            None => marker.is_some() && younger_than(marker, grace),
+        })
+    }
+
+    /// Whether blob `d` (object dated `info`) was written or used lately.
     fn blob_is_young(
         &self,
         d: &Digest,
         info: Option<super::driver::FileInfo>,
         grace: Duration,
+        held: Option<&HeldLease>,
     ) -> Result<bool> {
-        if younger_than(info, grace) {
-            return Ok(true);
-        }
-        if self.lease.is_none() {
-            return Ok(false);
-        }
         // No marker: never reused, so the object's date was the answer.
-        let marker = BucketLease::touched(self.driver.as_ref(), d)?;
-        Ok(marker.is_some() && younger_than(marker, grace))
+        Ok(younger_than(info, grace) || self.marked_by_a_push(d, grace, held)?)
     }
 
     fn collect_holding(&self, opts: &GcOptions, held: Option<&HeldLease>) -> Result<GcReport> {
@@ -263,7 +279,10 @@ impl Store {
         self.gate.begin();
         let _collecting = Collecting(&self.gate);
         let mut report = GcReport::default();
+
+        // Mark: pushes go on (on a bucket they mark what they reference).
         let mut marked = HashSet::new();
+        let mut untagged = Vec::new();
         let repos: Vec<RepoName> = self
             .repositories()?
             .iter()
@@ -271,9 +290,43 @@ impl Store {
             .collect();
         for repo in &repos {
             still_held()?;
-            self.mark_repo(repo, opts, &mut marked, &mut report)?;
+            self.mark_repo(repo, opts, &mut marked, &mut untagged)?;
         }
+        // Blobs no kept manifest references; those young already are left
+        // out here, so a collection that finds nothing old never holds pushes.
+        let mut unmarked = Vec::new();
         for blob in self.all_blobs()? {
+            if marked.contains(&blob) {
+                report.blobs_kept += 1;
+                continue;
+            }
+            let info = self.driver.stat(&self.layout.blob_data(&blob))?;
+            if self.blob_is_young(&blob, info, opts.grace, held)? {
+                report.blobs_spared += 1;
+            } else {
+                unmarked.push(blob);
+            }
+        }
+
+        // Sweep: on a bucket, every replica's push steps now wait.
+        if let Some(held) = held
+            && !opts.dry_run
+            && !(untagged.is_empty() && unmarked.is_empty())
+        {
+            held.sweep()?;
+        }
+        for m in &untagged {
+            still_held()?;
+            if self.sweep_manifest(m, opts, held)? {
+                report
+                    .manifests_deleted
+                    .push((m.repo.to_string(), m.digest.clone()));
+            } else {
+                // Still referenced for this run: keep what it references too.
+                mark(&mut marked, &m.digest, m.manifest.as_ref());
+            }
+        }
+        for blob in unmarked {
             if marked.contains(&blob) {
                 report.blobs_kept += 1;
                 continue;
@@ -282,7 +335,7 @@ impl Store {
             still_held()?;
             let deleted = self.gate.exclusive(|| -> Result<Option<u64>> {
                 let info = self.driver.stat(&data)?;
-                if self.blob_is_young(&blob, info, opts.grace)?
+                if self.blob_is_young(&blob, info, opts.grace, held)?
                     || self.gate.recently_referenced(&blob)
                 {
                     return Ok(None);
@@ -333,6 +386,23 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+}
+
+/// A manifest revision no tag reaches: deleted by the sweep unless used
+/// meanwhile.
+struct Untagged {
+    repo: RepoName,
+    digest: Digest,
+    manifest: Option<manifest::ParsedManifest>,
+}
+
+/// Marks manifest `d` and what it references.
+fn mark(marked: &mut HashSet<Digest>, d: &Digest, m: Option<&manifest::ParsedManifest>) {
+    marked.insert(d.clone());
+    if let Some(m) = m {
+        marked.extend(m.blobs.iter().cloned());
+        marked.extend(m.children.iter().cloned());
     }
 }
 

@@ -1,15 +1,26 @@
 //! Garbage collection on storage several replicas share (an S3 bucket). The
 //! in-process `PushGate` cannot see another replica's pushes, so on a bucket
-//! a collection first takes a lease object in the bucket, and every replica
-//! holds its push steps (the writes that make content referenced: a manifest
-//! PUT, a blob commit or mount) while a lease is held.
+//! a collection first takes a lease object in the bucket, which every
+//! replica's push steps (the writes that make content referenced: a manifest
+//! PUT, a blob commit or mount) consult.
 //!
-//! Why that is enough: a push step checks the lease at its start (trusting a
-//! "free" answer for at most `fresh`) and finishes within `step_budget`. A
-//! collector that has written its lease waits `fresh + step_budget` before
-//! it marks: by then every step that began before the lease was visible has
-//! finished (so the mark sees what it referenced), and every later one waits
-//! for the lease to go. Steps longer than the budget are logged.
+//! A collection has two phases, named in the lease:
+//! - **Marking** (most of a collection on a large bucket: every repository's
+//!   manifests are read). Pushes go on, and each push step also writes a
+//!   marker under `privreg/touched/` for every digest it made referenced.
+//! - **Sweeping** (only when the mark found something to delete). Push steps
+//!   wait until the collection ends (at most `hold_max`, then 429). Before a
+//!   deletion the collector checks the item's marker: one written since the
+//!   collection began keeps it.
+//!
+//! Why that is enough: a push step checks the lease at its start (trusting
+//! an answer for at most `fresh`) and finishes, markers included, within
+//! `step_budget`. A collector waits `fresh + step_budget` after writing its
+//! lease, so every step that began before it was visible has finished when
+//! the mark starts (the mark sees what it referenced); and again after
+//! switching to sweeping, so every step that began while marking has written
+//! its markers when the sweep starts. Steps longer than the budget are
+//! logged.
 //!
 //! Taking the lease without a conditional write (not every S3 server honours
 //! `If-None-Match`): a collector reads the lease, writes its own with a
@@ -20,9 +31,8 @@
 //!
 //! A new blob is dated for the grace period by its object (a commit writes
 //! or copies it, which dates it). A reused one (a mount, a second upload)
-//! cannot be re-dated in place, so `touch` writes a marker under
-//! `privreg/touched/`; a collection consults the marker of each blob it would
-//! delete, and removes markers once older than the grace period.
+//! cannot be re-dated in place, so `touch` writes the same marker; markers
+//! are removed once older than the grace period.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -64,12 +74,29 @@ impl Default for LeaseTimings {
     }
 }
 
+/// What a collection holding the lease is doing (see the module docs).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Phase {
+    /// Pushes go on and mark what they reference.
+    Marking,
+    /// Pushes wait. The default: a lease without a phase holds pushes.
+    #[default]
+    Sweeping,
+}
+
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct LeaseRecord {
     holder: String,
     /// Seconds since the Unix epoch.
     until: u64,
+    #[serde(default)]
+    phase: Phase,
 }
+
+/// Timestamps of objects have whole seconds (S3's `Last-Modified`): a marker
+/// dated up to this much before the lease may have been written after it.
+const DATE_GRANULARITY: Duration = Duration::from_secs(1);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -89,8 +116,9 @@ pub(super) fn busy(what: &'static str) -> StorageError {
 #[derive(Debug)]
 pub struct BucketLease {
     timings: LeaseTimings,
-    /// When this replica last saw no lease held.
-    seen_free: Mutex<Option<Instant>>,
+    /// When this replica last checked the lease and found pushes free to go,
+    /// and whether a collection was marking then.
+    seen: Mutex<Option<(Instant, bool)>>,
 }
 
 /// A held lease; released on drop (best effort: an expiry ends it anyway).
@@ -99,9 +127,40 @@ pub struct HeldLease<'a> {
     token: String,
     until: u64,
     margin: Duration,
+    settle: Duration,
+    /// When the lease was written, by the bucket's clock: markers since
+    /// then count.
+    started: SystemTime,
 }
 
 impl HeldLease<'_> {
+    /// Ends the marking phase: holds every replica's push steps from now on
+    /// and waits until those that began while marking have written their
+    /// markers.
+    pub fn sweep(&self) -> Result<()> {
+        self.check()?;
+        write(
+            self.driver,
+            &LeaseRecord {
+                holder: self.token.clone(),
+                until: self.until,
+                phase: Phase::Sweeping,
+            },
+        )?;
+        std::thread::sleep(self.settle);
+        Ok(())
+    }
+
+    /// Whether `marker` shows a use this collection must respect: within
+    /// the grace period, or since the collection began. "Since" compares two
+    /// dates the bucket gave (the lease object's and the marker's), so the
+    /// replicas' clocks do not enter.
+    pub fn counts(&self, marker: Option<FileInfo>, grace: Duration) -> bool {
+        marker.is_some_and(|m| {
+            super::gc::younger_than(Some(m), grace) || m.modified + DATE_GRANULARITY >= self.started
+        })
+    }
+
     /// Refuses to go on once the lease is about to expire: another replica
     /// may then take it, and its mark would not see this one's deletions.
     pub fn check(&self) -> Result<()> {
@@ -130,6 +189,15 @@ impl Drop for HeldLease<'_> {
     }
 }
 
+fn write(driver: &dyn StorageDriver, record: &LeaseRecord) -> Result<()> {
+    let bytes = serde_json::to_vec(record).map_err(|e| StorageError {
+        op: "write the collection lease",
+        path: PathBuf::from(LEASE_PATH),
+        source: io::Error::other(e),
+    })?;
+    driver.put_content(Path::new(LEASE_PATH), &bytes)
+}
+
 fn read(driver: &dyn StorageDriver, path: &Path) -> Result<Option<LeaseRecord>> {
     Ok(driver
         .get_content(path)?
@@ -140,7 +208,7 @@ impl BucketLease {
     pub fn new(timings: LeaseTimings) -> BucketLease {
         BucketLease {
             timings,
-            seen_free: Mutex::new(None),
+            seen: Mutex::new(None),
         }
     }
 
@@ -149,30 +217,51 @@ impl BucketLease {
         Ok(read(driver, Path::new(LEASE_PATH))?.filter(|r| r.until > unix_now()))
     }
 
-    /// Runs a push step once no collection holds the lease: waits for one to
-    /// end, at most `hold_max`, then refuses (ResourceBusy).
+    /// Waits while a collection sweeps (at most `hold_max`, then refuses with
+    /// ResourceBusy); returns whether a collection is marking.
+    fn wait_for_push(&self, driver: &dyn StorageDriver) -> Result<bool> {
+        let fresh = *self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, marking)) = fresh
+            && at.elapsed() < self.timings.fresh
+        {
+            return Ok(marking);
+        }
+        let started = Instant::now();
+        loop {
+            let marking = match self.held(driver)? {
+                None => false,
+                Some(r) if r.phase == Phase::Marking => true,
+                Some(_) => {
+                    if started.elapsed() >= self.timings.hold_max {
+                        return Err(busy("push held by a garbage collection"));
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            };
+            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), marking));
+            return Ok(marking);
+        }
+    }
+
+    /// Runs a push step, which returns its result and the digests it made
+    /// referenced: at once, or with markers for those digests while a
+    /// collection marks, or once a sweeping collection ends.
     pub fn push_step<T>(
         &self,
         driver: &dyn StorageDriver,
-        step: impl FnOnce() -> Result<T>,
+        step: impl FnOnce() -> Result<(T, Vec<Digest>)>,
     ) -> Result<T> {
-        let started = Instant::now();
-        let fresh = self
-            .seen_free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|at| at.elapsed() < self.timings.fresh);
-        if !fresh {
-            while self.held(driver)?.is_some() {
-                if started.elapsed() >= self.timings.hold_max {
-                    return Err(busy("push held by a garbage collection"));
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            *self.seen_free.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        }
+        let marking = self.wait_for_push(driver)?;
         let checked = Instant::now();
-        let out = step();
+        let (out, referenced) = step()?;
+        if marking {
+            // Not best effort: a sweep would not know of this use. The
+            // client's retry of the step writes them again.
+            for d in &referenced {
+                driver.put_content(&Self::touched_path(d), b"")?;
+            }
+        }
         if checked.elapsed() > self.timings.step_budget {
             tracing::warn!(
                 elapsed_ms = checked.elapsed().as_millis() as u64,
@@ -180,36 +269,40 @@ impl BucketLease {
                 "a push step outlasted the collection lease's budget; a collection that began meanwhile may not have seen it"
             );
         }
-        out
+        Ok(out)
     }
 
-    /// Takes the lease for one collection, or `None` when another replica
-    /// holds it (or won the race for it).
+    /// Takes the lease for one collection (marking), or `None` when another
+    /// replica holds it (or won the race for it).
     pub fn acquire<'a>(&self, driver: &'a dyn StorageDriver) -> Result<Option<HeldLease<'a>>> {
         if self.held(driver)?.is_some() {
             return Ok(None);
         }
         let token = format!("{:032x}", rand::random::<u128>());
         let until = unix_now().saturating_add(self.timings.ttl.as_secs());
-        let record = LeaseRecord {
-            holder: token.clone(),
-            until,
-        };
-        let bytes = serde_json::to_vec(&record).map_err(|e| StorageError {
-            op: "write the collection lease",
-            path: PathBuf::from(LEASE_PATH),
-            source: io::Error::other(e),
-        })?;
-        driver.put_content(Path::new(LEASE_PATH), &bytes)?;
+        write(
+            driver,
+            &LeaseRecord {
+                holder: token.clone(),
+                until,
+                phase: Phase::Marking,
+            },
+        )?;
+        let started = driver
+            .stat(Path::new(LEASE_PATH))?
+            .map_or_else(SystemTime::now, |i| i.modified);
+        let settle = self.timings.fresh + self.timings.step_budget;
         let held = HeldLease {
             driver,
             token: token.clone(),
             until,
             margin: self.timings.step_budget,
+            settle,
+            started,
         };
         // Every push step that began before the lease was visible ends, and
         // a racing collector's write lands, before the read-back.
-        std::thread::sleep(self.timings.fresh + self.timings.step_budget);
+        std::thread::sleep(settle);
         match read(driver, Path::new(LEASE_PATH))? {
             Some(r) if r.holder == token => Ok(Some(held)),
             // Another collector wrote after this one: it goes on (and the
@@ -292,32 +385,64 @@ mod tests {
         )
     }
 
+    fn digest(n: u8) -> Digest {
+        format!("sha256:{}", hex::encode([n; 32])).parse().unwrap()
+    }
+
+    /// A push step that made `d` referenced.
+    fn step(d: &Digest) -> impl FnOnce() -> Result<(u8, Vec<Digest>)> {
+        let d = d.clone();
+        move || Ok((7, vec![d]))
+    }
+
     #[test]
-    fn one_collection_at_a_time_and_pushes_wait_for_it() {
+    fn pushes_mark_while_a_collection_marks_and_wait_while_it_sweeps() {
         let (_dir, driver, a, b) = two_replicas();
         let held = a.acquire(&driver).unwrap().expect("the lease is free");
         assert!(b.acquire(&driver).unwrap().is_none(), "held by the other");
-        // A push on either replica waits, then is refused (429 at the edge).
+
+        // Marking: pushes on either replica go on, and mark what they used.
+        let (used, unused) = (digest(1), digest(2));
+        assert_eq!(b.push_step(&driver, step(&used)).unwrap(), 7);
+        let marker = BucketLease::touched(&driver, &used).unwrap();
+        assert!(marker.is_some(), "the push left no marker");
+        assert!(BucketLease::touched(&driver, &unused).unwrap().is_none());
+        // Even with no grace period, a marker since the start counts; one
+        // from before does not.
+        assert!(held.counts(marker, Duration::ZERO));
+        let before = FileInfo {
+            modified: SystemTime::now() - Duration::from_secs(60),
+            ..marker.unwrap()
+        };
+        assert!(!held.counts(Some(before), Duration::ZERO));
+        assert!(held.counts(Some(before), Duration::from_secs(120)));
+
+        // Sweeping: pushes wait, then are refused (429 at the edge).
+        held.sweep().unwrap();
         let waited = Instant::now();
-        let refused = b.push_step(&driver, || Ok(())).unwrap_err();
+        let refused = b.push_step(&driver, step(&used)).unwrap_err();
         assert!(refused.is_busy(), "{refused:?}");
         assert!(waited.elapsed() >= quick().hold_max);
-        assert!(a.push_step(&driver, || Ok(())).unwrap_err().is_busy());
+        assert!(a.push_step(&driver, step(&used)).unwrap_err().is_busy());
         held.check().unwrap();
         drop(held);
-        // Released: pushes run, and the next collection may take it.
-        assert_eq!(b.push_step(&driver, || Ok(7)).unwrap(), 7);
+        // Released: pushes run unmarked, and the next collection may start.
+        driver.delete(&BucketLease::touched_path(&unused)).unwrap();
+        std::thread::sleep(quick().fresh);
+        assert_eq!(b.push_step(&driver, step(&unused)).unwrap(), 7);
+        assert!(BucketLease::touched(&driver, &unused).unwrap().is_none());
         assert!(b.acquire(&driver).unwrap().is_some());
     }
 
     #[test]
-    fn a_push_waiting_on_a_lease_runs_once_it_is_released() {
+    fn a_push_waiting_on_a_sweep_runs_once_the_lease_is_released() {
         let (_dir, driver, a, b) = two_replicas();
         let held = a.acquire(&driver).unwrap().expect("free");
+        held.sweep().unwrap();
         std::thread::scope(|s| {
             let push = s.spawn(|| {
                 let started = Instant::now();
-                let out = b.push_step(&driver, || Ok("pushed"));
+                let out = b.push_step(&driver, || Ok(("pushed", Vec::new())));
                 (out.unwrap(), started.elapsed())
             });
             std::thread::sleep(Duration::from_millis(100));
@@ -328,6 +453,21 @@ mod tests {
         });
     }
 
+    /// A lease written by a version without phases holds pushes.
+    #[test]
+    fn a_lease_without_a_phase_holds_pushes() {
+        let (_dir, driver, _, b) = two_replicas();
+        let old = format!(r#"{{"holder":"old","until":{}}}"#, unix_now() + 60);
+        driver
+            .put_content(Path::new(LEASE_PATH), old.as_bytes())
+            .unwrap();
+        assert!(
+            b.push_step(&driver, step(&digest(3)))
+                .unwrap_err()
+                .is_busy()
+        );
+    }
+
     #[test]
     fn an_expired_lease_is_ignored() {
         let (_dir, driver, a, b) = two_replicas();
@@ -335,11 +475,12 @@ mod tests {
         let stale = LeaseRecord {
             holder: "dead".into(),
             until: unix_now() - 1,
+            phase: Phase::Sweeping,
         };
         driver
             .put_content(Path::new(LEASE_PATH), &serde_json::to_vec(&stale).unwrap())
             .unwrap();
-        assert_eq!(b.push_step(&driver, || Ok(1)).unwrap(), 1);
+        assert_eq!(b.push_step(&driver, step(&digest(4))).unwrap(), 7);
         assert!(a.acquire(&driver).unwrap().is_some());
     }
 
@@ -351,6 +492,7 @@ mod tests {
         let winner = LeaseRecord {
             holder: "other-replica".into(),
             until: unix_now() + 60,
+            phase: Phase::Marking,
         };
         std::thread::scope(|s| {
             let collector = s.spawn(|| a.acquire(&driver).unwrap().is_some());

@@ -114,11 +114,15 @@ impl Store {
         self.lease.is_some()
     }
 
-    /// Runs a push step (see `gc::PushGate`): on shared storage, once no
-    /// replica's collection holds the bucket's lease.
+    /// Runs a push step (see `gc::PushGate`): on shared storage, as the
+    /// bucket's lease allows (see `lease`).
     pub fn pushing<T>(&self, step: impl FnOnce() -> Result<(T, Vec<Digest>)>) -> Result<T> {
         match &self.lease {
-            Some(lease) => lease.push_step(self.driver.as_ref(), || self.gate.pushing(step)),
+            Some(lease) => lease.push_step(self.driver.as_ref(), || {
+                self.gate.pushing(|| {
+                    step().map(|(out, referenced)| ((out, referenced.clone()), referenced))
+                })
+            }),
             None => self.gate.pushing(step),
         }
     }
