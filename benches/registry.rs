@@ -689,9 +689,10 @@ fn main() {
 /// scripts/test-tools.sh), through the same client: pushes, pull, manifest
 /// GETs under load; and the manifest GETs again with a second privreg
 /// replica on the same bucket (two wrk runs at once, 25 connections on each
-/// replica, against 50 on one). Distribution redirects blob GETs to presigned
-/// URLs (its default); privreg's pull is measured streaming (its default) and
-/// redirecting.
+/// replica, against 50 on one). The pull is measured in both modes on both:
+/// streaming (privreg's default; a second Distribution on the same prefix
+/// with `redirect: disable`) and redirecting to presigned URLs
+/// (Distribution's default; a third privreg replica).
 mod s3 {
     use super::*;
 
@@ -724,6 +725,15 @@ mod s3 {
             cert,
             key,
         );
+        // The same storage, streaming blob GETs itself: the pull like for
+        // like with privreg's default.
+        let streaming = common::daemons::DockerRegistry::start_with_storage(
+            &registry,
+            &root.join("distribution-streaming"),
+            &format!("{storage}  redirect:\n    disable: true\n"),
+            cert,
+            key,
+        );
         let targets = [
             Target {
                 name: "privreg",
@@ -752,25 +762,30 @@ mod s3 {
             (res.manifest_rps, res.manifest_p99_ms) = wrk_manifest_at(t.name, &t.url, 50);
             results.push(res);
         }
-        // The blobs privreg pushed, pulled through the redirecting replica.
-        let redirected = Target {
-            name: "privreg (redirecting)",
-            url: redirecting.url(),
-            pid: 0,
-            client: client(ca),
-            ca: ca.to_owned(),
+        // The blobs each pushed, pulled again through the other mode: privreg
+        // redirecting, Distribution streaming.
+        let pull_again = |name: &'static str, url: String| {
+            let target = Target {
+                name,
+                url,
+                pid: 0,
+                client: client(ca),
+                ca: ca.to_owned(),
+            };
+            rt.block_on(async {
+                let mut pulled = Duration::ZERO;
+                for run in 0..RUNS {
+                    let (data, digest) = big_blob(run as u64 * 2 + 1);
+                    drop(data);
+                    let start = Instant::now();
+                    assert_eq!(pull(&target, "bench/big", &digest).await, BIG);
+                    pulled += start.elapsed();
+                }
+                mbs(BIG * RUNS, pulled)
+            })
         };
-        let redirect_pull_mbs = rt.block_on(async {
-            let mut pulled = Duration::ZERO;
-            for run in 0..RUNS {
-                let (data, digest) = big_blob(run as u64 * 2 + 1);
-                drop(data);
-                let start = Instant::now();
-                assert_eq!(pull(&redirected, "bench/big", &digest).await, BIG);
-                pulled += start.elapsed();
-            }
-            mbs(BIG * RUNS, pulled)
-        });
+        let redirect_pull_mbs = pull_again("privreg (redirecting)", redirecting.url());
+        let distribution_stream_mbs = pull_again("distribution (streaming)", streaming.url());
         // The second replica: both serve at once, half the connections each.
         let both: Vec<(f64, f64)> = std::thread::scope(|scope| {
             [first.url(), second.url()]
@@ -795,7 +810,13 @@ mod s3 {
                 "higher",
             ),
             (
-                "pull 256 MiB, privreg streaming (MB/s)",
+                "pull 256 MiB, both streaming (MB/s)",
+                p.pull_mbs,
+                distribution_stream_mbs,
+                "higher",
+            ),
+            (
+                "pull 256 MiB, privreg streaming, Distribution redirecting (each's default) (MB/s)",
                 p.pull_mbs,
                 d.pull_mbs,
                 "higher",

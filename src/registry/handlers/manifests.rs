@@ -22,18 +22,15 @@ async fn load(
     state: &Arc<AppState>,
     repo: &RepoName,
     reference: &Reference,
-) -> Result<(Digest, Vec<u8>)> {
+) -> Result<(Digest, bytes::Bytes)> {
     let (store, r, reference_owned) = (state.store.clone(), repo.clone(), reference.clone());
     let found = run(move || {
         let digest = match &reference_owned {
-            Reference::Tag(t) => store.resolve_tag(&r, t)?,
-            Reference::Digest(d) => store.has_manifest(&r, d)?.then(|| d.clone()),
+            Reference::Tag(t) => store.tag_link(&r, t)?,
+            Reference::Digest(d) => Some(d.clone()),
         };
         match digest {
-            Some(d) => {
-                let bytes = store.read_blob(&d)?;
-                Ok(Some((d, bytes)))
-            }
+            Some(d) => Ok(store.manifest_in_repo(&r, &d)?.map(|bytes| (d, bytes))),
             None => Ok(None),
         }
     })

@@ -10,6 +10,7 @@ mod fsio;
 pub mod gc;
 mod journal;
 pub mod lease;
+mod manifest_cache;
 pub mod paths;
 mod referrers;
 pub mod s3;
@@ -67,6 +68,8 @@ pub struct Store {
     /// what this one holds in memory about it may be stale, and collections
     /// coordinate with them through the bucket's lease.
     lease: Option<Arc<lease::BucketLease>>,
+    /// Manifest content read before, by digest (shared by every clone).
+    manifests: Arc<manifest_cache::ManifestCache>,
 }
 
 impl Store {
@@ -93,6 +96,7 @@ impl Store {
             layout: Layout::new(Path::new("")),
             gate: Default::default(),
             lease: None,
+            manifests: Default::default(),
         }
     }
 
@@ -295,6 +299,30 @@ impl Store {
             Some(d) if self.has_manifest(repo, &d)? => Ok(Some(d)),
             _ => Ok(None),
         }
+    }
+
+    /// The digest tag `tag` of `repo` points to, if it exists (the manifest
+    /// itself may be gone: see `manifest_in_repo`).
+    pub fn tag_link(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        self.read_link(&self.layout.tag_current_link(repo, tag))
+    }
+
+    /// The content of manifest `d` if `repo` holds it. The revision link is
+    /// read from storage every time; the content, once read, from memory.
+    pub fn manifest_in_repo(&self, repo: &RepoName, d: &Digest) -> Result<Option<bytes::Bytes>> {
+        let link = self.read_link(&self.layout.revision_link_dir(repo, d).join("link"))?;
+        if link.as_ref() != Some(d) {
+            return Ok(None);
+        }
+        if let Some(content) = self.manifests.get(d) {
+            return Ok(Some(content));
+        }
+        let Some(content) = self.driver.get_content(&self.layout.blob_data(d))? else {
+            return Ok(None);
+        };
+        let content = bytes::Bytes::from(content);
+        self.manifests.insert(d.clone(), content.clone());
+        Ok(Some(content))
     }
 
     pub fn has_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
