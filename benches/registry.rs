@@ -795,6 +795,26 @@ mod s3 {
                 .collect()
         });
         let two_rps: f64 = both.iter().map(|(rps, _)| rps).sum();
+        // The same with each replica held to a CPU limit, as a pod's would
+        // be: on this host the replicas otherwise share the two cores with
+        // the S3 server and the load generator, so a second replica has no
+        // CPU of its own to add.
+        let limited = (|| {
+            let one = CpuLimit::apply(first.pid()?, "privreg-bench-1", REPLICA_MILLICPU)?;
+            let alone = wrk_manifest_at("privreg, 1 limited replica", &first.url(), 50).0;
+            let two = CpuLimit::apply(second.pid()?, "privreg-bench-2", REPLICA_MILLICPU)?;
+            let pair: f64 = std::thread::scope(|scope| {
+                [first.url(), second.url()]
+                    .map(|url| {
+                        scope.spawn(move || wrk_manifest_at("privreg limited replica", &url, 25).0)
+                    })
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .sum()
+            });
+            drop((one, two));
+            Some((alone, pair))
+        })();
         let (p, d) = (&results[0], &results[1]);
         let rows = [
             (
@@ -859,6 +879,13 @@ mod s3 {
             "manifest GET, 50 conns over 2 privreg replicas (req/s) | {two_rps:.1} | | {:.2}x one replica\n",
             two_rps / p.manifest_rps
         ));
+        match limited {
+            Some((alone, pair)) => report.push_str(&format!(
+                "manifest GET, 50 conns, each replica limited to {REPLICA_MILLICPU}m CPU: 1 replica / 2 replicas (req/s) | {alone:.1} / {pair:.1} | | {:.2}x one replica\n",
+                pair / alone
+            )),
+            None => report.push_str("manifest GET with CPU-limited replicas | not measured (needs root and the cgroup cpu controller) | |\n"),
+        }
         println!("{report}");
         let _ = std::fs::write(
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -866,5 +893,48 @@ mod s3 {
                 .join("bench-report-s3.txt"),
             &report,
         );
+    }
+
+    /// CPU of each replica in the limited lines, in thousandths of a core.
+    const REPLICA_MILLICPU: u32 = 300;
+
+    /// A process held to a CPU quota in a cgroup of its own (v2, or v1's cpu
+    /// controller); moved back and the cgroup removed on drop.
+    struct CpuLimit {
+        dir: PathBuf,
+        parent: PathBuf,
+        pid: u32,
+    }
+
+    impl CpuLimit {
+        fn apply(pid: u32, name: &str, millicpu: u32) -> Option<CpuLimit> {
+            let v2 = Path::new("/sys/fs/cgroup");
+            let v1 = Path::new("/sys/fs/cgroup/cpu");
+            let (parent, quota_file, quota) = if v2.join("cgroup.controllers").exists() {
+                let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+cpu");
+                (v2, "cpu.max", format!("{} 100000", millicpu * 100))
+            } else if v1.join("cpu.cfs_quota_us").exists() {
+                (v1, "cpu.cfs_quota_us", (millicpu * 100).to_string())
+            } else {
+                return None;
+            };
+            let dir = parent.join(name);
+            std::fs::create_dir_all(&dir).ok()?;
+            let limit = CpuLimit {
+                dir: dir.clone(),
+                parent: parent.to_owned(),
+                pid,
+            };
+            std::fs::write(dir.join(quota_file), quota).ok()?;
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
+            Some(limit)
+        }
+    }
+
+    impl Drop for CpuLimit {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.parent.join("cgroup.procs"), self.pid.to_string());
+            let _ = std::fs::remove_dir(&self.dir);
+        }
     }
 }
