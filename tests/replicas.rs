@@ -103,3 +103,120 @@ async fn pushes_to_one_tag_through_two_replicas_end_with_one_winner() {
         "{RACERS} pushes to one tag through two replicas: {winner} won, the others kept by digest"
     );
 }
+
+/// Two requests for the same upload offset on two replicas at once (a client
+/// that retries on another connection, or one that means harm): each
+/// replica checked the offset before the other wrote. Whatever the replicas
+/// then accept, a blob may only ever be committed under the digest of the
+/// bytes it holds: the finish hashes the very bytes it moves, not what its
+/// replica received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writes_at_one_offset_never_commit_a_blob_under_another_digest() {
+    use common::oci::location_path;
+    use common::rawtls::{TlsConn, client_config};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = SeaweedFs::start(dir.path(), "same-offset") else {
+        assert!(!tools_required(), "SeaweedFS is required");
+        return;
+    };
+    let pki = TestPki::loopback(&dir.path().join("pki"));
+    let (a, b) = (
+        s3.start_privreg(&dir.path().join("a"), "race", &pki.privreg_args()),
+        s3.start_privreg(&dir.path().join("b"), "race", &pki.privreg_args()),
+    );
+    let client = https_client(&pki.ca);
+    let r = client
+        .post(format!("{}/v2/race/blobs/uploads/", a.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = location_path(r.headers()["location"].to_str().unwrap());
+    // A first request, through A: 4 KiB both later contents share.
+    let r = client
+        .patch(format!("{}{location}", a.url()))
+        .header("content-range", "0-4095")
+        .header("content-type", "application/octet-stream")
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", a.log());
+    let (genuine, forged) = (vec![1u8; 4096], vec![2u8; 4096]);
+
+    // B takes a PATCH at offset 4096 and receives half of its body...
+    let (addr, ca, loc) = (b.addr(), pki.ca.clone(), location.clone());
+    let mut slow = tokio::task::spawn_blocking(move || {
+        let mut conn = TlsConn::connect(addr, client_config(&ca, &[])).unwrap();
+        conn.send_head(
+            "PATCH",
+            &loc,
+            &[
+                ("Content-Type", "application/octet-stream".into()),
+                ("Content-Length", "4096".into()),
+                ("Content-Range", "4096-8191".into()),
+            ],
+        )
+        .unwrap();
+        conn.send_body(&[2u8; 2048]).unwrap();
+        conn
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // ...while A takes the genuine bytes at the same offset, whole.
+    let r = client
+        .patch(format!("{}{location}", a.url()))
+        .header("content-range", "4096-8191")
+        .header("content-type", "application/octet-stream")
+        .body(genuine.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", a.log());
+    // Then B's body ends: its bytes land after A's.
+    let slow_answer = tokio::task::spawn_blocking(move || {
+        slow.send_body(&[2u8; 2048]).unwrap();
+        slow.read_response(false).map(|r| r.status)
+    })
+    .await
+    .unwrap();
+    eprintln!("the racing PATCH on B answered {slow_answer:?}");
+    let genuine = [vec![0u8; 4096], genuine].concat();
+    let forged = [vec![0u8; 4096], forged].concat();
+
+    // The client finishes through A, naming the genuine digest.
+    let want = sha256(&genuine);
+    let r = client
+        .put(format!("{}{location}?digest={want}", a.url()))
+        .send()
+        .await
+        .unwrap();
+    let finished = r.status();
+    eprintln!("the finish on A answered {finished}");
+    for url in [a.url(), b.url()] {
+        let r = client
+            .get(format!("{url}/v2/race/blobs/{want}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            let got = r.bytes().await.unwrap();
+            assert_eq!(
+                sha256(&got),
+                want,
+                "blob {want} holds other bytes (forged: {})",
+                got == forged
+            );
+        } else {
+            assert_eq!(r.status(), 404);
+            assert!(!finished.is_success(), "a 201 for a blob that is not there");
+        }
+    }
+    // Here both requests were accepted, so the upload holds two contents
+    // for one range: the client is told to start again (not a 500).
+    if slow_answer == Ok(202) {
+        assert_eq!(finished, 400);
+    }
+}

@@ -437,3 +437,65 @@ async fn abandoned_multipart_uploads_are_aborted_by_age() {
         Vec::<String>::new()
     );
 }
+
+/// `move_verified` moves content only when the bytes it reads hash to the
+/// digest named, and two segments with data at one offset (two requests
+/// that raced on two replicas) make the content unusable, not a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_are_verified_on_the_bytes_moved() {
+    use privreg::registry::digest::Digest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = SeaweedFs::start(dir.path(), "verified") else {
+        return;
+    };
+    let (a, b) = (
+        S3Driver::new(&config(&s3, "v")).unwrap(),
+        S3Driver::new(&config(&s3, "v")).unwrap(),
+    );
+    blocking(move || {
+        let digest = |data: &[u8]| -> Digest { common::sha256(data).parse().unwrap() };
+        let (upload, blob) = (Path::new("uploads/u/data"), Path::new("blobs/x/data"));
+        let write = |d: &S3Driver, offset: u64, data: &[u8]| {
+            let mut w = d.writer(upload, offset).unwrap();
+            w.write(&[Bytes::copy_from_slice(data)]).unwrap();
+            w
+        };
+        write(&a, 0, b"hello ").close().unwrap();
+        write(&b, 6, b"world").close().unwrap();
+
+        // A wrong digest: nothing moves, the upload stays as it was.
+        let wrong = digest(b"hello there");
+        assert_eq!(
+            a.move_verified(upload, blob, &wrong).unwrap(),
+            digest(b"hello world")
+        );
+        assert_eq!(a.stat(blob).unwrap(), None);
+        assert_eq!(a.stat(upload).unwrap().unwrap().size, 11);
+
+        // The right one moves those bytes, segments and all.
+        let right = digest(b"hello world");
+        assert_eq!(b.move_verified(upload, blob, &right).unwrap(), right);
+        assert_eq!(a.stat(upload).unwrap(), None);
+        assert_eq!(a.get_content(blob).unwrap().unwrap(), b"hello world");
+
+        // Two requests at offset 6 at once: both writers were opened before
+        // either closed, so each wrote its own segment. The upload is then
+        // unusable (a client must start again); it can only be deleted.
+        write(&a, 0, b"hello ").close().unwrap();
+        let (first, second) = (write(&a, 6, b"WORLD"), write(&b, 6, b"there"));
+        first.close().unwrap();
+        second.close().unwrap();
+        let other = Path::new("blobs/y/data");
+        let conflict = a
+            .move_verified(upload, other, &digest(b"hello WORLD"))
+            .unwrap_err();
+        assert!(conflict.is_conflicting_writes(), "{conflict:?}");
+        assert!(b.writer(upload, 11).err().unwrap().is_conflicting_writes());
+        assert_eq!(a.stat(other).unwrap(), None);
+        assert!(a.delete(Path::new("uploads/u")).unwrap());
+        assert_eq!(b.stat(upload).unwrap(), None);
+        assert_eq!(a.get_content(blob).unwrap().unwrap(), b"hello world");
+    })
+    .await;
+}

@@ -72,9 +72,10 @@ impl From<UploadError> for RegistryError {
                 retry_after: std::time::Duration::from_secs(1),
             },
             UploadError::Full => RegistryError::StorageFull,
-            e @ (UploadError::Body(_) | UploadError::BodyStalled(_) | UploadError::Short) => {
-                RegistryError::BlobUploadInvalid(e.to_string())
-            }
+            e @ (UploadError::Body(_)
+            | UploadError::BodyStalled(_)
+            | UploadError::Short
+            | UploadError::Conflicting) => RegistryError::BlobUploadInvalid(e.to_string()),
             UploadError::Storage(e) => e.into(),
         }
     }

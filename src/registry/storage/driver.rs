@@ -25,6 +25,7 @@ use super::fs_batch::{self, Durability, Source};
 use super::fsio::{self, IoContext};
 use super::journal::{self, Journal};
 use super::space::Space;
+use crate::registry::digest::Digest;
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -75,6 +76,12 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
 
     /// Moves the content at `from` to `to` (replacing it), durably.
     fn move_content(&self, from: &Path, to: &Path) -> Result<()>;
+
+    /// `move_content`, only if the content hashes to `expected`, checked on
+    /// the very bytes moved; returns the content's digest. For storage that
+    /// other processes write to, where what this one hashed as it received
+    /// an upload may since have been replaced. Reads the content once.
+    fn move_verified(&self, from: &Path, to: &Path, expected: &Digest) -> Result<Digest>;
 
     /// Deletes `path` and everything under it; `false` if nothing was there.
     fn delete(&self, path: &Path) -> Result<bool>;
@@ -312,6 +319,28 @@ impl StorageDriver for FsDriver {
             drop(journal.settle(&[&to])?);
         }
         fs_batch::place_all(&[(to, Source::File(&from))], Durability::Synced)
+    }
+
+    fn move_verified(&self, from: &Path, to: &Path, expected: &Digest) -> Result<Digest> {
+        use std::io::Read as _;
+        // One process owns a directory: nothing can replace the file between
+        // this read and the move.
+        let source = self.resolve(from)?;
+        let mut file = File::open(&source).ctx("open upload", &source)?;
+        let mut hasher = expected.algorithm().hasher();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = file.read(&mut buf).ctx("read upload", &source)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let actual = hasher.finish();
+        if &actual == expected {
+            self.move_content(from, to)?;
+        }
+        Ok(actual)
     }
 
     fn delete(&self, path: &Path) -> Result<bool> {

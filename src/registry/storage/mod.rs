@@ -53,7 +53,22 @@ impl StorageError {
     pub fn is_full(&self) -> bool {
         self.source.kind() == io::ErrorKind::StorageFull
     }
+
+    /// Two requests wrote one range of an upload at once (see
+    /// `ConflictingWrites`): the client's upload is unusable.
+    pub fn is_conflicting_writes(&self) -> bool {
+        self.source
+            .get_ref()
+            .is_some_and(|e| e.is::<ConflictingWrites>())
+    }
 }
+
+/// Two requests wrote at one offset of an upload at once, on two replicas
+/// of shared storage: its content is not one sequence of bytes any more, and
+/// the client must start the upload again.
+#[derive(Debug, thiserror::Error)]
+#[error("two requests wrote at one offset of this upload at once")]
+pub struct ConflictingWrites;
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -240,16 +255,24 @@ impl Store {
         self.driver.delete(&self.layout.layer_link_dir(repo, d))
     }
 
-    /// Moves a finished, verified upload into the global store. If the blob is
-    /// already there (another push of the same content won), the upload is dropped.
-    pub fn commit_blob_file(&self, upload: &Path, d: &Digest) -> Result<()> {
+    /// Makes the upload at `upload` blob `d` (or drops it if the blob is
+    /// there already). On shared storage the content is hashed as it moves
+    /// (`StorageDriver::move_verified`): returns the digest of what was
+    /// there when it is not `d`, and then nothing moved.
+    pub fn commit_blob_file(&self, upload: &Path, d: &Digest) -> Result<Option<Digest>> {
         if self.blob_size(d)?.is_some() {
             // Reused: date it now, so a collection's grace period covers it.
             self.touch_blob(d);
             self.driver.delete(upload)?;
-            return Ok(());
+            return Ok(None);
         }
-        self.driver.move_content(upload, &self.layout.blob_data(d))
+        let blob = self.layout.blob_data(d);
+        if self.shared() {
+            let actual = self.driver.move_verified(upload, &blob, d)?;
+            return Ok((&actual != d).then_some(actual));
+        }
+        self.driver.move_content(upload, &blob)?;
+        Ok(None)
     }
 
     /// Stores a verified manifest, in one durable step of the driver, in an
@@ -553,7 +576,7 @@ mod tests {
         let b = RepoName::parse("b").unwrap();
         std::fs::write(dir.path().join("upload"), b"layer").unwrap();
         let d = Digest::sha256_of(b"layer");
-        s.commit_blob_file(Path::new("upload"), &d).unwrap();
+        assert_eq!(s.commit_blob_file(Path::new("upload"), &d).unwrap(), None);
         s.link_blob(&a, &d).unwrap();
         assert_eq!(s.stat_in_repo(&a, &d).unwrap(), Some(5));
         assert_eq!(s.stat_in_repo(&b, &d).unwrap(), None);

@@ -38,6 +38,7 @@ use tokio::runtime::Handle;
 use super::StorageError;
 use super::driver::{ContentReader, ContentWriter, FileInfo, StorageDriver, check_relative};
 use super::space::Space;
+use crate::registry::digest::Digest;
 
 mod multipart;
 use multipart::PartWriter;
@@ -245,7 +246,11 @@ impl S3Driver {
     }
 
     /// The segments of the content at `key` (checked contiguous), when there
-    /// is no plain object there.
+    /// is no plain object there. Empty segments only make content exist (a
+    /// new upload, a cancelled first request): they are left out unless no
+    /// other is there. Two segments with data at one offset were written by
+    /// two requests at once: the content is then unusable (the client's
+    /// upload must start again), never a guess.
     async fn segments(&self, key: &Key, path: &Path) -> Result<Content> {
         let listed: Vec<ObjectMeta> = self
             .store
@@ -254,21 +259,37 @@ impl S3Driver {
             .await
             .map_err(|e| object_error("s3 list segments", path, e))?;
         let mut segments = Vec::with_capacity(listed.len());
+        let mut placeholder = None;
         for meta in listed {
             let offset = meta
                 .location
                 .filename()
+                .and_then(|n| n.split('-').next())
                 .and_then(|n| n.parse::<u64>().ok())
                 .ok_or_else(|| corrupt(path, "a segment name is not an offset"))?;
-            segments.push((offset, meta));
+            if meta.size == 0 {
+                placeholder.get_or_insert((offset, meta));
+            } else {
+                segments.push((offset, meta));
+            }
         }
         segments.sort_unstable_by_key(|(offset, _)| *offset);
         let mut end = 0;
         for (offset, meta) in &segments {
+            if *offset < end {
+                return Err(storage_error(
+                    "s3 segments",
+                    path,
+                    io::Error::new(io::ErrorKind::InvalidData, super::ConflictingWrites),
+                ));
+            }
             if *offset != end {
                 return Err(corrupt(path, "segments are not contiguous"));
             }
             end += meta.size;
+        }
+        if segments.is_empty() {
+            segments.extend(placeholder);
         }
         Ok(if segments.is_empty() {
             Content::Absent
@@ -334,6 +355,13 @@ impl S3Driver {
             }
         }
         Ok(())
+    }
+
+    /// Deletes every segment of the content at `key` (moved elsewhere),
+    /// the empty ones that only made it exist included.
+    async fn drop_segments(&self, key: &Key, path: &Path) -> Result<()> {
+        let keys = self.keys_under(&self.segments_of(key), path).await?;
+        self.delete_all(keys, path).await
     }
 
     async fn keys_under(&self, prefix: &Key, path: &Path) -> Result<Vec<Key>> {
@@ -473,7 +501,7 @@ impl StorageDriver for S3Driver {
                     }
                     let stale = existing
                         .into_iter()
-                        .filter(|(o, _)| *o >= offset)
+                        .filter(|(o, m)| *o >= offset && m.size > 0)
                         .map(|(_, m)| m.location)
                         .collect();
                     self.delete_all(stale, path).await?;
@@ -481,7 +509,12 @@ impl StorageDriver for S3Driver {
             }
             Ok::<_, StorageError>(())
         })?;
-        let segment = segments.clone().join(format!("{offset:020}").as_str());
+        // Named by offset and by this request: a request at the same offset
+        // on another replica writes beside it, never over it, so content
+        // once hashed stays what was hashed (see `move_verified`).
+        let segment = segments
+            .clone()
+            .join(format!("{offset:020}-{:016x}", rand::random::<u64>()).as_str());
         Ok(Box::new(S3Writer {
             object: Some(self.part_writer(segment.clone())),
             segment,
@@ -586,10 +619,10 @@ impl StorageDriver for S3Driver {
                     self.store
                         .rename(&only.location, &target)
                         .await
-                        .map_err(|e| object_error("s3 move", from, e))
+                        .map_err(|e| object_error("s3 move", from, e))?;
+                    self.drop_segments(&source, from).await
                 }
                 Content::Segments(segments) => {
-                    let keys = segments.iter().map(|(_, m)| m.location.clone()).collect();
                     let mut bytes = self.stream(Content::Segments(segments), 0, from).await?;
                     let mut object = self.part_writer(target);
                     while let Some(chunk) = bytes.next().await {
@@ -609,9 +642,84 @@ impl StorageDriver for S3Driver {
                         .finish()
                         .await
                         .map_err(|e| object_error("s3 complete upload", to, e))?;
-                    self.delete_all(keys, from).await
+                    self.drop_segments(&source, from).await
                 }
             }
+        })
+    }
+
+    fn move_verified(&self, from: &Path, to: &Path, expected: &Digest) -> Result<Digest> {
+        let (source, target) = (self.key(from)?, self.key(to)?);
+        self.block_on(async {
+            let mut hasher = expected.algorithm().hasher();
+            let (single, segments) = match self.content(&source, from).await? {
+                Content::Absent => {
+                    return Err(storage_error(
+                        "s3 move",
+                        from,
+                        io::Error::from(io::ErrorKind::NotFound),
+                    ));
+                }
+                Content::Object(meta) => (meta, None),
+                Content::Segments(mut segments) if segments.len() == 1 => {
+                    (segments.remove(0).1, None)
+                }
+                Content::Segments(segments) => (segments[0].1.clone(), Some(segments)),
+            };
+            let Some(segments) = segments else {
+                // One object: hash it, then move that very object (a later
+                // request writes a new key; a cut-back deletes it, and the
+                // move then fails).
+                let mut bytes = self
+                    .stream(Content::Object(single.clone()), 0, from)
+                    .await?;
+                while let Some(chunk) = bytes.next().await {
+                    hasher.update(&chunk.map_err(|e| storage_error("s3 read", from, e))?);
+                }
+                let actual = hasher.finish();
+                if &actual == expected {
+                    self.store
+                        .rename(&single.location, &target)
+                        .await
+                        .map_err(|e| object_error("s3 move", from, e))?;
+                    self.drop_segments(&source, from).await?;
+                }
+                return Ok(actual);
+            };
+            // Several: copied into one object, hashed on the way, which is
+            // made visible only if the digest matches.
+            let mut bytes = self.stream(Content::Segments(segments), 0, from).await?;
+            let mut object = self.part_writer(target);
+            while let Some(chunk) = bytes.next().await {
+                let pushed = match chunk {
+                    Ok(chunk) => {
+                        hasher.update(&chunk);
+                        object
+                            .push(chunk)
+                            .await
+                            .map_err(|e| object_error("s3 upload part", to, e))
+                    }
+                    Err(e) => Err(storage_error("s3 read segment", from, e)),
+                };
+                if let Err(e) = pushed {
+                    let _ = object.abort().await;
+                    return Err(e);
+                }
+            }
+            let actual = hasher.finish();
+            if &actual != expected {
+                object
+                    .abort()
+                    .await
+                    .map_err(|e| object_error("s3 abort multipart upload", to, e))?;
+                return Ok(actual);
+            }
+            object
+                .finish()
+                .await
+                .map_err(|e| object_error("s3 complete upload", to, e))?;
+            self.drop_segments(&source, from).await?;
+            Ok(actual)
         })
     }
 

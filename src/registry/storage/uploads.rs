@@ -46,6 +46,8 @@ pub enum UploadError {
     BodyStalled(u64),
     #[error("upload ended early")]
     Short,
+    #[error("two requests wrote at one offset of this upload at once; start it again")]
+    Conflicting,
     #[error(transparent)]
     Storage(StorageError),
 }
@@ -54,6 +56,8 @@ impl From<StorageError> for UploadError {
     fn from(e: StorageError) -> Self {
         if e.is_full() {
             UploadError::Full
+        } else if e.is_conflicting_writes() {
+            UploadError::Conflicting
         } else {
             UploadError::Storage(e)
         }
@@ -71,7 +75,10 @@ struct Session {
     size: u64,
     /// When this process first saw the session (for the upload duration metric).
     seen: std::time::Instant,
-    sha256: Hasher,
+    /// The running hash of what was received, on storage only this process
+    /// writes. On shared storage another replica may append or replace
+    /// bytes, so the finish hashes the very bytes it commits instead.
+    sha256: Option<Hasher>,
     /// Set once the session is finished or cancelled; late requests see it as unknown.
     closed: bool,
 }
@@ -163,7 +170,7 @@ impl Uploads {
         let session = Session {
             size: 0,
             seen: std::time::Instant::now(),
-            sha256: Algorithm::Sha256.hasher(),
+            sha256: (!self.store.shared()).then(|| Algorithm::Sha256.hasher()),
             closed: false,
         };
         self.lock_map().insert(
@@ -185,11 +192,19 @@ impl Uploads {
             return Ok(s.clone());
         }
         let path = self.data_path(repo, id);
-        let (sha256, size) = match self.hash_upload(&path, Algorithm::Sha256).await {
-            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
-                return Err(UploadError::Unknown);
+        let (sha256, size) = if self.store.shared() {
+            let (driver, p) = (self.store.driver().clone(), path.clone());
+            match blocking(move || driver.stat(&p)).await? {
+                Some(info) => (None, info.size),
+                None => return Err(UploadError::Unknown),
             }
-            rebuilt => rebuilt?,
+        } else {
+            match self.hash_upload(&path, Algorithm::Sha256).await {
+                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(UploadError::Unknown);
+                }
+                rebuilt => rebuilt.map(|(hasher, size)| (Some(hasher), size))?,
+            }
         };
         let mut map = self.lock_map();
         let entry = map.entry(key).or_insert_with(|| {
@@ -205,7 +220,8 @@ impl Uploads {
 
     /// On storage that other replicas write to, a session this process
     /// remembers may be behind (another replica appended to it) or over
-    /// (finished or cancelled there): the stored content says which.
+    /// (finished or cancelled there): the stored content says which. No
+    /// hash to rebuild: the finish hashes what it commits.
     async fn refresh(&self, s: &mut Session, path: &Path) -> Result<()> {
         if !self.store.shared() {
             return Ok(());
@@ -216,10 +232,8 @@ impl Uploads {
                 s.closed = true;
                 Err(UploadError::Unknown)
             }
-            Some(info) if info.size == s.size => Ok(()),
-            Some(_) => {
-                let (sha256, size) = self.hash_upload(path, Algorithm::Sha256).await?;
-                (s.sha256, s.size) = (sha256, size);
+            Some(info) => {
+                s.size = info.size;
                 Ok(())
             }
         }
@@ -312,9 +326,9 @@ impl Uploads {
         &self,
         path: &std::path::Path,
         start: u64,
-        hasher: Hasher,
+        hasher: Option<Hasher>,
         mut body: S,
-    ) -> Result<(u64, Hasher)>
+    ) -> Result<(u64, Option<Hasher>)>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -402,13 +416,17 @@ impl Uploads {
         }
         let path = self.data_path(repo, id);
         self.refresh(&mut s, &path).await?;
-        let actual = match digest.algorithm() {
-            Algorithm::Sha256 => s.sha256.clone().finish(),
-            other => self.hash_upload(&path, other).await?.0.finish(),
+        let actual = match (&s.sha256, digest.algorithm()) {
+            // Checked on the bytes the commit moves, below.
+            (None, _) => None,
+            (Some(hasher), Algorithm::Sha256) => Some(hasher.clone().finish()),
+            (Some(_), other) => Some(self.hash_upload(&path, other).await?.0.finish()),
         };
         s.closed = true;
         let dir = self.store.layout().upload_dir(repo, id);
-        if &actual != digest {
+        if let Some(actual) = actual
+            && &actual != digest
+        {
             drop(s);
             self.forget(repo, id);
             let driver = self.store.driver().clone();
@@ -421,17 +439,25 @@ impl Uploads {
         let (size, seen) = (s.size, s.seen);
         let (store, repo_owned, digest_owned) = (self.store.clone(), repo.clone(), digest.clone());
         let committed = blocking(move || {
-            store.pushing(|| {
-                store.commit_blob_file(&path, &digest_owned)?;
+            let mismatch = store.pushing(|| {
+                if let Some(actual) = store.commit_blob_file(&path, &digest_owned)? {
+                    return Ok((Some(actual), Vec::new()));
+                }
                 store.link_blob(&repo_owned, &digest_owned)?;
-                Ok(((), vec![digest_owned.clone()]))
+                Ok((None, vec![digest_owned.clone()]))
             })?;
-            store.driver().delete(&dir)
+            store.driver().delete(&dir)?;
+            Ok(mismatch)
         })
         .await;
         drop(s);
         self.forget(repo, id);
-        committed?;
+        if let Some(actual) = committed? {
+            return Err(UploadError::DigestMismatch {
+                actual,
+                expected: digest.clone(),
+            });
+        }
         self.metrics
             .upload_seconds
             .observe(seen.elapsed().as_secs_f64());
@@ -553,14 +579,16 @@ async fn next_writer(
 /// pool for each piece and back.
 struct PieceWriter {
     content: Box<dyn ContentWriter>,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
 }
 
 impl PieceWriter {
     /// Hashes and appends `chunks` (blocking).
     fn write(mut self, chunks: Vec<Bytes>) -> PieceResult {
-        for c in &chunks {
-            self.hasher.update(c);
+        if let Some(hasher) = &mut self.hasher {
+            for c in &chunks {
+                hasher.update(c);
+            }
         }
         self.content.write(&chunks)?;
         Ok(self)
