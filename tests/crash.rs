@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::oci::{
-    OCI_MANIFEST, get_bytes, image_manifest, location_path, push_chunked, push_manifest,
-    push_monolithic, random_bytes,
+    OCI_MANIFEST, get_bytes, image_manifest, push_chunked, push_manifest, push_monolithic,
+    random_bytes, start_upload,
 };
 use common::rawtls::{TlsConn, client_config};
 use common::{Privreg, free_port, https_client, sha256, store};
@@ -371,13 +371,7 @@ async fn client_disconnect_mid_upload_leaves_nothing() {
     let digest = sha256(&blob);
 
     // A session holding the first 1000 bytes.
-    let r = client
-        .post(format!("{base}/v2/cut/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let location = location_path(r.headers()["location"].to_str().unwrap());
+    let location = start_upload(&client, &base, "cut").await;
     let r = client
         .patch(format!("{base}{location}"))
         .header("content-range", "0-999")
@@ -526,13 +520,7 @@ async fn upload_session_survives_restarts() {
 
     let client = https_client(&reg.ca());
     let base = reg.url();
-    let r = client
-        .post(format!("{base}/v2/keep/me/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let location = location_path(r.headers()["location"].to_str().unwrap());
+    let location = start_upload(&client, &base, "keep/me").await;
     let r = client
         .patch(format!("{base}{location}"))
         .header("content-range", format!("0-{}", a - 1))
@@ -703,13 +691,7 @@ async fn kill9_mid_body_on_s3_leaves_nothing_after_the_purge() {
     let pki = common::pki::TestPki::loopback(&dir.path().join("pki"));
     let mut doomed = s3.start_privreg(&dir.path().join("doomed"), "killed", &pki.privreg_args());
     let client = https_client(&pki.ca);
-    let r = client
-        .post(format!("{}/v2/cut/blobs/uploads/", doomed.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let location = location_path(r.headers()["location"].to_str().unwrap());
+    let location = start_upload(&client, &doomed.url(), "cut").await;
 
     // 40 MiB of an announced 64 MiB: two parts sent, the third filling.
     let (addr, ca) = (doomed.addr(), pki.ca.clone());

@@ -390,149 +390,142 @@ fn stress_paced(
 /// mark never saw. The push step marks what it referenced, and the marker
 /// keeps the layer through the sweep (without it the sweep deletes the
 /// layer of an acknowledged manifest). Pushes were not held while marking.
-#[test]
-fn a_push_after_the_mark_keeps_its_blobs_through_the_sweep() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_after_the_mark_keeps_its_blobs_through_the_sweep() {
     use privreg::registry::digest::Digest;
     use privreg::registry::names::{RepoName, Tag};
     use privreg::registry::storage::StorageDriver as _;
 
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let Some(s3) = SeaweedFs::start(dir.path(), "gc-mark") else {
-            assert!(!tools_required(), "SeaweedFS is required");
-            return;
-        };
-        let timings = LeaseTimings {
-            fresh: Duration::from_millis(100),
-            step_budget: Duration::from_secs(3),
-            hold_max: Duration::from_secs(30),
-            ttl: Duration::from_secs(120),
-        };
-        let replica = || Store::in_bucket_with(S3Driver::new(&s3.config("mark")).unwrap(), timings);
-        let (a, b) = (replica(), replica());
-        let lease = S3Driver::new(&s3.config("mark")).unwrap();
-        let app = privreg::registry::router(AppState::new(
-            a.clone(),
-            None,
-            RegistryConfig::default(),
-            Arc::new(Metrics::new()),
-        ));
+    let Some(s3) = SeaweedFs::start(dir.path(), "gc-mark") else {
+        assert!(!tools_required(), "SeaweedFS is required");
+        return;
+    };
+    let timings = LeaseTimings {
+        fresh: Duration::from_millis(100),
+        step_budget: Duration::from_secs(3),
+        hold_max: Duration::from_secs(30),
+        ttl: Duration::from_secs(120),
+    };
+    let replica = || Store::in_bucket_with(S3Driver::new(&s3.config("mark")).unwrap(), timings);
+    let (a, b) = (replica(), replica());
+    let lease = S3Driver::new(&s3.config("mark")).unwrap();
+    let app = privreg::registry::router(AppState::new(
+        a.clone(),
+        None,
+        RegistryConfig::default(),
+        Arc::new(Metrics::new()),
+    ));
 
-        // An image whose manifest is then deleted: its blobs are unreferenced.
-        let (config, layer) = (br#"{"os":"linux"}"#.to_vec(), random_bytes(4096));
-        assert_eq!(push_blob(&app, "team/app", &config).await, 201);
-        assert_eq!(push_blob(&app, "team/app", &layer).await, 201);
-        let first = image_manifest(OCI_MANIFEST, &config, &[&layer], json!({}));
-        let (s, _) = call(
+    // An image whose manifest is then deleted: its blobs are unreferenced.
+    let (config, layer) = (br#"{"os":"linux"}"#.to_vec(), random_bytes(4096));
+    assert_eq!(push_blob(&app, "team/app", &config).await, 201);
+    assert_eq!(push_blob(&app, "team/app", &layer).await, 201);
+    let first = image_manifest(OCI_MANIFEST, &config, &[&layer], json!({}));
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v2/team/app/manifests/v1",
+        Some(OCI_MANIFEST),
+        first.clone(),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v2/team/app/manifests/{}", sha256(&first)),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 202);
+
+    let collector = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || {
+            a.collect_garbage(&GcOptions {
+                dry_run: false,
+                delete_untagged: false,
+                grace: Duration::ZERO,
+            })
+        })
+    };
+    let phase_is = |phase: &'static str| {
+        let lease = lease.clone();
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let record = lease
+                    .get_content(std::path::Path::new("privreg/gc-lease"))
+                    .unwrap();
+                if record.is_some_and(|r| String::from_utf8_lossy(&r).contains(phase)) {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the collection never reached {phase}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    tokio::task::spawn_blocking(phase_is("marking"))
+        .await
+        .unwrap();
+
+    // A push step on the other replica starts while the collection marks,
+    // and writes its manifest once the mark is over.
+    let second = image_manifest(OCI_MANIFEST, &config, &[&layer], json!({"again": "yes"}));
+    let pushed = {
+        let (b, second, wait) = (b.clone(), second.clone(), phase_is("sweeping"));
+        let digests: Vec<Digest> = [&config, &layer, &second]
+            .iter()
+            .map(|x| sha256(x).parse().unwrap())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            b.pushing(|| {
+                wait();
+                let repo = RepoName::parse("team/app").unwrap();
+                b.put_manifest(
+                    &repo,
+                    &digests[2],
+                    &second,
+                    &[Tag::parse("v2").unwrap()],
+                    None,
+                )?;
+                Ok(((), digests))
+            })
+        })
+    };
+    pushed.await.unwrap().unwrap();
+    let report = collector.await.unwrap().unwrap();
+    // Only the deleted manifest's own blob goes; the layer and config
+    // were old and unreferenced at the mark, and are spared by markers.
+    let deleted: Vec<String> = report
+        .blobs_deleted
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        deleted,
+        [sha256(&first)],
+        "the sweep deleted what the push referenced: {report:?}"
+    );
+    assert_eq!(report.blobs_spared, 2, "{report:?}");
+
+    // The acknowledged manifest pulls whole.
+    let (s, got) = call(&app, "GET", "/v2/team/app/manifests/v2", None, vec![]).await;
+    assert_eq!((s, got), (200, second));
+    for blob in [&config, &layer] {
+        let (s, got) = call(
             &app,
-            "PUT",
-            "/v2/team/app/manifests/v1",
-            Some(OCI_MANIFEST),
-            first.clone(),
-        )
-        .await;
-        assert_eq!(s, 201);
-        let (s, _) = call(
-            &app,
-            "DELETE",
-            &format!("/v2/team/app/manifests/{}", sha256(&first)),
+            "GET",
+            &format!("/v2/team/app/blobs/{}", sha256(blob)),
             None,
             vec![],
         )
         .await;
-        assert_eq!(s, 202);
-
-        let collector = {
-            let a = a.clone();
-            tokio::task::spawn_blocking(move || {
-                a.collect_garbage(&GcOptions {
-                    dry_run: false,
-                    delete_untagged: false,
-                    grace: Duration::ZERO,
-                })
-            })
-        };
-        let phase_is = |phase: &'static str| {
-            let lease = lease.clone();
-            move || {
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    let record = lease
-                        .get_content(std::path::Path::new("privreg/gc-lease"))
-                        .unwrap();
-                    if record.is_some_and(|r| String::from_utf8_lossy(&r).contains(phase)) {
-                        return;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "the collection never reached {phase}"
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        tokio::task::spawn_blocking(phase_is("marking"))
-            .await
-            .unwrap();
-
-        // A push step on the other replica starts while the collection marks,
-        // and writes its manifest once the mark is over.
-        let second = image_manifest(OCI_MANIFEST, &config, &[&layer], json!({"again": "yes"}));
-        let pushed = {
-            let (b, second, wait) = (b.clone(), second.clone(), phase_is("sweeping"));
-            let digests: Vec<Digest> = [&config, &layer, &second]
-                .iter()
-                .map(|x| sha256(x).parse().unwrap())
-                .collect();
-            tokio::task::spawn_blocking(move || {
-                b.pushing(|| {
-                    wait();
-                    let repo = RepoName::parse("team/app").unwrap();
-                    b.put_manifest(
-                        &repo,
-                        &digests[2],
-                        &second,
-                        &[Tag::parse("v2").unwrap()],
-                        None,
-                    )?;
-                    Ok(((), digests))
-                })
-            })
-        };
-        pushed.await.unwrap().unwrap();
-        let report = collector.await.unwrap().unwrap();
-        // Only the deleted manifest's own blob goes; the layer and config
-        // were old and unreferenced at the mark, and are spared by markers.
-        let deleted: Vec<String> = report
-            .blobs_deleted
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            deleted,
-            [sha256(&first)],
-            "the sweep deleted what the push referenced: {report:?}"
-        );
-        assert_eq!(report.blobs_spared, 2, "{report:?}");
-
-        // The acknowledged manifest pulls whole.
-        let (s, got) = call(&app, "GET", "/v2/team/app/manifests/v2", None, vec![]).await;
-        assert_eq!((s, got), (200, second));
-        for blob in [&config, &layer] {
-            let (s, got) = call(
-                &app,
-                "GET",
-                &format!("/v2/team/app/blobs/{}", sha256(blob)),
-                None,
-                vec![],
-            )
-            .await;
-            assert_eq!((s, &got), (200, blob));
-        }
-    });
+        assert_eq!((s, &got), (200, blob));
+    }
 }

@@ -112,7 +112,7 @@ async fn pushes_to_one_tag_through_two_replicas_end_with_one_winner() {
 /// replica received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writes_at_one_offset_never_commit_a_blob_under_another_digest() {
-    use common::oci::location_path;
+    use common::oci::start_upload;
     use common::rawtls::{TlsConn, client_config};
 
     let dir = tempfile::tempdir().unwrap();
@@ -126,13 +126,7 @@ async fn racing_writes_at_one_offset_never_commit_a_blob_under_another_digest() 
         s3.start_privreg(&dir.path().join("b"), "race", &pki.privreg_args()),
     );
     let client = https_client(&pki.ca);
-    let r = client
-        .post(format!("{}/v2/race/blobs/uploads/", a.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let location = location_path(r.headers()["location"].to_str().unwrap());
+    let location = start_upload(&client, &a.url(), "race").await;
     // A first request, through A: 4 KiB both later contents share.
     let r = client
         .patch(format!("{}{location}", a.url()))

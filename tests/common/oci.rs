@@ -79,6 +79,17 @@ pub fn location_path(location: &str) -> String {
     }
 }
 
+/// Opens an upload session with `POST`; returns the path of its Location.
+pub async fn start_upload(client: &reqwest::Client, base: &str, repo: &str) -> String {
+    let r = client
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "POST an upload to {repo}");
+    location_path(r.headers()["location"].to_str().unwrap())
+}
+
 /// Pushes a blob in one `POST ?digest=`; returns its digest.
 pub async fn push_monolithic(
     client: &reqwest::Client,
