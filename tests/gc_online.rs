@@ -484,7 +484,7 @@ async fn a_push_after_the_mark_keeps_its_blobs_through_the_sweep() {
             .map(|x| sha256(x).parse().unwrap())
             .collect();
         tokio::task::spawn_blocking(move || {
-            b.pushing(|| {
+            b.pushing(&digests, || {
                 wait();
                 let repo = RepoName::parse("team/app").unwrap();
                 b.put_manifest(
@@ -493,8 +493,7 @@ async fn a_push_after_the_mark_keeps_its_blobs_through_the_sweep() {
                     &second,
                     &[Tag::parse("v2").unwrap()],
                     None,
-                )?;
-                Ok(((), digests))
+                )
             })
         })
     };

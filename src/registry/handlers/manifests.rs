@@ -175,15 +175,13 @@ pub async fn put(
     // The check and the write run as one push step, so a garbage collection
     // cannot delete a reference between them.
     let missing = run(move || {
-        store.pushing(|| {
+        let referenced: Vec<Digest> = blobs.iter().chain(&children).chain([&d]).cloned().collect();
+        store.pushing(&referenced, || {
             if check && let Some(m) = missing_reference(&store, &r, &blobs, &children)? {
-                return Ok((Some(m), Vec::new()));
+                return Ok(Some(m));
             }
             store.put_manifest(&r, &d, &body, &t, subject.as_ref())?;
-            let mut referenced = blobs;
-            referenced.extend(children);
-            referenced.push(d);
-            Ok((None, referenced))
+            Ok(None)
         })
     })
     .await?;

@@ -103,18 +103,18 @@ async fn try_mount(
     };
     let (store, target, d) = (state.store.clone(), repo.clone(), digest.clone());
     let mounted = run(move || {
-        store.pushing(|| {
+        store.pushing(std::slice::from_ref(&d), || {
             let present = match &from {
                 Some(from) => store.stat_in_repo(from, &d)?.is_some(),
                 None => store.blob_size(&d)?.is_some(),
             };
             if !present {
-                return Ok((false, Vec::new()));
+                return Ok(false);
             }
             store.link_blob(&target, &d)?;
             // Reused: date it now, so a collection's grace period covers it.
             store.touch_blob(&d);
-            Ok((true, vec![d.clone()]))
+            Ok(true)
         })
     })
     .await?;

@@ -67,20 +67,21 @@ pub struct PushGate {
 }
 
 impl PushGate {
-    /// Runs a push step; `f` returns its result and the digests it made
-    /// referenced.
-    pub fn pushing<T>(&self, f: impl FnOnce() -> Result<(T, Vec<Digest>)>) -> Result<T> {
+    /// Runs a push step `f` that may make `referenced` referenced. They are
+    /// recorded before it writes, so a step that fails halfway (its writes
+    /// partly visible) is covered too; recording one it did not use only
+    /// spares it until the next collection.
+    pub fn pushing<T>(&self, referenced: &[Digest], f: impl FnOnce() -> Result<T>) -> Result<T> {
         let _shared = self.lock.read().unwrap_or_else(|e| e.into_inner());
-        let (out, referenced) = f()?;
         if let Some(recent) = self
             .recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            recent.extend(referenced);
+            recent.extend(referenced.iter().cloned());
         }
-        Ok(out)
+        f()
     }
 
     fn begin(&self) {

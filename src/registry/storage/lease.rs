@@ -244,24 +244,26 @@ impl BucketLease {
         }
     }
 
-    /// Runs a push step, which returns its result and the digests it made
-    /// referenced: at once, or with markers for those digests while a
-    /// collection marks, or once a sweeping collection ends.
+    /// Runs a push step that may make `referenced` referenced: at once, or
+    /// after writing markers for those digests while a collection marks, or
+    /// once a sweeping collection ends.
     pub fn push_step<T>(
         &self,
         driver: &dyn StorageDriver,
-        step: impl FnOnce() -> Result<(T, Vec<Digest>)>,
+        referenced: &[Digest],
+        step: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let marking = self.wait_for_push(driver)?;
         let checked = Instant::now();
-        let (out, referenced) = step()?;
         if marking {
-            // Not best effort: a sweep would not know of this use. The
-            // client's retry of the step writes them again.
-            for d in &referenced {
+            // Before the step writes, so a step that fails halfway (a tag
+            // already moved, say) is covered too. Not best effort: a sweep
+            // would not know of this use.
+            for d in referenced {
                 driver.put_content(&Self::touched_path(d), b"")?;
             }
         }
+        let out = step();
         if checked.elapsed() > self.timings.step_budget {
             tracing::warn!(
                 elapsed_ms = checked.elapsed().as_millis() as u64,
@@ -269,7 +271,7 @@ impl BucketLease {
                 "a push step outlasted the collection lease's budget; a collection that began meanwhile may not have seen it"
             );
         }
-        Ok(out)
+        out
     }
 
     /// Takes the lease for one collection (marking), or `None` when another
@@ -389,10 +391,9 @@ mod tests {
         format!("sha256:{}", hex::encode([n; 32])).parse().unwrap()
     }
 
-    /// A push step that made `d` referenced.
-    fn step(d: &Digest) -> impl FnOnce() -> Result<(u8, Vec<Digest>)> {
-        let d = d.clone();
-        move || Ok((7, vec![d]))
+    /// A push step on `replica` that makes `d` referenced.
+    fn push(replica: &BucketLease, driver: &FsDriver, d: &Digest) -> Result<u8> {
+        replica.push_step(driver, std::slice::from_ref(d), || Ok(7))
     }
 
     #[test]
@@ -403,7 +404,7 @@ mod tests {
 
         // Marking: pushes on either replica go on, and mark what they used.
         let (used, unused) = (digest(1), digest(2));
-        assert_eq!(b.push_step(&driver, step(&used)).unwrap(), 7);
+        assert_eq!(push(&b, &driver, &used).unwrap(), 7);
         let marker = BucketLease::touched(&driver, &used).unwrap();
         assert!(marker.is_some(), "the push left no marker");
         assert!(BucketLease::touched(&driver, &unused).unwrap().is_none());
@@ -420,18 +421,39 @@ mod tests {
         // Sweeping: pushes wait, then are refused (429 at the edge).
         held.sweep().unwrap();
         let waited = Instant::now();
-        let refused = b.push_step(&driver, step(&used)).unwrap_err();
+        let refused = push(&b, &driver, &used).unwrap_err();
         assert!(refused.is_busy(), "{refused:?}");
         assert!(waited.elapsed() >= quick().hold_max);
-        assert!(a.push_step(&driver, step(&used)).unwrap_err().is_busy());
+        assert!(push(&a, &driver, &used).unwrap_err().is_busy());
         held.check().unwrap();
         drop(held);
         // Released: pushes run unmarked, and the next collection may start.
         driver.delete(&BucketLease::touched_path(&unused)).unwrap();
         std::thread::sleep(quick().fresh);
-        assert_eq!(b.push_step(&driver, step(&unused)).unwrap(), 7);
+        assert_eq!(push(&b, &driver, &unused).unwrap(), 7);
         assert!(BucketLease::touched(&driver, &unused).unwrap().is_none());
         assert!(b.acquire(&driver).unwrap().is_some());
+    }
+
+    /// A step that fails after some of its writes (a tag moved, its
+    /// revision not) has still marked what it references: the client's
+    /// error does not make its visible writes safe to sweep from under.
+    #[test]
+    fn a_push_step_that_fails_halfway_while_marking_has_marked() {
+        let (_dir, driver, a, b) = two_replicas();
+        let held = a.acquire(&driver).unwrap().expect("the lease is free");
+        let layer = digest(5);
+        let failed = b.push_step(&driver, std::slice::from_ref(&layer), || {
+            driver.put_content(Path::new("repo/tag/link"), b"half")?;
+            Err::<(), _>(StorageError {
+                op: "put",
+                path: "repo/revision/link".into(),
+                source: io::Error::other("the bucket went away"),
+            })
+        });
+        assert!(failed.is_err());
+        let marker = BucketLease::touched(&driver, &layer).unwrap();
+        assert!(held.counts(marker, Duration::ZERO), "no marker: {marker:?}");
     }
 
     #[test]
@@ -442,7 +464,7 @@ mod tests {
         std::thread::scope(|s| {
             let push = s.spawn(|| {
                 let started = Instant::now();
-                let out = b.push_step(&driver, || Ok(("pushed", Vec::new())));
+                let out = b.push_step(&driver, &[], || Ok("pushed"));
                 (out.unwrap(), started.elapsed())
             });
             std::thread::sleep(Duration::from_millis(100));
@@ -461,11 +483,7 @@ mod tests {
         driver
             .put_content(Path::new(LEASE_PATH), old.as_bytes())
             .unwrap();
-        assert!(
-            b.push_step(&driver, step(&digest(3)))
-                .unwrap_err()
-                .is_busy()
-        );
+        assert!(push(&b, &driver, &digest(3)).unwrap_err().is_busy());
     }
 
     #[test]
@@ -480,7 +498,7 @@ mod tests {
         driver
             .put_content(Path::new(LEASE_PATH), &serde_json::to_vec(&stale).unwrap())
             .unwrap();
-        assert_eq!(b.push_step(&driver, step(&digest(4))).unwrap(), 7);
+        assert_eq!(push(&b, &driver, &digest(4)).unwrap(), 7);
         assert!(a.acquire(&driver).unwrap().is_some());
     }
 

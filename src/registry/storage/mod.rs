@@ -135,14 +135,12 @@ impl Store {
 
     /// Runs a push step (see `gc::PushGate`): on shared storage, as the
     /// bucket's lease allows (see `lease`).
-    pub fn pushing<T>(&self, step: impl FnOnce() -> Result<(T, Vec<Digest>)>) -> Result<T> {
+    pub fn pushing<T>(&self, referenced: &[Digest], step: impl FnOnce() -> Result<T>) -> Result<T> {
         match &self.lease {
-            Some(lease) => lease.push_step(self.driver.as_ref(), || {
-                self.gate.pushing(|| {
-                    step().map(|(out, referenced)| ((out, referenced.clone()), referenced))
-                })
+            Some(lease) => lease.push_step(self.driver.as_ref(), referenced, || {
+                self.gate.pushing(referenced, step)
             }),
-            None => self.gate.pushing(step),
+            None => self.gate.pushing(referenced, step),
         }
     }
 

@@ -439,12 +439,12 @@ impl Uploads {
         let (size, seen) = (s.size, s.seen);
         let (store, repo_owned, digest_owned) = (self.store.clone(), repo.clone(), digest.clone());
         let committed = blocking(move || {
-            let mismatch = store.pushing(|| {
+            let mismatch = store.pushing(std::slice::from_ref(&digest_owned), || {
                 if let Some(actual) = store.commit_blob_file(&path, &digest_owned)? {
-                    return Ok((Some(actual), Vec::new()));
+                    return Ok(Some(actual));
                 }
                 store.link_blob(&repo_owned, &digest_owned)?;
-                Ok((None, vec![digest_owned.clone()]))
+                Ok(None)
             })?;
             store.driver().delete(&dir)?;
             Ok(mismatch)
