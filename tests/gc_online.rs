@@ -484,8 +484,9 @@ async fn a_push_after_the_mark_keeps_its_blobs_through_the_sweep() {
             .map(|x| sha256(x).parse().unwrap())
             .collect();
         tokio::task::spawn_blocking(move || {
-            b.pushing(&digests, || {
+            b.pushing(|mark| {
                 wait();
+                mark(&digests)?;
                 let repo = RepoName::parse("team/app").unwrap();
                 b.put_manifest(
                     &repo,

@@ -8,6 +8,10 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
+
+use privreg::registry::storage::Store;
+use privreg::registry::storage::s3::S3Driver;
 
 use serde_json::json;
 
@@ -212,5 +216,66 @@ async fn racing_writes_at_one_offset_never_commit_a_blob_under_another_digest() 
     // for one range: the client is told to start again (not a 500).
     if slow_answer == Ok(202) {
         assert_eq!(finished, 400);
+        // Such an upload still ends: the purge dates it by its start
+        // (without stopping at it), and a replica that never saw it can
+        // cancel it.
+        let store = Store::in_bucket(S3Driver::new(&s3.config("race")).unwrap());
+        let stale = tokio::task::spawn_blocking(move || store.stale_uploads(Duration::ZERO))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        let c = s3.start_privreg(&dir.path().join("c"), "race", &pki.privreg_args());
+        let r = client
+            .delete(format!("{}{location}", c.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{}", c.log());
     }
+}
+
+/// On a bucket no replica hashes an upload as it comes: the finish hashes
+/// what it commits. When the named blob is stored already nothing moves, and
+/// the upload must still hold it; otherwise a client could link any stored
+/// blob into its repository by naming its digest over other bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_naming_a_stored_blob_is_still_checked() {
+    use common::oci::start_upload;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = SeaweedFs::start(dir.path(), "known-blob") else {
+        assert!(!tools_required(), "SeaweedFS is required");
+        return;
+    };
+    let pki = TestPki::loopback(&dir.path().join("pki"));
+    let a = s3.start_privreg(&dir.path().join("a"), "known", &pki.privreg_args());
+    let client = https_client(&pki.ca);
+    let secret = common::oci::random_bytes(4096);
+    let stored = push_monolithic(&client, &a.url(), "owner/app", secret)
+        .await
+        .unwrap();
+
+    let location = start_upload(&client, &a.url(), "other/app").await;
+    let r = client
+        .patch(format!("{}{location}", a.url()))
+        .header("content-type", "application/octet-stream")
+        .body(b"not the blob".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", a.log());
+    let r = client
+        .put(format!("{}{location}?digest={stored}", a.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("DIGEST_INVALID"));
+    let r = client
+        .head(format!("{}/v2/other/app/blobs/{stored}", a.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the blob was linked without its bytes");
 }

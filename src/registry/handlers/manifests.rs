@@ -175,11 +175,13 @@ pub async fn put(
     // The check and the write run as one push step, so a garbage collection
     // cannot delete a reference between them.
     let missing = run(move || {
-        let referenced: Vec<Digest> = blobs.iter().chain(&children).chain([&d]).cloned().collect();
-        store.pushing(&referenced, || {
+        store.pushing(|mark| {
             if check && let Some(m) = missing_reference(&store, &r, &blobs, &children)? {
                 return Ok(Some(m));
             }
+            let referenced: Vec<Digest> =
+                blobs.iter().chain(&children).chain([&d]).cloned().collect();
+            mark(&referenced)?;
             store.put_manifest(&r, &d, &body, &t, subject.as_ref())?;
             Ok(None)
         })

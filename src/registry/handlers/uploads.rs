@@ -103,7 +103,7 @@ async fn try_mount(
     };
     let (store, target, d) = (state.store.clone(), repo.clone(), digest.clone());
     let mounted = run(move || {
-        store.pushing(std::slice::from_ref(&d), || {
+        store.pushing(|mark| {
             let present = match &from {
                 Some(from) => store.stat_in_repo(from, &d)?.is_some(),
                 None => store.blob_size(&d)?.is_some(),
@@ -111,6 +111,7 @@ async fn try_mount(
             if !present {
                 return Ok(false);
             }
+            mark(std::slice::from_ref(&d))?;
             store.link_blob(&target, &d)?;
             // Reused: date it now, so a collection's grace period covers it.
             store.touch_blob(&d);

@@ -25,7 +25,7 @@ use super::fs_batch::{self, Durability, Source};
 use super::fsio::{self, IoContext};
 use super::journal::{self, Journal};
 use super::space::Space;
-use crate::registry::digest::Digest;
+use crate::registry::digest::{Algorithm, Digest};
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -82,6 +82,9 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     /// other processes write to, where what this one hashed as it received
     /// an upload may since have been replaced. Reads the content once.
     fn move_verified(&self, from: &Path, to: &Path, expected: &Digest) -> Result<Digest>;
+
+    /// The digest of the content at `path`, read whole.
+    fn hash_content(&self, path: &Path, algorithm: Algorithm) -> Result<Digest>;
 
     /// Deletes `path` and everything under it; `false` if nothing was there.
     fn delete(&self, path: &Path) -> Result<bool>;
@@ -322,25 +325,28 @@ impl StorageDriver for FsDriver {
     }
 
     fn move_verified(&self, from: &Path, to: &Path, expected: &Digest) -> Result<Digest> {
-        use std::io::Read as _;
         // One process owns a directory: nothing can replace the file between
         // this read and the move.
-        let source = self.resolve(from)?;
-        let mut file = File::open(&source).ctx("open upload", &source)?;
-        let mut hasher = expected.algorithm().hasher();
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = file.read(&mut buf).ctx("read upload", &source)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let actual = hasher.finish();
+        let actual = self.hash_content(from, expected.algorithm())?;
         if &actual == expected {
             self.move_content(from, to)?;
         }
         Ok(actual)
+    }
+
+    fn hash_content(&self, path: &Path, algorithm: Algorithm) -> Result<Digest> {
+        use std::io::Read as _;
+        let source = self.resolve(path)?;
+        let mut file = File::open(&source).ctx("open", &source)?;
+        let mut hasher = algorithm.hasher();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = file.read(&mut buf).ctx("read", &source)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
     }
 
     fn delete(&self, path: &Path) -> Result<bool> {

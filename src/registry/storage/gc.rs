@@ -59,6 +59,13 @@ pub struct GcReport {
 /// that no push since the mark began referenced the item and that the item is
 /// older than the grace period (reused blobs are touched, so "older" means
 /// "not used lately").
+///
+/// A push step tells what it references through a [`Mark`], after its checks
+/// (so a refused request marks nothing) and before its own writes (so a step
+/// that fails halfway, its first writes visible, is covered too).
+/// What a push step calls with the digests it is about to make referenced.
+pub type Mark<'a> = &'a dyn Fn(&[Digest]) -> Result<()>;
+
 #[derive(Debug, Default)]
 pub struct PushGate {
     lock: RwLock<()>,
@@ -67,21 +74,21 @@ pub struct PushGate {
 }
 
 impl PushGate {
-    /// Runs a push step `f` that may make `referenced` referenced. They are
-    /// recorded before it writes, so a step that fails halfway (its writes
-    /// partly visible) is covered too; recording one it did not use only
-    /// spares it until the next collection.
-    pub fn pushing<T>(&self, referenced: &[Digest], f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// Runs a push step `f`, which calls its [`Mark`] with what it is about
+    /// to make referenced before it writes.
+    pub fn pushing<T>(&self, f: impl FnOnce(Mark) -> Result<T>) -> Result<T> {
         let _shared = self.lock.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(recent) = self
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            recent.extend(referenced.iter().cloned());
-        }
-        f()
+        f(&|referenced| {
+            if let Some(recent) = self
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                recent.extend(referenced.iter().cloned());
+            }
+            Ok(())
+        })
     }
 
     fn begin(&self) {

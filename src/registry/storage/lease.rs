@@ -42,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::driver::{FileInfo, StorageDriver};
+use super::gc::Mark;
 use super::{Result, StorageError};
 use crate::registry::digest::Digest;
 
@@ -244,26 +245,27 @@ impl BucketLease {
         }
     }
 
-    /// Runs a push step that may make `referenced` referenced: at once, or
-    /// after writing markers for those digests while a collection marks, or
-    /// once a sweeping collection ends.
+    /// Runs a push step: at once, or once a sweeping collection ends. While a
+    /// collection marks, what the step passes to its [`Mark`] gets a marker.
     pub fn push_step<T>(
         &self,
         driver: &dyn StorageDriver,
-        referenced: &[Digest],
-        step: impl FnOnce() -> Result<T>,
+        step: impl FnOnce(Mark) -> Result<T>,
     ) -> Result<T> {
         let marking = self.wait_for_push(driver)?;
         let checked = Instant::now();
-        if marking {
-            // Before the step writes, so a step that fails halfway (a tag
-            // already moved, say) is covered too. Not best effort: a sweep
-            // would not know of this use.
-            for d in referenced {
+        let out = step(&|referenced| {
+            if !marking {
+                return Ok(());
+            }
+            // Not best effort: a sweep would not know of this use. A
+            // manifest may list a digest more than once.
+            let unique: std::collections::BTreeSet<&Digest> = referenced.iter().collect();
+            for d in unique {
                 driver.put_content(&Self::touched_path(d), b"")?;
             }
-        }
-        let out = step();
+            Ok(())
+        });
         if checked.elapsed() > self.timings.step_budget {
             tracing::warn!(
                 elapsed_ms = checked.elapsed().as_millis() as u64,
@@ -393,7 +395,10 @@ mod tests {
 
     /// A push step on `replica` that makes `d` referenced.
     fn push(replica: &BucketLease, driver: &FsDriver, d: &Digest) -> Result<u8> {
-        replica.push_step(driver, std::slice::from_ref(d), || Ok(7))
+        replica.push_step(driver, |mark| {
+            mark(std::slice::from_ref(d))?;
+            Ok(7)
+        })
     }
 
     #[test]
@@ -443,7 +448,8 @@ mod tests {
         let (_dir, driver, a, b) = two_replicas();
         let held = a.acquire(&driver).unwrap().expect("the lease is free");
         let layer = digest(5);
-        let failed = b.push_step(&driver, std::slice::from_ref(&layer), || {
+        let failed = b.push_step(&driver, |mark| {
+            mark(std::slice::from_ref(&layer))?;
             driver.put_content(Path::new("repo/tag/link"), b"half")?;
             Err::<(), _>(StorageError {
                 op: "put",
@@ -464,7 +470,7 @@ mod tests {
         std::thread::scope(|s| {
             let push = s.spawn(|| {
                 let started = Instant::now();
-                let out = b.push_step(&driver, &[], || Ok("pushed"));
+                let out = b.push_step(&driver, |_| Ok("pushed"));
                 (out.unwrap(), started.elapsed())
             });
             std::thread::sleep(Duration::from_millis(100));

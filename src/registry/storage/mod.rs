@@ -135,12 +135,17 @@ impl Store {
 
     /// Runs a push step (see `gc::PushGate`): on shared storage, as the
     /// bucket's lease allows (see `lease`).
-    pub fn pushing<T>(&self, referenced: &[Digest], step: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn pushing<T>(&self, step: impl FnOnce(gc::Mark) -> Result<T>) -> Result<T> {
         match &self.lease {
-            Some(lease) => lease.push_step(self.driver.as_ref(), referenced, || {
-                self.gate.pushing(referenced, step)
+            Some(lease) => lease.push_step(self.driver.as_ref(), |in_bucket| {
+                self.gate.pushing(|in_process| {
+                    step(&|referenced| {
+                        in_bucket(referenced)?;
+                        in_process(referenced)
+                    })
+                })
             }),
-            None => self.gate.pushing(referenced, step),
+            None => self.gate.pushing(step),
         }
     }
 
@@ -255,10 +260,19 @@ impl Store {
 
     /// Makes the upload at `upload` blob `d` (or drops it if the blob is
     /// there already). On shared storage the content is hashed as it moves
-    /// (`StorageDriver::move_verified`): returns the digest of what was
-    /// there when it is not `d`, and then nothing moved.
+    /// (`StorageDriver::move_verified`), or where it lies when the blob is
+    /// there already: returns the digest of what was there when it is not
+    /// `d`, and then nothing moved.
     pub fn commit_blob_file(&self, upload: &Path, d: &Digest) -> Result<Option<Digest>> {
         if self.blob_size(d)?.is_some() {
+            // Nothing moves, but the upload must still hold `d`: on shared
+            // storage no replica hashed it as it came.
+            if self.shared() {
+                let actual = self.driver.hash_content(upload, d.algorithm())?;
+                if &actual != d {
+                    return Ok(Some(actual));
+                }
+            }
             // Reused: date it now, so a collection's grace period covers it.
             self.touch_blob(d);
             self.driver.delete(upload)?;
@@ -455,10 +469,19 @@ impl Store {
             for id in self.driver.list(&self.layout.repo(repo).join("_uploads"))? {
                 let session = self.layout.upload_dir(repo, &id);
                 // A session without data (crashed between mkdir and create) is
-                // dated by its directory.
-                let info = match self.driver.stat(&session.join("data"))? {
-                    Some(info) => Some(info),
-                    None => self.driver.stat(&session)?,
+                // dated by its directory; one whose data cannot be read (two
+                // writes at one offset on a bucket) by its start, so that
+                // it still ends, and without stopping the purge of others.
+                let info = match self.driver.stat(&session.join("data")) {
+                    Ok(Some(info)) => Some(info),
+                    Ok(None) => self.driver.stat(&session)?,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upload data unreadable; dated by its start");
+                        match self.driver.stat(&session.join("startedat")) {
+                            Ok(Some(info)) => Some(info),
+                            Ok(None) | Err(_) => self.driver.stat(&session)?,
+                        }
+                    }
                 };
                 let age = info
                     .and_then(|i| now.duration_since(i.modified).ok())

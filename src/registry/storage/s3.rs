@@ -38,7 +38,7 @@ use tokio::runtime::Handle;
 use super::StorageError;
 use super::driver::{ContentReader, ContentWriter, FileInfo, StorageDriver, check_relative};
 use super::space::Space;
-use crate::registry::digest::Digest;
+use crate::registry::digest::{Algorithm, Digest};
 
 mod multipart;
 use multipart::PartWriter;
@@ -645,6 +645,26 @@ impl StorageDriver for S3Driver {
                     self.drop_segments(&source, from).await
                 }
             }
+        })
+    }
+
+    fn hash_content(&self, path: &Path, algorithm: Algorithm) -> Result<Digest> {
+        let key = self.key(path)?;
+        self.block_on(async {
+            let content = self.content(&key, path).await?;
+            if content.size().is_none() {
+                return Err(storage_error(
+                    "s3 read",
+                    path,
+                    io::Error::from(io::ErrorKind::NotFound),
+                ));
+            }
+            let mut hasher = algorithm.hasher();
+            let mut bytes = self.stream(content, 0, path).await?;
+            while let Some(chunk) = bytes.next().await {
+                hasher.update(&chunk.map_err(|e| storage_error("s3 read", path, e))?);
+            }
+            Ok(hasher.finish())
         })
     }
 

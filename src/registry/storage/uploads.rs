@@ -194,9 +194,14 @@ impl Uploads {
         let path = self.data_path(repo, id);
         let (sha256, size) = if self.store.shared() {
             let (driver, p) = (self.store.driver().clone(), path.clone());
-            match blocking(move || driver.stat(&p)).await? {
-                Some(info) => (None, info.size),
-                None => return Err(UploadError::Unknown),
+            match blocking(move || driver.stat(&p)).await {
+                Ok(Some(info)) => (None, info.size),
+                Ok(None) => return Err(UploadError::Unknown),
+                // Data that cannot be read (two writes at one offset): the
+                // session is there, so that it can be cancelled; every other
+                // request meets the error again.
+                Err(e) if e.source.kind() == std::io::ErrorKind::InvalidData => (None, 0),
+                Err(e) => return Err(e.into()),
             }
         } else {
             match self.hash_upload(&path, Algorithm::Sha256).await {
@@ -439,10 +444,11 @@ impl Uploads {
         let (size, seen) = (s.size, s.seen);
         let (store, repo_owned, digest_owned) = (self.store.clone(), repo.clone(), digest.clone());
         let committed = blocking(move || {
-            let mismatch = store.pushing(std::slice::from_ref(&digest_owned), || {
+            let mismatch = store.pushing(|mark| {
                 if let Some(actual) = store.commit_blob_file(&path, &digest_owned)? {
                     return Ok(Some(actual));
                 }
+                mark(std::slice::from_ref(&digest_owned))?;
                 store.link_blob(&repo_owned, &digest_owned)?;
                 Ok(None)
             })?;

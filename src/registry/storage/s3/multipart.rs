@@ -271,7 +271,11 @@ pub(super) async fn abort_stale(
                 Ok(()) => aborted += 1,
                 // Already completed or aborted: only the record was left.
                 Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+                // Kept for the next purge, without holding up the others.
+                Err(e) => {
+                    tracing::warn!(error = %e, record = %record, "aborting an abandoned multipart upload failed");
+                    continue;
+                }
             }
         }
         store.delete(&record).await?;
