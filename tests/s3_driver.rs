@@ -499,3 +499,43 @@ async fn moves_are_verified_on_the_bytes_moved() {
     })
     .await;
 }
+
+/// S3 copies at most 5 GiB server side; one object beyond the limit (a large
+/// layer pushed in one request, or a plain object) is moved as a streamed,
+/// hashed copy instead. The limit is lowered here to take that path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_beyond_the_server_copy_limit_is_streamed() {
+    use privreg::registry::digest::Digest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s3) = SeaweedFs::start(dir.path(), "big-move") else {
+        return;
+    };
+    let driver = S3Driver::new(&config(&s3, "m"))
+        .unwrap()
+        .with_max_server_copy(1 << 20);
+    blocking(move || {
+        let data = common::oci::random_bytes(3 << 20);
+        let digest: Digest = common::sha256(&data).parse().unwrap();
+        let (upload, blob) = (Path::new("uploads/u/data"), Path::new("blobs/x/data"));
+
+        // One segment of 3 MiB (one request's body).
+        let mut w = driver.writer(upload, 0).unwrap();
+        w.write(&[Bytes::copy_from_slice(&data)]).unwrap();
+        w.close().unwrap();
+        let wrong: Digest = common::sha256(b"other").parse().unwrap();
+        assert_eq!(driver.move_verified(upload, blob, &wrong).unwrap(), digest);
+        assert_eq!(driver.stat(blob).unwrap(), None);
+        assert_eq!(driver.move_verified(upload, blob, &digest).unwrap(), digest);
+        assert_eq!(driver.stat(upload).unwrap(), None);
+        assert_eq!(driver.get_content(blob).unwrap().unwrap(), data);
+
+        // A plain object of the same size.
+        let (plain, moved) = (Path::new("plain/data"), Path::new("blobs/y/data"));
+        driver.put_content(plain, &data).unwrap();
+        assert_eq!(driver.move_verified(plain, moved, &digest).unwrap(), digest);
+        assert_eq!(driver.stat(plain).unwrap(), None);
+        assert_eq!(driver.get_content(moved).unwrap().unwrap(), data);
+    })
+    .await;
+}

@@ -79,7 +79,13 @@ pub struct S3Driver {
     /// Where multipart uploads in progress are recorded (see `multipart`).
     records: Key,
     runtime: Handle,
+    /// The largest object moved by a server-side copy (S3's CopyObject takes
+    /// at most 5 GiB); larger content is copied as a stream.
+    max_server_copy: u64,
 }
+
+/// S3's limit on one CopyObject.
+const MAX_SERVER_COPY: u64 = 5 << 30;
 
 fn storage_error(op: &'static str, path: &Path, e: impl Into<io::Error>) -> StorageError {
     StorageError {
@@ -105,6 +111,16 @@ fn not_found(e: &object_store::Error) -> bool {
 }
 
 impl S3Driver {
+    /// Moves of content larger than `bytes` copy it as a stream rather than
+    /// server side (the default is S3's own limit; lower in tests, to take
+    /// that path without 5 GiB blobs).
+    pub fn with_max_server_copy(self, bytes: u64) -> S3Driver {
+        S3Driver {
+            max_server_copy: bytes,
+            ..self
+        }
+    }
+
     /// A driver for `config`, making its requests on the current runtime.
     pub fn new(config: &S3Config) -> Result<S3Driver> {
         let here = Path::new(&config.bucket);
@@ -159,6 +175,7 @@ impl S3Driver {
             prefix,
             records,
             runtime,
+            max_server_copy: MAX_SERVER_COPY,
         })
     }
 
@@ -672,7 +689,8 @@ impl StorageDriver for S3Driver {
         let (source, target) = (self.key(from)?, self.key(to)?);
         self.block_on(async {
             let mut hasher = expected.algorithm().hasher();
-            let (single, segments) = match self.content(&source, from).await? {
+            let content = self.content(&source, from).await?;
+            let single = match &content {
                 Content::Absent => {
                     return Err(storage_error(
                         "s3 move",
@@ -680,13 +698,12 @@ impl StorageDriver for S3Driver {
                         io::Error::from(io::ErrorKind::NotFound),
                     ));
                 }
-                Content::Object(meta) => (meta, None),
-                Content::Segments(mut segments) if segments.len() == 1 => {
-                    (segments.remove(0).1, None)
-                }
-                Content::Segments(segments) => (segments[0].1.clone(), Some(segments)),
+                Content::Object(meta) => Some(meta.clone()),
+                Content::Segments(segments) if segments.len() == 1 => Some(segments[0].1.clone()),
+                Content::Segments(_) => None,
             };
-            let Some(segments) = segments else {
+            let plain = matches!(content, Content::Object(_));
+            if let Some(single) = single.filter(|meta| meta.size <= self.max_server_copy) {
                 // One object: hash it, then move that very object (a later
                 // request writes a new key; a cut-back deletes it, and the
                 // move then fails).
@@ -705,10 +722,11 @@ impl StorageDriver for S3Driver {
                     self.drop_segments(&source, from).await?;
                 }
                 return Ok(actual);
-            };
-            // Several: copied into one object, hashed on the way, which is
-            // made visible only if the digest matches.
-            let mut bytes = self.stream(Content::Segments(segments), 0, from).await?;
+            }
+            // Several objects, or one too large for a server-side copy:
+            // copied into one object, hashed on the way, which is made
+            // visible only if the digest matches.
+            let mut bytes = self.stream(content, 0, from).await?;
             let mut object = self.part_writer(target);
             while let Some(chunk) = bytes.next().await {
                 let pushed = match chunk {
@@ -738,6 +756,9 @@ impl StorageDriver for S3Driver {
                 .finish()
                 .await
                 .map_err(|e| object_error("s3 complete upload", to, e))?;
+            if plain {
+                self.delete_all(vec![source.clone()], from).await?;
+            }
             self.drop_segments(&source, from).await?;
             Ok(actual)
         })
