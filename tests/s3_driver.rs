@@ -267,6 +267,12 @@ async fn s3_appends_continue_across_drivers_and_move_into_one_object() {
         let inside = a.writer(&data, 7 << 20).err().unwrap();
         assert_eq!(inside.source.kind(), io::ErrorKind::InvalidData);
         assert_eq!(b.stat(&data).unwrap().unwrap().size, 9 << 20);
+        // A request that read the size before another replica's request
+        // ended opens at an offset now written: refused as two writes at
+        // one offset, and the other request's acknowledged segment stays.
+        let late = a.writer(&data, 6 << 20).err().unwrap();
+        assert!(late.is_conflicting_writes(), "{late:?}");
+        assert_eq!(b.stat(&data).unwrap().unwrap().size, 9 << 20);
 
         // The session directory lists its content once, by its name.
         a.put_content(&upload.join("startedat"), b"2026-12-04T00:00:00Z")

@@ -294,11 +294,7 @@ impl S3Driver {
         let mut end = 0;
         for (offset, meta) in &segments {
             if *offset < end {
-                return Err(storage_error(
-                    "s3 segments",
-                    path,
-                    io::Error::new(io::ErrorKind::InvalidData, super::ConflictingWrites),
-                ));
+                return Err(conflicting_writes(path));
             }
             if *offset != end {
                 return Err(corrupt(path, "segments are not contiguous"));
@@ -389,6 +385,15 @@ impl S3Driver {
             .await
             .map_err(|e| object_error("s3 list", path, e))
     }
+}
+
+/// Two requests wrote data at one offset of `path` (see `ConflictingWrites`).
+fn conflicting_writes(path: &Path) -> StorageError {
+    storage_error(
+        "s3 segments",
+        path,
+        io::Error::new(io::ErrorKind::InvalidData, super::ConflictingWrites),
+    )
 }
 
 fn corrupt(path: &Path, what: &'static str) -> StorageError {
@@ -508,20 +513,19 @@ impl StorageDriver for S3Driver {
                             io::Error::new(io::ErrorKind::InvalidInput, "offset past the end"),
                         ));
                     }
-                    // Cut back to `offset` (what a failed request left), as
-                    // a file is truncated; segments end where requests did.
                     if existing
                         .iter()
                         .any(|(o, m)| *o < offset && o + m.size > offset)
                     {
                         return Err(corrupt(path, "the offset falls inside a segment"));
                     }
-                    let stale = existing
-                        .into_iter()
-                        .filter(|(o, m)| *o >= offset && m.size > 0)
-                        .map(|(_, m)| m.location)
-                        .collect();
-                    self.delete_all(stale, path).await?;
+                    // Data at or past `offset`: another request wrote there
+                    // since this one read the size (a failed request of
+                    // this driver leaves no segment: its upload is aborted).
+                    // It is not cut away: that request was acknowledged.
+                    if offset < size {
+                        return Err(conflicting_writes(path));
+                    }
                 }
             }
             Ok::<_, StorageError>(())
