@@ -51,6 +51,9 @@ pub struct GcReport {
     pub layer_links_removed: usize,
 }
 
+/// What a push step calls with the digests it is about to make referenced.
+pub type Mark<'a> = &'a dyn Fn(&[Digest]) -> Result<()>;
+
 /// Keeps a collection running beside pushes from deleting what a push is
 /// about to reference. Every write that makes a blob or manifest referenced
 /// (a manifest PUT with its reference check, a blob commit or mount) runs
@@ -63,9 +66,6 @@ pub struct GcReport {
 /// A push step tells what it references through a [`Mark`], after its checks
 /// (so a refused request marks nothing) and before its own writes (so a step
 /// that fails halfway, its first writes visible, is covered too).
-/// What a push step calls with the digests it is about to make referenced.
-pub type Mark<'a> = &'a dyn Fn(&[Digest]) -> Result<()>;
-
 #[derive(Debug, Default)]
 pub struct PushGate {
     lock: RwLock<()>,

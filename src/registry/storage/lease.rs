@@ -6,8 +6,9 @@
 //!
 //! A collection has two phases, named in the lease:
 //! - **Marking** (most of a collection on a large bucket: every repository's
-//!   manifests are read). Pushes go on, and each push step also writes a
-//!   marker under `privreg/touched/` for every digest it made referenced.
+//!   manifests are read). Pushes go on, and each push step writes a marker
+//!   under `privreg/touched/` for every digest it references, after its
+//!   checks and before its own writes (see `gc::Mark`).
 //! - **Sweeping** (only when the mark found something to delete). Push steps
 //!   wait until the collection ends (at most `hold_max`, then 429). Before a
 //!   deletion the collector checks the item's marker: one written since the
