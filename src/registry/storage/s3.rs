@@ -38,7 +38,7 @@ use tokio::runtime::Handle;
 use super::StorageError;
 use super::driver::{ContentReader, ContentWriter, FileInfo, StorageDriver, check_relative};
 use super::space::Space;
-use crate::registry::digest::{Algorithm, Digest};
+use crate::registry::digest::{Algorithm, Digest, Hasher};
 
 mod multipart;
 use multipart::PartWriter;
@@ -377,6 +377,112 @@ impl S3Driver {
         self.delete_all(keys, path).await
     }
 
+    /// The content at `key`, or NotFound (for `op`) when there is none.
+    async fn existing_content(&self, key: &Key, path: &Path, op: &'static str) -> Result<Content> {
+        match self.content(key, path).await? {
+            Content::Absent => Err(storage_error(
+                op,
+                path,
+                io::Error::from(io::ErrorKind::NotFound),
+            )),
+            content => Ok(content),
+        }
+    }
+
+    /// The digest of `content`, read whole.
+    async fn hash(&self, content: Content, path: &Path, mut hasher: Hasher) -> Result<Digest> {
+        let mut bytes = self.stream(content, 0, path).await?;
+        while let Some(chunk) = bytes.next().await {
+            hasher.update(&chunk.map_err(|e| storage_error("s3 read", path, e))?);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Moves the content at `from` into one object at `to`: one object
+    /// within the server-side copy limit is renamed, anything else copied as
+    /// a stream. With `expected`, only content that hashes to it moves,
+    /// checked on the very bytes moved; returns the other digest when it
+    /// did not.
+    async fn move_whole(
+        &self,
+        from: &Path,
+        to: &Path,
+        expected: Option<&Digest>,
+    ) -> Result<Option<Digest>> {
+        let (source, target) = (self.key(from)?, self.key(to)?);
+        let content = self.existing_content(&source, from, "s3 move").await?;
+        let plain = matches!(content, Content::Object(_));
+        let single = match &content {
+            Content::Object(meta) => Some(meta.clone()),
+            Content::Segments(segments) if segments.len() == 1 => Some(segments[0].1.clone()),
+            _ => None,
+        };
+        if let Some(single) = single.filter(|meta| meta.size <= self.max_server_copy) {
+            // One object: hashed, then that very object moves (a later
+            // request writes a new key, never over this one).
+            if let Some(expected) = expected {
+                let hasher = expected.algorithm().hasher();
+                let actual = self
+                    .hash(Content::Object(single.clone()), from, hasher)
+                    .await?;
+                if &actual != expected {
+                    return Ok(Some(actual));
+                }
+            }
+            self.store
+                .rename(&single.location, &target)
+                .await
+                .map_err(|e| object_error("s3 move", from, e))?;
+            if !plain {
+                self.drop_segments(&source, from).await?;
+            }
+            return Ok(None);
+        }
+        // Several objects, or one too large for a server-side copy: copied
+        // into one object (hashed on the way), made visible only on a match.
+        let mut hasher = expected.map(|d| d.algorithm().hasher());
+        let mut bytes = self.stream(content, 0, from).await?;
+        let mut object = self.part_writer(target);
+        while let Some(chunk) = bytes.next().await {
+            let pushed = match chunk {
+                Ok(chunk) => {
+                    if let Some(hasher) = &mut hasher {
+                        hasher.update(&chunk);
+                    }
+                    object
+                        .push(chunk)
+                        .await
+                        .map_err(|e| object_error("s3 upload part", to, e))
+                }
+                Err(e) => Err(storage_error("s3 read segment", from, e)),
+            };
+            if let Err(e) = pushed {
+                let _ = object.abort().await;
+                return Err(e);
+            }
+        }
+        if let (Some(hasher), Some(expected)) = (hasher, expected) {
+            let actual = hasher.finish();
+            if &actual != expected {
+                object
+                    .abort()
+                    .await
+                    .map_err(|e| object_error("s3 abort multipart upload", to, e))?;
+                return Ok(Some(actual));
+            }
+        }
+        object
+            .finish()
+            .await
+            .map_err(|e| object_error("s3 complete upload", to, e))?;
+        if plain {
+            self.delete_all(vec![source], from).await
+        } else {
+            self.drop_segments(&source, from).await
+        }
+        .map(|()| None)
+    }
+
     async fn keys_under(&self, prefix: &Key, path: &Path) -> Result<Vec<Key>> {
         self.store
             .list(Some(prefix))
@@ -622,150 +728,21 @@ impl StorageDriver for S3Driver {
     }
 
     fn move_content(&self, from: &Path, to: &Path) -> Result<()> {
-        let (source, target) = (self.key(from)?, self.key(to)?);
-        self.block_on(async {
-            match self.content(&source, from).await? {
-                Content::Absent => Err(storage_error(
-                    "s3 move",
-                    from,
-                    io::Error::from(io::ErrorKind::NotFound),
-                )),
-                Content::Object(_) => self
-                    .store
-                    .rename(&source, &target)
-                    .await
-                    .map_err(|e| object_error("s3 move", from, e)),
-                Content::Segments(segments) if segments.len() == 1 => {
-                    let (_, only) = &segments[0];
-                    self.store
-                        .rename(&only.location, &target)
-                        .await
-                        .map_err(|e| object_error("s3 move", from, e))?;
-                    self.drop_segments(&source, from).await
-                }
-                Content::Segments(segments) => {
-                    let mut bytes = self.stream(Content::Segments(segments), 0, from).await?;
-                    let mut object = self.part_writer(target);
-                    while let Some(chunk) = bytes.next().await {
-                        let pushed = match chunk {
-                            Ok(chunk) => object
-                                .push(chunk)
-                                .await
-                                .map_err(|e| object_error("s3 upload part", to, e)),
-                            Err(e) => Err(storage_error("s3 read segment", from, e)),
-                        };
-                        if let Err(e) = pushed {
-                            let _ = object.abort().await;
-                            return Err(e);
-                        }
-                    }
-                    object
-                        .finish()
-                        .await
-                        .map_err(|e| object_error("s3 complete upload", to, e))?;
-                    self.drop_segments(&source, from).await
-                }
-            }
-        })
+        self.block_on(self.move_whole(from, to, None)).map(drop)
     }
 
     fn hash_content(&self, path: &Path, algorithm: Algorithm) -> Result<Digest> {
         let key = self.key(path)?;
         self.block_on(async {
-            let content = self.content(&key, path).await?;
-            if content.size().is_none() {
-                return Err(storage_error(
-                    "s3 read",
-                    path,
-                    io::Error::from(io::ErrorKind::NotFound),
-                ));
-            }
-            let mut hasher = algorithm.hasher();
-            let mut bytes = self.stream(content, 0, path).await?;
-            while let Some(chunk) = bytes.next().await {
-                hasher.update(&chunk.map_err(|e| storage_error("s3 read", path, e))?);
-            }
-            Ok(hasher.finish())
+            let content = self.existing_content(&key, path, "s3 read").await?;
+            self.hash(content, path, algorithm.hasher()).await
         })
     }
 
     fn move_verified(&self, from: &Path, to: &Path, expected: &Digest) -> Result<Digest> {
-        let (source, target) = (self.key(from)?, self.key(to)?);
-        self.block_on(async {
-            let mut hasher = expected.algorithm().hasher();
-            let content = self.content(&source, from).await?;
-            let single = match &content {
-                Content::Absent => {
-                    return Err(storage_error(
-                        "s3 move",
-                        from,
-                        io::Error::from(io::ErrorKind::NotFound),
-                    ));
-                }
-                Content::Object(meta) => Some(meta.clone()),
-                Content::Segments(segments) if segments.len() == 1 => Some(segments[0].1.clone()),
-                Content::Segments(_) => None,
-            };
-            let plain = matches!(content, Content::Object(_));
-            if let Some(single) = single.filter(|meta| meta.size <= self.max_server_copy) {
-                // One object: hash it, then move that very object (a later
-                // request writes a new key; a cut-back deletes it, and the
-                // move then fails).
-                let mut bytes = self
-                    .stream(Content::Object(single.clone()), 0, from)
-                    .await?;
-                while let Some(chunk) = bytes.next().await {
-                    hasher.update(&chunk.map_err(|e| storage_error("s3 read", from, e))?);
-                }
-                let actual = hasher.finish();
-                if &actual == expected {
-                    self.store
-                        .rename(&single.location, &target)
-                        .await
-                        .map_err(|e| object_error("s3 move", from, e))?;
-                    self.drop_segments(&source, from).await?;
-                }
-                return Ok(actual);
-            }
-            // Several objects, or one too large for a server-side copy:
-            // copied into one object, hashed on the way, which is made
-            // visible only if the digest matches.
-            let mut bytes = self.stream(content, 0, from).await?;
-            let mut object = self.part_writer(target);
-            while let Some(chunk) = bytes.next().await {
-                let pushed = match chunk {
-                    Ok(chunk) => {
-                        hasher.update(&chunk);
-                        object
-                            .push(chunk)
-                            .await
-                            .map_err(|e| object_error("s3 upload part", to, e))
-                    }
-                    Err(e) => Err(storage_error("s3 read segment", from, e)),
-                };
-                if let Err(e) = pushed {
-                    let _ = object.abort().await;
-                    return Err(e);
-                }
-            }
-            let actual = hasher.finish();
-            if &actual != expected {
-                object
-                    .abort()
-                    .await
-                    .map_err(|e| object_error("s3 abort multipart upload", to, e))?;
-                return Ok(actual);
-            }
-            object
-                .finish()
-                .await
-                .map_err(|e| object_error("s3 complete upload", to, e))?;
-            if plain {
-                self.delete_all(vec![source.clone()], from).await?;
-            }
-            self.drop_segments(&source, from).await?;
-            Ok(actual)
-        })
+        // Moved: it hashed to `expected`.
+        let mismatch = self.block_on(self.move_whole(from, to, Some(expected)))?;
+        Ok(mismatch.unwrap_or_else(|| expected.clone()))
     }
 
     fn delete(&self, path: &Path) -> Result<bool> {
