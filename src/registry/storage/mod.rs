@@ -345,8 +345,7 @@ impl Store {
     /// The content of manifest `d` if `repo` holds it. The revision link is
     /// read from storage every time; the content, once read, from memory.
     pub fn manifest_in_repo(&self, repo: &RepoName, d: &Digest) -> Result<Option<bytes::Bytes>> {
-        let link = self.read_link(&self.layout.revision_link_dir(repo, d).join("link"))?;
-        if link.as_ref() != Some(d) {
+        if !self.revision_linked(repo, d)? {
             return Ok(None);
         }
         if let Some(content) = self.manifests.get(d) {
@@ -361,8 +360,13 @@ impl Store {
     }
 
     pub fn has_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
+        Ok(self.revision_linked(repo, d)? && self.blob_size(d)?.is_some())
+    }
+
+    /// Whether `repo`'s revision link for manifest `d` names it.
+    fn revision_linked(&self, repo: &RepoName, d: &Digest) -> Result<bool> {
         let link = self.read_link(&self.layout.revision_link_dir(repo, d).join("link"))?;
-        Ok(link.as_ref() == Some(d) && self.blob_size(d)?.is_some())
+        Ok(link.as_ref() == Some(d))
     }
 
     /// Deletes a manifest from `repo`, with every tag that points to it and its

@@ -44,7 +44,6 @@ pub(super) struct PartWriter {
     target: Key,
     records: Key,
     pending: PutPayloadMut,
-    pending_len: usize,
     upload: Option<RecordedUpload>,
 }
 
@@ -56,7 +55,6 @@ impl PartWriter {
             target,
             records,
             pending: PutPayloadMut::new(),
-            pending_len: 0,
             upload: None,
         }
     }
@@ -65,15 +63,14 @@ impl PartWriter {
     /// parts in flight are at their cap).
     pub(super) async fn push(&mut self, mut chunk: Bytes) -> Result<()> {
         while !chunk.is_empty() {
-            let room = PART_SIZE - self.pending_len;
+            let room = PART_SIZE - self.pending.content_length();
             let piece = if chunk.len() > room {
                 chunk.split_to(room)
             } else {
                 std::mem::take(&mut chunk)
             };
-            self.pending_len += piece.len();
             self.pending.push(piece);
-            if self.pending_len == PART_SIZE {
+            if self.pending.content_length() == PART_SIZE {
                 self.send_part().await?;
             }
         }
@@ -82,7 +79,6 @@ impl PartWriter {
 
     async fn send_part(&mut self) -> Result<()> {
         let part = std::mem::take(&mut self.pending).freeze();
-        self.pending_len = 0;
         if self.upload.is_none() {
             self.upload = Some(
                 RecordedUpload::start(self.store.clone(), self.target.clone(), &self.records)
@@ -99,7 +95,7 @@ impl PartWriter {
         match self.upload.take() {
             None => self.store.put(&self.target, rest).await.map(|_| ()),
             Some(mut upload) => {
-                if self.pending_len > 0 {
+                if rest.content_length() > 0 {
                     upload.put(rest).await?;
                 }
                 upload.complete().await
