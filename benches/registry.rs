@@ -787,14 +787,7 @@ mod s3 {
         let redirect_pull_mbs = pull_again("privreg (redirecting)", redirecting.url());
         let distribution_stream_mbs = pull_again("distribution (streaming)", streaming.url());
         // The second replica: both serve at once, half the connections each.
-        let both: Vec<(f64, f64)> = std::thread::scope(|scope| {
-            [first.url(), second.url()]
-                .map(|url| scope.spawn(move || wrk_manifest_at("privreg replica", &url, 25)))
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .collect()
-        });
-        let two_rps: f64 = both.iter().map(|(rps, _)| rps).sum();
+        let two_rps = wrk_manifest_over_both("privreg replica", [first.url(), second.url()]);
         // The same with each replica held to a CPU limit, as a pod's would
         // be: on this host the replicas otherwise share the two cores with
         // the S3 server and the load generator, so a second replica has no
@@ -803,15 +796,8 @@ mod s3 {
             let one = CpuLimit::apply(first.pid()?, "privreg-bench-1", REPLICA_MILLICPU)?;
             let alone = wrk_manifest_at("privreg, 1 limited replica", &first.url(), 50).0;
             let two = CpuLimit::apply(second.pid()?, "privreg-bench-2", REPLICA_MILLICPU)?;
-            let pair: f64 = std::thread::scope(|scope| {
-                [first.url(), second.url()]
-                    .map(|url| {
-                        scope.spawn(move || wrk_manifest_at("privreg limited replica", &url, 25).0)
-                    })
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .sum()
-            });
+            let pair =
+                wrk_manifest_over_both("privreg limited replica", [first.url(), second.url()]);
             drop((one, two));
             Some((alone, pair))
         })();
@@ -893,6 +879,17 @@ mod s3 {
                 .join("bench-report-s3.txt"),
             &report,
         );
+    }
+
+    /// Manifest GETs on two replicas at once, 25 connections each (50 in
+    /// all, as on one); their summed rate.
+    fn wrk_manifest_over_both(name: &str, urls: [String; 2]) -> f64 {
+        std::thread::scope(|scope| {
+            urls.map(|url| scope.spawn(move || wrk_manifest_at(name, &url, 25).0))
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .sum()
+        })
     }
 
     /// CPU of each replica in the limited lines, in thousandths of a core.
